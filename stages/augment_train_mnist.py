@@ -1,0 +1,419 @@
+"""Stage ``augment_train_mnist``: the seed's batch-norm CNN on augmented MNIST.
+
+    python -m stages.augment_train_mnist
+
+Reads ``seed`` and ``augment_train_mnist`` from params.yaml, and MNIST either from
+Keras (downloaded once, hash-checked, cached in ~/.keras/datasets) or from a local
+``.npz`` under ``data/local/mnist/`` with Keras's keys. Writes
+``models/mnist/model.keras`` (the weights of the epoch with the best validation
+accuracy), ``plots/mnist/history.csv``, ``plots/mnist/confusion.csv`` and
+``results/mnist/cnn.json``. A run killed halfway resumes from its last finished epoch,
+kept in ``checkpoints/mnist/`` (a DVC ``persist`` output), and ends with the same
+weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stages import common
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+LOCAL_DATA_DIR = Path("data/local/mnist")
+CHECKPOINT_DIR = Path("checkpoints/mnist")
+
+SCHEMA = {
+    "seed": common.integer(minimum=0),
+    "augment_train_mnist": common.mapping(
+        {
+            "data": common.text(),
+            "validation_size": common.integer(minimum=10),
+            "epochs": common.integer(minimum=1),
+            "batch_size": common.integer(minimum=1),
+            "epoch_fraction": common.number(minimum=0, maximum=1, exclusive_min=True),
+            "learning_rate": common.number(minimum=0, exclusive_min=True),
+            "dropout": common.number(minimum=0, maximum=0.95),
+            "augmentation": common.mapping(
+                {
+                    "rotation_degrees": common.number(minimum=0, maximum=180),
+                    "shift": common.number(minimum=0, maximum=1),
+                    "zoom": common.number(minimum=0, maximum=0.95),
+                }
+            ),
+            "mixed_precision": common.boolean(),
+            "jit_compile": common.boolean(),
+            "deterministic": common.boolean(),
+        }
+    ),
+}
+
+
+# --------------------------------------------------------------------------- data
+def check_mnist_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
+    """Stop with a message naming ``source`` unless ``arrays`` look like Keras's mnist.npz."""
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if missing:
+        raise common.StageError(f"{source}: missing key(s) {', '.join(missing)}")
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+            raise common.StageError(f"{source}: x_{part} must have shape (N, 28, 28), got {x.shape}")
+        if x.dtype != np.uint8:
+            raise common.StageError(f"{source}: x_{part} must be uint8 pixels 0-255, got {x.dtype}")
+        if y.shape != (len(x),):
+            raise common.StageError(f"{source}: y_{part} must have shape ({len(x)},), got {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise common.StageError(f"{source}: y_{part} must hold integer labels, got {y.dtype}")
+        if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
+            raise common.StageError(f"{source}: y_{part} has labels outside 0-9 ({y.min()}..{y.max()})")
+
+
+def load_mnist(data: str) -> dict[str, np.ndarray]:
+    """MNIST as Keras's four arrays, from Keras's download (``data == "keras"``) or a local file."""
+    if data == "keras":
+        import keras
+
+        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+        return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    path = Path(data)
+    if LOCAL_DATA_DIR not in path.parents:
+        raise common.ParamsError(
+            f"params.yaml: augment_train_mnist.data: a local file must lie under {LOCAL_DATA_DIR}/ "
+            f"(copy or link it there) so that DVC tracks it, got {data!r}"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise common.StageError(f"{path}: file not found (augment_train_mnist.data)") from None
+    except (ValueError, OSError) as err:
+        raise common.StageError(f"{path}: not a readable .npz file ({err})") from None
+    check_mnist_arrays(arrays, str(path))
+    return arrays
+
+
+def validation_split(x: np.ndarray, y: np.ndarray, size: int, seed: int):
+    """Hold ``size`` training images out, stratified by digit, to choose the best epoch."""
+    from sklearn.model_selection import train_test_split
+
+    if size >= len(y):
+        raise common.ParamsError(
+            f"params.yaml: augment_train_mnist.validation_size: must be below the {len(y)} training images"
+        )
+    return train_test_split(x, y, test_size=size, stratify=y, random_state=seed)
+
+
+# --------------------------------------------------------------------------- model
+def make_model(dropout: float = 0.5):
+    """The seed's CNN: 727,530 parameters, of which 725,610 trainable.
+
+    Convolutions without padding, batch norm before every ReLU, dropout after the
+    two dense blocks. The output layer stays float32 so that mixed precision keeps a
+    numerically safe softmax.
+    """
+    import keras
+    from keras import layers
+
+    def conv_block(x, filters):
+        x = layers.Conv2D(filters, 3)(x)
+        x = layers.BatchNormalization()(x)
+        return layers.Activation("relu")(x)
+
+    def dense_block(x, units):
+        x = layers.Dense(units)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        return layers.Dropout(dropout)(x)
+
+    inputs = keras.Input(shape=(*IMAGE_SHAPE, 1), name="digit")
+    x = conv_block(inputs, 32)
+    x = conv_block(x, 32)
+    x = layers.MaxPooling2D()(x)
+    x = conv_block(x, 64)
+    x = conv_block(x, 64)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = dense_block(x, 512)
+    x = dense_block(x, 256)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="digit_probabilities")(x)
+    return keras.Model(inputs, outputs, name="mnist_cnn")
+
+
+def make_augmentation(rotation_degrees: float, shift: float, zoom: float, seed: int):
+    """The seed's ImageDataGenerator settings as Keras preprocessing layers.
+
+    Empty space is filled with black (0), as MNIST's background, rather than the
+    layers' default reflection, which would copy strokes into the border.
+    """
+    import keras
+    from keras import layers
+
+    steps = []
+    if rotation_degrees:
+        steps.append(layers.RandomRotation(rotation_degrees / 360, fill_mode="constant", seed=seed))
+    if shift:
+        steps.append(layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed + 1))
+    if zoom:
+        steps.append(layers.RandomZoom((-zoom, zoom), fill_mode="constant", seed=seed + 2))
+    return keras.Sequential(steps, name="augmentation")
+
+
+def to_model_input(images):
+    """uint8 (B, 28, 28) -> float32 (B, 28, 28, 1) in [0, 1]."""
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32)[..., None] / 255.0
+
+
+def train_dataset(x, y, batch_size: int, steps: int, augmentation, seed: int):
+    """One epoch of shuffled, augmented batches as a ``tf.data`` pipeline.
+
+    Augmentation is applied to whole batches (one call per batch, not per image) in
+    a parallel map, and ``prefetch`` overlaps it with the training step. Built anew
+    for every epoch from that epoch's seed, so a resumed run sees the same batches.
+    """
+    import tensorflow as tf
+
+    def augment(images, labels):
+        return augmentation(to_model_input(images), training=True), labels
+
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(y), seed=seed)
+        .take(steps * batch_size)
+        .batch(batch_size, drop_remainder=True)
+        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def eval_dataset(x, y, batch_size: int):
+    import tensorflow as tf
+
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .batch(batch_size)
+        .map(lambda images, labels: (to_model_input(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A seed for one epoch, derived from the run's seed so that it does not depend on history."""
+    return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
+
+
+def reseed_dropout(model, seed: int) -> None:
+    """Set the state of the model's random-number generators (its dropout layers) from ``seed``.
+
+    Keras does not save that state with the model, so a resumed run resets it at every
+    epoch start, and an uninterrupted run does the same, to draw the same dropout masks.
+    """
+    for i, variable in enumerate(v for v in model.variables if v.path.endswith("seed_generator_state")):
+        variable.assign(np.array([seed + i, 0], dtype=variable.dtype))
+
+
+def keras_load(path: Path):
+    import keras
+
+    return keras.models.load_model(path)
+
+
+def describe_device(strategy) -> str:
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        import os
+
+        return f"CPU ({os.cpu_count()} cores)"
+    names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+    return f"{strategy.num_replicas_in_sync} x GPU ({', '.join(sorted(set(names)))})"
+
+
+def distribution_strategy():
+    """MirroredStrategy over all GPUs when there are several; else the default (one device)."""
+    import tensorflow as tf
+
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+# --------------------------------------------------------------------------- resumable training
+def run_fingerprint(params: dict, arrays: dict[str, np.ndarray]) -> str:
+    """What a checkpoint must match to be resumed: the params and the data."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return digest.hexdigest()
+
+
+class Checkpoint:
+    """The state of a run after its last finished epoch, in a folder that DVC keeps (``persist``).
+
+    ``state.json`` is written last and atomically, so a run killed while saving
+    resumes from the epoch before.
+    """
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.folder, self.fingerprint = folder, fingerprint
+        self.state_path = folder / "state.json"
+
+    def load(self) -> dict | None:
+        """The saved state, or None (and a clean folder) when there is none for this run."""
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = None
+        if state is None or state.get("fingerprint") != self.fingerprint:
+            if state is not None:
+                print("checkpoint is from other params or data: starting afresh", flush=True)
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return None
+        return state
+
+    def save(self, model, best_model, state: dict) -> None:
+        # Files named by epoch, so the state written last always points at complete files.
+        epoch = state["epochs_done"]
+        common.save_keras_model(model, self.folder / f"last-{epoch}.keras")
+        common.save_keras_model(best_model, self.folder / f"best-{epoch}.keras")
+        common.write_json(self.state_path, {**state, "fingerprint": self.fingerprint})
+        for old in self.folder.glob("*.keras"):
+            if not old.stem.endswith(f"-{epoch}"):
+                old.unlink()
+
+    def models(self, state: dict):
+        epoch = state["epochs_done"]
+        return (keras_load(self.folder / f"last-{epoch}.keras"), keras_load(self.folder / f"best-{epoch}.keras"))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def train(arrays: dict[str, np.ndarray], settings: dict, seed: int, checkpoint: Checkpoint | None = None):
+    """Train the CNN with augmentation and return ``(best_model, history, summary)``.
+
+    The best model is the one with the highest accuracy on ``validation_size``
+    images held out of the training set; the test set is not looked at here.
+    ``history`` maps each Keras metric to its per-epoch values; ``summary`` holds
+    the best epoch, timing and the device.
+    """
+    import keras
+
+    common.seed_everything(seed, settings["deterministic"])
+    if settings["mixed_precision"]:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    x_train, x_val, y_train, y_val = validation_split(
+        arrays["x_train"], arrays["y_train"], settings["validation_size"], seed
+    )
+    batch_size = settings["batch_size"]
+    steps = int(len(y_train) * settings["epoch_fraction"]) // batch_size
+    if steps < 1:
+        raise common.ParamsError(
+            "params.yaml: augment_train_mnist.batch_size: larger than the images in one epoch "
+            f"({int(len(y_train) * settings['epoch_fraction'])})"
+        )
+    strategy = distribution_strategy()
+    device = describe_device(strategy)
+    validation = eval_dataset(x_val, y_val, batch_size)
+
+    state = checkpoint.load() if checkpoint else None
+    with strategy.scope():
+        if state:
+            model, best_model = checkpoint.models(state)
+            print(f"resuming after epoch {state['epochs_done']} from {checkpoint.folder}", flush=True)
+        else:
+            model = make_model(settings["dropout"])
+            model.compile(
+                optimizer=keras.optimizers.Adam(settings["learning_rate"]),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+                jit_compile=settings["jit_compile"],
+            )
+            best_model = keras.models.clone_model(model)
+            state = {"epochs_done": 0, "history": {}, "best_epoch": 0, "best_val_accuracy": -1.0,
+                     "train_seconds": 0.0}
+
+    epochs = settings["epochs"]
+    aug = settings["augmentation"]
+    print(f"training on {device}: {len(y_train)} images, {len(y_val)} held out for validation, "
+          f"{steps} steps of {batch_size} per epoch, {epochs} epochs", flush=True)
+    for epoch in range(state["epochs_done"], epochs):
+        this_seed = epoch_seed(seed, epoch)
+        reseed_dropout(model, this_seed)
+        augmentation = make_augmentation(aug["rotation_degrees"], aug["shift"], aug["zoom"], this_seed)
+        batches = train_dataset(x_train, y_train, batch_size, steps, augmentation, this_seed)
+        started = time.perf_counter()
+        logs = model.fit(batches, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0).history
+        took = time.perf_counter() - started
+        val_logs = model.evaluate(validation, verbose=0, return_dict=True)
+        logs.update({f"val_{k}": [v] for k, v in val_logs.items()})
+        for key, values in logs.items():
+            state["history"].setdefault(key, []).append(float(values[-1]))
+        state["train_seconds"] += took
+        val_accuracy = state["history"]["val_accuracy"][-1]
+        improved = val_accuracy > state["best_val_accuracy"]
+        if improved:
+            best_model.set_weights(model.get_weights())
+            state.update(best_epoch=epoch + 1, best_val_accuracy=val_accuracy)
+        state["epochs_done"] = epoch + 1
+        print(
+            f"epoch {epoch + 1}/{epochs}  loss={state['history']['loss'][-1]:.4f}  "
+            f"accuracy={state['history']['accuracy'][-1]:.4f}  val_accuracy={val_accuracy:.4f}"
+            f"{'  (best so far)' if improved else ''}  {took:.1f}s, {steps * batch_size / took:.0f} images/s",
+            flush=True,
+        )
+        if checkpoint:
+            checkpoint.save(model, best_model, state)
+
+    summary = {
+        "best_epoch": state["best_epoch"],
+        "best_val_accuracy": round(state["best_val_accuracy"], 4),
+        "epochs": epochs,
+        "seconds_per_epoch": round(state["train_seconds"] / epochs, 2),
+        "train_images_per_second": round(steps * batch_size * epochs / state["train_seconds"], 1),
+        "device": device,
+    }
+    return best_model, state["history"], summary
+
+
+def evaluate_on_test(model, x_test, y_test, batch_size: int):
+    """Test loss, accuracy and the predicted digit of every test image."""
+    import keras
+
+    probabilities = model.predict(eval_dataset(x_test, y_test, batch_size), verbose=0)
+    loss = float(keras.losses.sparse_categorical_crossentropy(y_test, probabilities).numpy().mean())
+    predicted = probabilities.argmax(axis=1)
+    return loss, float((predicted == y_test).mean()), predicted
+
+
+def main(argv: list[str]) -> None:
+    params = common.read_params(SCHEMA)
+    settings = params["augment_train_mnist"]
+    arrays = load_mnist(settings["data"])
+    checkpoint = Checkpoint(CHECKPOINT_DIR, run_fingerprint(params, arrays))
+    model, history, summary = train(arrays, settings, params["seed"], checkpoint)
+    test_loss, test_accuracy, predicted = evaluate_on_test(
+        model, arrays["x_test"], arrays["y_test"], settings["batch_size"]
+    )
+    common.save_keras_model(model, "models/mnist/model.keras")
+    common.write_history_csv(history, "plots/mnist/history.csv")
+    common.write_confusion_csv(arrays["y_test"], predicted, "plots/mnist/confusion.csv")
+    metrics = {"test_accuracy": round(test_accuracy, 4), "test_loss": round(test_loss, 4), **summary,
+               **common.count_params(model)}
+    common.write_json("results/mnist/cnn.json", metrics)
+    checkpoint.clear()
+    print(f"augment_train_mnist: {metrics}")
+
+
+if __name__ == "__main__":
+    common.run_stage(main)

@@ -1,0 +1,418 @@
+"""Stage ``extract_vgg_features``: one VGG feature vector per breast image.
+
+    python -m stages.extract_vgg_features
+
+Reads ``seed`` and ``extract_vgg_features`` from params.yaml and the images named by
+``extract_vgg_features.data``: ``medmnist`` (BreastMNIST 224x224, downloaded once and
+MD5-checked into Keras's cache), or under ``data/local/breast/`` a ``.npz`` in
+MedMNIST's layout or a folder with one subfolder of images per class. Writes
+``data/breast/features.npz`` (arrays ``features`` float32 (N, D), ``labels`` int64
+(N,), ``split`` and ``source`` strings (N,), ``class_names`` strings) and
+``results/breast/features.json`` (counts, feature size, seconds, images per second).
+
+The defaults repeat the seed: ImageNet VGG19 up to ``fc1`` (4096-d), images resized to
+224x224, grey repeated to three channels, VGG's ``preprocess_input``. Unlike the seed,
+images are decoded, resized and run through the network a batch at a time, so memory
+holds one batch of float images rather than the whole data set.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages import common
+
+FEATURES_PATH = Path("data/breast/features.npz")
+SUMMARY_PATH = Path("results/breast/features.json")
+
+MEDMNIST = "medmnist"
+LOCAL_DATA_DIR = Path("data/local/breast")
+BREASTMNIST_URL = "https://zenodo.org/records/10519652/files/breastmnist_224.npz?download=1"
+BREASTMNIST_MD5 = "b56378a6eefa9fed602bb16d192d4c8b"
+BREASTMNIST_CLASSES = ("malignant", "normal_or_benign")  # label 0, label 1
+SPLITS = ("train", "val", "test")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+TOP_LAYERS = ("fc1", "fc2")  # Dense layers of the classifier head: need include_top and 224x224
+POOLED_LAYERS = ("avg", "max")  # global pooling of the last conv block: any size from 32
+TOP_IMAGE_SIZE = 224
+PROGRESS_EVERY = 5  # batches between progress lines
+
+SCHEMA = {
+    "seed": common.integer(minimum=0),
+    "extract_vgg_features": common.mapping(
+        {
+            "data": common.text(),
+            "backbone": common.choice("vgg19", "vgg16"),
+            "weights": common.text(),
+            "layer": common.choice(*TOP_LAYERS, *POOLED_LAYERS),
+            "image_size": common.integer(minimum=32),
+            "batch_size": common.integer(minimum=1),
+        }
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Labelled images, read one at a time so that only a batch is ever decoded.
+
+    ``read(i)`` returns image ``i`` as uint8 (H, W) or (H, W, 3); ``split`` holds
+    ``train``/``val``/``test`` per image and ``source`` where each image came from.
+    """
+
+    read: Callable[[int], np.ndarray]
+    labels: np.ndarray
+    split: np.ndarray
+    source: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# --------------------------------------------------------------------------- data
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut short: Keras's can run to pages."""
+    message = " ".join(str(err).split())
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def download_breastmnist() -> Path:
+    """BreastMNIST 224x224 from Zenodo, cached by Keras and checked against its MD5."""
+    import keras
+
+    try:
+        return Path(
+            keras.utils.get_file(
+                "breastmnist_224.npz",
+                BREASTMNIST_URL,
+                file_hash=BREASTMNIST_MD5,
+                hash_algorithm="md5",
+                cache_subdir="datasets",
+            )
+        )
+    except Exception as err:  # get_file raises a bare Exception on network failure
+        raise common.StageError(
+            f"{BREASTMNIST_URL}: could not download BreastMNIST ({_one_line(err)}); "
+            "set extract_vgg_features.data to a local .npz or image folder"
+        ) from None
+
+
+def _check_npz_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Validate one split's arrays; return its labels flattened to int64 (N,)."""
+    if images.dtype != np.uint8 or not (
+        images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)
+    ):
+        raise common.StageError(
+            f"{path}: {split}_images must be uint8 (N, H, W) or (N, H, W, 3), "
+            f"got {images.dtype} {images.shape}"
+        )
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise common.StageError(
+            f"{path}: {split}_labels must be integers of shape (N,) or (N, 1), "
+            f"got {labels.dtype} {labels.shape}"
+        )
+    if len(labels) != len(images):
+        raise common.StageError(
+            f"{path}: {split}_labels has {len(labels)} labels for {len(images)} {split}_images"
+        )
+    if len(labels) and not np.isin(labels, (0, 1)).all():
+        raise common.StageError(
+            f"{path}: {split}_labels must be 0 (malignant) or 1 (normal or benign), "
+            f"found {sorted(set(labels.tolist()) - {0, 1})[:5]}"
+        )
+    return labels.astype(np.int64)
+
+
+def load_npz_images(path: Path) -> ImageSet:
+    """Images in MedMNIST's layout: ``{split}_images`` and ``{split}_labels`` per split.
+
+    ``train`` is required; ``val`` and ``test`` are optional but come in pairs.
+    """
+    try:
+        with np.load(path) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError) as err:
+        raise common.StageError(f"{path}: not a readable .npz file ({_one_line(err)})") from None
+    present = [s for s in SPLITS if f"{s}_images" in arrays or f"{s}_labels" in arrays]
+    for split in dict.fromkeys(["train", *present]):
+        for key in (f"{split}_images", f"{split}_labels"):
+            if key not in arrays:
+                raise common.StageError(
+                    f"{path}: missing key {key} (has {', '.join(sorted(arrays)) or 'no arrays'})"
+                )
+    images, labels, split_names, sources = [], [], [], []
+    for split in present:
+        split_images = arrays[f"{split}_images"]
+        labels.append(_check_npz_split(path, split, split_images, arrays[f"{split}_labels"]))
+        images.extend(split_images)  # views into the uint8 arrays, not copies
+        split_names += [split] * len(split_images)
+        sources += [f"{split}_images[{i}]" for i in range(len(split_images))]
+    if not len(arrays["train_labels"]):
+        raise common.StageError(f"{path}: train_images is empty")
+    labels = np.concatenate(labels)
+    if len(np.unique(labels)) < 2:
+        raise common.StageError(f"{path}: only one class (label {labels[0]}) in the labels; need both")
+    return ImageSet(
+        read=images.__getitem__,
+        labels=labels,
+        split=np.array(split_names),
+        source=np.array(sources),
+        class_names=BREASTMNIST_CLASSES,
+    )
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """Decode one image file to uint8 (H, W) grey or (H, W, 3) colour.
+
+    16-bit grey (common in lab TIFF and PNG) is scaled from its full range to 8 bits;
+    palette, alpha and CMYK images become RGB.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # Image.open only reads the header; this finds truncation
+            if image.mode.startswith("I"):
+                pixels = np.asarray(image, dtype=np.float64) * (255 / 65535)
+                return np.clip(pixels, 0, 255).astype(np.uint8)
+            if image.mode != "L":
+                image = image.convert("RGB")
+            return np.asarray(image)
+    except OSError as err:  # unreadable, truncated, or not an image at all
+        raise common.StageError(f"{path}: cannot read image ({_one_line(err)})") from None
+
+
+def load_image_folder(root: Path) -> ImageSet:
+    """A folder with one subfolder per class (searched recursively), all of it ``train``.
+
+    Classes are numbered in the sorted order of their folder names. Hidden files (such
+    as ``.DS_Store``) are skipped; any other file that is not a PNG, JPEG, BMP or TIFF
+    stops the stage, as does a file outside the class folders, an empty class folder
+    or a single class. Every image is decoded once up front, so that a bad file stops
+    the stage before the long extraction rather than in the middle of it.
+    """
+    entries = sorted(entry for entry in root.iterdir() if not entry.name.startswith("."))
+    for entry in entries:
+        if not entry.is_dir():
+            raise common.StageError(f"{entry}: a file outside the class folders of {root}")
+    class_names = tuple(entry.name for entry in entries)
+    if len(class_names) < 2:
+        found = ", ".join(class_names) or "none"
+        raise common.StageError(f"{root}: only {len(class_names)} class folder(s) ({found}); need 2 or more")
+    paths, labels = [], []
+    for label, class_dir in enumerate(entries):
+        files = sorted(
+            path
+            for path in class_dir.rglob("*")
+            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(class_dir).parts)
+        )
+        for file in files:
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                expected = ", ".join(IMAGE_SUFFIXES)
+                raise common.StageError(f"{file}: unsupported file type (expected {expected})")
+        if not files:
+            raise common.StageError(f"{class_dir}: empty class folder (no images)")
+        paths += files
+        labels += [label] * len(files)
+    for path in paths:
+        read_image_file(path)
+    return ImageSet(
+        read=lambda i: read_image_file(paths[i]),
+        labels=np.array(labels, dtype=np.int64),
+        split=np.array(["train"] * len(paths)),
+        source=np.array([p.relative_to(root).as_posix() for p in paths]),
+        class_names=class_names,
+    )
+
+
+def open_data(data: str) -> ImageSet:
+    """The images named by ``extract_vgg_features.data``: ``medmnist``, or a .npz or a
+    folder under ``data/local/breast/``, where DVC tracks it as a dependency."""
+    if data == MEDMNIST:
+        return load_npz_images(download_breastmnist())
+    path = Path(data)
+    if path != LOCAL_DATA_DIR and LOCAL_DATA_DIR not in path.parents:
+        raise common.ParamsError(
+            f"params.yaml: extract_vgg_features.data: a local file or folder must lie under "
+            f"{LOCAL_DATA_DIR}/ (copy or link it there) so that DVC tracks it, got {data!r}"
+        )
+    if path.is_dir():
+        return load_image_folder(path)
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise common.StageError(f"{path}: unsupported data file; expected a .npz or a folder")
+        return load_npz_images(path)
+    raise common.StageError(f"{path}: extract_vgg_features.data not found (nor is it '{MEDMNIST}')")
+
+
+def prepare_image(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 grey or RGB image -> float32 (size, size, 3) in 0..255, grey repeated to RGB."""
+    from PIL import Image
+
+    picture = Image.fromarray(image).convert("RGB")
+    if picture.size != (size, size):
+        picture = picture.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(picture, dtype=np.float32)
+
+
+def iterate_batches(images: ImageSet, image_size: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Yield float32 (B, size, size, 3) batches in order, decoding each image only when needed."""
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
+        yield np.stack([prepare_image(images.read(i), image_size) for i in range(start, stop)])
+
+
+# --------------------------------------------------------------------------- model
+def _applications_module(backbone: str):
+    import keras
+
+    return {"vgg19": keras.applications.vgg19, "vgg16": keras.applications.vgg16}[backbone]
+
+
+def preprocess_function(backbone: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The backbone's ``preprocess_input`` (RGB to BGR, ImageNet mean subtracted)."""
+    return _applications_module(backbone).preprocess_input
+
+
+def check_image_size(layer: str, image_size: int) -> None:
+    """``fc1``/``fc2`` sit after a Flatten sized for 224x224 inputs; pooled layers take any size."""
+    if layer in TOP_LAYERS and image_size != TOP_IMAGE_SIZE:
+        raise common.ParamsError(
+            f"params.yaml: extract_vgg_features.image_size: must be {TOP_IMAGE_SIZE} "
+            f"for layer {layer}, got {image_size}"
+        )
+
+
+def build_extractor(backbone: str, weights: str, layer: str, image_size: int):
+    """A Keras model from (size, size, 3) preprocessed images to ``layer``'s features.
+
+    ``weights`` is ``imagenet`` (downloaded by Keras), ``none`` (random, for tests
+    and benchmarks) or a path to a weights file saved from the same backbone; for
+    ``avg``/``max`` a file of the whole network works as well as a no-top one.
+    """
+    import keras
+
+    check_image_size(layer, image_size)
+    top = layer in TOP_LAYERS
+    architecture = {"vgg19": keras.applications.VGG19, "vgg16": keras.applications.VGG16}[backbone]
+    weights_file = None if weights in ("imagenet", "none") else Path(weights)
+    if weights_file is not None and not weights_file.is_file():
+        raise common.StageError(f"{weights_file}: extract_vgg_features.weights file not found")
+    try:
+        model = architecture(
+            weights="imagenet" if weights == "imagenet" else None,
+            include_top=top,
+            input_shape=(image_size, image_size, 3),
+            pooling=None if top else layer,
+        )
+    except Exception as err:  # Keras raises a bare Exception when the download fails
+        if weights != "imagenet":
+            raise
+        raise common.StageError(
+            f"could not get the ImageNet weights of {backbone} ({_one_line(err)}); "
+            "set extract_vgg_features.weights to a local weights file"
+        ) from None
+    if weights_file is not None:
+        expected = f"{backbone} weights{'' if top else ' (whole network or no-top)'}"
+        try:
+            with warnings.catch_warnings():  # Keras warns layer by layer before it raises
+                warnings.simplefilter("ignore")
+                model.load_weights(weights_file)
+        except (ValueError, OSError) as err:
+            raise common.StageError(
+                f"{weights_file}: does not fit backbone {backbone} with layer {layer}; "
+                f"expected {expected} ({_one_line(err)})"
+            ) from None
+    if top:
+        model = keras.Model(model.input, model.get_layer(layer).output, name=f"{backbone}_{layer}")
+    return model
+
+
+def extract_features(
+    model,
+    preprocess: Callable[[np.ndarray], np.ndarray],
+    batches: Iterator[np.ndarray],
+    n_images: int,
+    progress_every: int | None = PROGRESS_EVERY,
+) -> np.ndarray:
+    """Run ``model`` over ``batches`` and return float32 (n_images, D) features.
+
+    Prints a flushed progress line every ``progress_every`` batches and after the
+    last, or none if ``progress_every`` is None.
+    """
+    features = np.empty((n_images, model.output_shape[-1]), dtype=np.float32)
+    done, started = 0, time.perf_counter()
+    for number, batch in enumerate(batches, start=1):
+        features[done : done + len(batch)] = model.predict_on_batch(preprocess(batch))
+        done += len(batch)
+        if progress_every and (number % progress_every == 0 or done == n_images):
+            elapsed = time.perf_counter() - started
+            rate = done / elapsed
+            print(
+                f"extract_vgg_features: {done}/{n_images} images, {rate:.1f} images/s, "
+                f"{elapsed:.0f}s elapsed, about {(n_images - done) / rate:.0f}s left",
+                flush=True,
+            )
+    return features
+
+
+def summary(images: ImageSet, features: np.ndarray, seconds: float) -> dict:
+    """Counts, feature size and speed for results/breast/features.json (numbers only)."""
+    return {
+        "n_images": len(images),
+        **{f"n_{split}": int((images.split == split).sum()) for split in SPLITS},
+        **{f"n_{name}": int((images.labels == i).sum()) for i, name in enumerate(images.class_names)},
+        "feature_dim": int(features.shape[1]),
+        "seconds": round(seconds, 1),
+        "images_per_second": round(len(images) / seconds, 2),
+    }
+
+
+def main(argv: list[str]) -> None:
+    if argv:
+        raise common.StageError("usage: python -m stages.extract_vgg_features (no arguments)")
+    params = common.read_params(SCHEMA)
+    settings = params["extract_vgg_features"]
+    check_image_size(settings["layer"], settings["image_size"])
+    images = open_data(settings["data"])
+    print(
+        f"extract_vgg_features: {len(images)} images, classes {', '.join(images.class_names)}; "
+        f"{settings['backbone']} {settings['layer']}, weights {settings['weights']}",
+        flush=True,
+    )
+    common.seed_everything(params["seed"])  # fixes the random weights of `weights: none`
+    model = build_extractor(
+        settings["backbone"], settings["weights"], settings["layer"], settings["image_size"]
+    )
+    started = time.perf_counter()
+    features = extract_features(
+        model,
+        preprocess_function(settings["backbone"]),
+        iterate_batches(images, settings["image_size"], settings["batch_size"]),
+        len(images),
+    )
+    seconds = time.perf_counter() - started
+    common.save_npz(
+        FEATURES_PATH,
+        features=features,
+        labels=images.labels,
+        split=images.split,
+        source=images.source,
+        class_names=np.array(images.class_names),
+    )
+    common.write_json(SUMMARY_PATH, summary(images, features, seconds))
+    print(f"extract_vgg_features: wrote {FEATURES_PATH} {features.shape} in {seconds:.0f}s")
+
+
+if __name__ == "__main__":
+    common.run_stage(main)

@@ -1,0 +1,102 @@
+"""Stage ``generate_toy``: make one of the three two-class 2-D toy datasets.
+
+    python -m stages.generate_toy 2blop
+
+Reads ``seed`` and ``generate_toy.<name>`` from params.yaml; writes
+``data/toy/<name>.npz`` (arrays ``x`` (N, 2) float32 and ``y`` (N,) int64) and a
+scatter plot ``plots/toy/<name>/data.png``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stages import common
+from stages.toy import DATASETS, data_path, dataset_from_argv, settings_for
+
+
+def _split_counts(n_samples: int, n_parts: int) -> list[int]:
+    """Share ``n_samples`` as evenly as possible between ``n_parts`` clusters."""
+    base, extra = divmod(n_samples, n_parts)
+    return [base + (i < extra) for i in range(n_parts)]
+
+
+def two_blobs(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two Gaussian blobs of standard deviation ``noise`` centred at (-2, 0) and (2, 0)."""
+    centres = np.array([[-2.0, 0.0], [2.0, 0.0]])
+    counts = _split_counts(n_samples, 2)
+    x = np.concatenate([rng.normal(c, noise, size=(n, 2)) for c, n in zip(centres, counts)])
+    y = np.repeat([0, 1], counts)
+    return x, y
+
+
+def blob_in_ring(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Class 0: a blob at the origin; class 1: a ring of radius 3 around it.
+
+    ``noise`` is the blob's standard deviation and the ring's radial spread.
+    """
+    n_blob, n_ring = _split_counts(n_samples, 2)
+    blob = rng.normal(0.0, noise, size=(n_blob, 2))
+    angle = rng.uniform(0.0, 2 * np.pi, size=n_ring)
+    radius = 3.0 + rng.normal(0.0, noise, size=n_ring)
+    ring = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+    return np.concatenate([blob, ring]), np.repeat([0, 1], [n_blob, n_ring])
+
+
+def four_blobs_xor(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Four blobs at (+-2, +-2) in an XOR layout: diagonal corners share a class."""
+    centres = np.array([[-2.0, -2.0], [2.0, 2.0], [-2.0, 2.0], [2.0, -2.0]])
+    counts = _split_counts(n_samples, 4)
+    x = np.concatenate([rng.normal(c, noise, size=(n, 2)) for c, n in zip(centres, counts)])
+    y = np.repeat([0, 0, 1, 1], counts)
+    return x, y
+
+
+GENERATORS = {"2blop": two_blobs, "blop_circle": blob_in_ring, "4blop": four_blobs_xor}
+assert tuple(GENERATORS) == DATASETS
+
+SCHEMA = {
+    "seed": common.integer(minimum=0),
+    "generate_toy": common.named(
+        DATASETS,
+        common.mapping(
+            {"n_samples": common.integer(minimum=8), "noise": common.number(minimum=0, exclusive_min=True)}
+        ),
+    ),
+}
+
+
+def generate(name: str, n_samples: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return shuffled ``(x, y)`` for dataset ``name``: x float32 (N, 2), y int64 (N,) in {0, 1}."""
+    rng = np.random.default_rng(seed)
+    x, y = GENERATORS[name](n_samples, noise, rng)
+    order = rng.permutation(len(y))
+    return x[order].astype(np.float32), y[order].astype(np.int64)
+
+
+def scatter_figure(x: np.ndarray, y: np.ndarray, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, colour in ((0, "tab:red"), (1, "tab:blue")):
+        ax.scatter(*x[y == label].T, s=8, c=colour, label=f"class {label}", alpha=0.7)
+    ax.set(title=title, xlabel="x1", ylabel="x2", aspect="equal")
+    ax.legend(loc="upper right")
+    return fig
+
+
+def main(argv: list[str]) -> None:
+    name = dataset_from_argv("generate_toy", argv)
+    params = common.read_params(SCHEMA)
+    settings = settings_for(params, "generate_toy", name)
+    x, y = generate(name, settings["n_samples"], settings["noise"], params["seed"])
+    common.save_npz(data_path(name), x=x, y=y)
+    common.save_figure(scatter_figure(x, y, f"{name} ({len(y)} points)"), f"plots/toy/{name}/data.png")
+    print(f"generate_toy {name}: {len(y)} points, class counts {np.bincount(y).tolist()}")
+
+
+if __name__ == "__main__":
+    common.run_stage(main)

@@ -1,0 +1,380 @@
+"""The breast-cancer exercise (VGG features, then KNN), without DVC and without a network.
+
+Every test makes its own tiny data; the model tests use random weights and the
+pooled layers at 32x32, where VGG is small enough to run in a second.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages import common, extract_vgg_features as extract, fit_knn
+from tests.conftest import SHARED_DATA
+
+LOCAL = Path("data/local/breast")  # relative: the main() tests chdir into tmp_path
+
+
+# --------------------------------------------------------------------------- fixtures
+def save_image(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Two class folders of mixed files: grey PNG, colour JPEG, BMP, TIFF, sizes differing."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / LOCAL / "lab"
+    for name in ("malignant", "benign"):
+        for i in range(6):
+            grey = rng.integers(0, 256, (30 + i, 40), dtype=np.uint8)
+            suffix = (".png", ".jpg", ".bmp", ".tif")[i % 4]
+            pixels = np.stack([grey] * 3, axis=-1) if suffix == ".jpg" else grey
+            save_image(root / name / ("nested" if i == 5 else "") / f"{i}{suffix}", pixels)
+    (root / "benign" / ".DS_Store").write_bytes(b"\0\1")  # hidden files are skipped
+    return root
+
+
+def write_breast_npz(path: Path, **replace: np.ndarray) -> Path:
+    """MedMNIST's layout at 28x28: 12 train, 4 val, 6 test; labels (N, 1) like MedMNIST's."""
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, n in (("train", 12), ("val", 4), ("test", 6)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).astype(np.uint8).reshape(n, 1)
+    arrays.update(replace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{key: value for key, value in arrays.items() if value is not None})
+    return path
+
+
+@pytest.fixture
+def breast_npz(tmp_path: Path) -> Path:
+    return write_breast_npz(tmp_path / LOCAL / "breast.npz")
+
+
+@pytest.fixture(scope="session")
+def weights_files(tmp_path_factory) -> dict[str, Path]:
+    """Weights files saved from no-top VGG16 and VGG19 with random weights, as an
+    air-gapped user would save ImageNet ones."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("weights")
+    files = {}
+    for name, architecture in (("vgg16", keras.applications.VGG16), ("vgg19", keras.applications.VGG19)):
+        keras.utils.set_random_seed(7)
+        model = architecture(weights=None, include_top=False, input_shape=(32, 32, 3))
+        files[name] = folder / f"{name}_notop.weights.h5"
+        model.save_weights(files[name])
+    return files
+
+
+def write_params(folder: Path, data: str, k: int = 3, **extract_overrides) -> None:
+    params = {
+        "seed": 0,
+        "extract_vgg_features": {
+            "data": data, "backbone": "vgg19", "weights": "none", "layer": "avg",
+            "image_size": 32, "batch_size": 5, **extract_overrides,
+        },
+        "fit_knn": {"k": k, "metric": "euclidean", "weights": "uniform", "cv_folds": 3},
+    }
+    (folder / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
+
+
+# --------------------------------------------------------------------------- reading data
+def test_npz_layout_is_read_split_by_split(breast_npz):
+    images = extract.load_npz_images(breast_npz)
+    assert len(images) == 22 and images.class_names == ("malignant", "normal_or_benign")
+    assert images.labels.dtype == np.int64 and images.labels.shape == (22,)
+    assert [int((images.split == s).sum()) for s in ("train", "val", "test")] == [12, 4, 6]
+    assert images.source[0] == "train_images[0]" and images.source[-1] == "test_images[5]"
+    assert images.read(12).shape == (28, 28) and images.read(12).dtype == np.uint8
+
+
+def test_npz_without_val_and_test_is_all_train(tmp_path):
+    path = write_breast_npz(
+        tmp_path / "train_only.npz", val_images=None, val_labels=None, test_images=None, test_labels=None
+    )
+    assert set(extract.load_npz_images(path).split) == {"train"}
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        ({"test_labels": None}, "missing key test_labels"),
+        ({"train_images": np.zeros((12, 28, 28), np.float32)}, "train_images must be uint8 (N, H, W) or (N, H, W, 3)"),
+        ({"val_images": np.zeros((4, 28, 28, 2), np.uint8)}, "val_images must be uint8"),
+        ({"val_labels": np.zeros((4, 2), np.uint8)}, "val_labels must be integers of shape (N,) or (N, 1)"),
+        ({"test_labels": np.zeros(5, np.uint8)}, "test_labels has 5 labels for 6 test_images"),
+        ({"train_labels": np.full(12, 2, np.uint8)}, "train_labels must be 0 (malignant) or 1"),
+        (
+            {key: np.zeros(n, np.uint8) for key, n in (("train_labels", 12), ("val_labels", 4), ("test_labels", 6))},
+            "only one class (label 0)",
+        ),
+    ],
+)
+def test_bad_npz_is_named_in_one_line(tmp_path, replace, message):
+    path = write_breast_npz(tmp_path / "bad.npz", **replace)
+    with pytest.raises(common.StageError) as error:
+        extract.load_npz_images(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_folder_classes_sources_and_reading(image_folder):
+    images = extract.load_image_folder(image_folder)
+    assert images.class_names == ("benign", "malignant")  # sorted folder names
+    assert images.labels.tolist() == [0] * 6 + [1] * 6 and set(images.split) == {"train"}
+    assert "benign/nested/5.png" in images.source.tolist() and "malignant/0.png" in images.source.tolist()
+    index = images.source.tolist().index("malignant/1.jpg")
+    assert images.read(index).shape == (31, 40, 3)
+
+
+def test_sixteen_bit_grey_keeps_its_full_range(tmp_path):
+    pixels = np.array([[0, 32896, 65535]], dtype=np.uint16)
+    path = save_image(tmp_path / "deep.png", pixels)
+    assert extract.read_image_file(path).tolist() == [[0, 128, 255]]
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("spoil", "culprit", "message"),
+    [
+        (lambda root: truncate(root / "malignant/0.png"), "malignant/0.png", "cannot read image (image file is truncated"),
+        (lambda root: truncate(root / "benign/1.jpg"), "benign/1.jpg", "cannot read image"),
+        (lambda root: (root / "benign/3.tif").write_text("not a tiff"), "benign/3.tif", "cannot read image"),
+        (lambda root: (root / "benign/notes.txt").write_text("hi"), "benign/notes.txt", "unsupported file type"),
+        (lambda root: (root / "normal").mkdir(), "normal", "empty class folder"),
+        (lambda root: (root / "README.md").write_text("hi"), "README.md", "a file outside the class folders"),
+        (lambda root: __import__("shutil").rmtree(root / "benign"), "", "only 1 class folder(s) (malignant)"),
+    ],
+)
+def test_bad_folder_is_named_in_one_line(image_folder, spoil, culprit, message):
+    spoil(image_folder)
+    with pytest.raises(common.StageError) as error:
+        extract.load_image_folder(image_folder)
+    assert str(error.value).startswith(f"{image_folder / culprit}: ".replace("/: ", ": "))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("data/local/breast/missing.npz", "data/local/breast/missing.npz: extract_vgg_features.data not found"),
+        ("elsewhere/breast.npz", "params.yaml: extract_vgg_features.data: a local file or folder must lie under"),
+        ("data/local/breast/list.csv", "data/local/breast/list.csv: unsupported data file"),
+    ],
+)
+def test_data_that_is_not_there_or_not_tracked(tmp_path, monkeypatch, data, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / LOCAL).mkdir(parents=True)
+    (tmp_path / LOCAL / "list.csv").write_text("a,b\n")
+    with pytest.raises(common.StageError, match=f"^{message}"):
+        extract.open_data(data)
+
+
+def test_images_become_rgb_batches_of_the_chosen_size(breast_npz, image_folder):
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    prepared = extract.prepare_image(grey, 8)
+    assert prepared.shape == (8, 8, 3) and prepared.dtype == np.float32
+    assert np.array_equal(prepared[..., 0], prepared[..., 2])  # grey repeated to three channels
+    for images in (extract.load_npz_images(breast_npz), extract.load_image_folder(image_folder)):
+        sizes = [batch.shape for batch in extract.iterate_batches(images, 32, batch_size=5)]
+        expected = [5] * (len(images) // 5) + ([len(images) % 5] if len(images) % 5 else [])
+        assert [size[0] for size in sizes] == expected and {size[1:] for size in sizes} == {(32, 32, 3)}
+
+
+# --------------------------------------------------------------------------- the network
+@pytest.mark.parametrize(("backbone", "layer"), [("vgg19", "avg"), ("vgg16", "max")])
+def test_pooled_features_stream_through_in_batches(breast_npz, backbone, layer, capsys):
+    images = extract.load_npz_images(breast_npz)
+    model = extract.build_extractor(backbone, "none", layer, 32)
+    batches = extract.iterate_batches(images, 32, batch_size=4)
+    features = extract.extract_features(
+        model, extract.preprocess_function(backbone), batches, len(images), progress_every=2
+    )
+    assert features.shape == (22, 512) and features.dtype == np.float32 and np.isfinite(features).all()
+    progress = capsys.readouterr().out.splitlines()
+    assert len(progress) == 4 and progress[0].startswith("extract_vgg_features: 8/22 images")
+    assert progress[-1].startswith("extract_vgg_features: 22/22 images")
+
+
+def test_fc_layers_need_224_pixels():
+    with pytest.raises(common.ParamsError, match="^params.yaml: extract_vgg_features.image_size: must be 224"):
+        extract.build_extractor("vgg19", "none", "fc1", 64)
+
+
+def test_weights_file_is_loaded_by_path(weights_files):
+    import keras
+
+    keras.utils.set_random_seed(7)
+    original = keras.applications.VGG19(weights=None, include_top=False, input_shape=(32, 32, 3), pooling="avg")
+    loaded = extract.build_extractor("vgg19", str(weights_files["vgg19"]), "avg", 32)
+    batch = np.random.default_rng(0).uniform(-100, 100, (2, 32, 32, 3)).astype(np.float32)
+    assert np.allclose(original.predict_on_batch(batch), loaded.predict_on_batch(batch), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("weights", "layer", "message"),
+    [
+        ("vgg16", "avg", "does not fit backbone vgg19 with layer avg"),
+        ("vgg19", "fc1", "does not fit backbone vgg19 with layer fc1; expected vgg19 weights"),
+        ("missing", "avg", "extract_vgg_features.weights file not found"),
+    ],
+)
+def test_weights_file_that_does_not_fit_is_named(weights_files, tmp_path, weights, layer, message):
+    path = weights_files.get(weights, tmp_path / "missing.weights.h5")
+    with pytest.raises(common.StageError) as error:
+        extract.build_extractor("vgg19", str(path), layer, 224 if layer == "fc1" else 32)
+    assert str(error.value).startswith(f"{path}: {message}") and "\n" not in str(error.value)
+
+
+def test_extract_stage_writes_features_for_a_folder(tmp_path, monkeypatch, image_folder):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "data/local/breast/lab")
+    extract.main([])
+    with np.load(tmp_path / "data/breast/features.npz") as saved:
+        assert saved["features"].shape == (12, 512) and saved["features"].dtype == np.float32
+        assert saved["labels"].tolist() == [0] * 6 + [1] * 6
+        assert set(saved["split"]) == {"train"} and saved["source"][0] == "benign/0.png"
+        assert saved["class_names"].tolist() == ["benign", "malignant"]
+    summary = json.loads((tmp_path / "results/breast/features.json").read_text())
+    assert summary["n_images"] == 12 and summary["n_train"] == 12 and summary["n_test"] == 0
+    assert summary["n_benign"] == 6 and summary["feature_dim"] == 512 and summary["images_per_second"] > 0
+
+
+def test_extract_stage_checks_params_before_reading_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "data/local/breast/missing.npz", layer="fc2", image_size=32)
+    with pytest.raises(common.ParamsError, match="extract_vgg_features.image_size: must be 224 for layer fc2"):
+        extract.main([])
+
+
+# --------------------------------------------------------------------------- KNN
+def clustered_features(n_per_class: int = 20, with_test: bool = True, seed: int = 0) -> fit_knn.FeatureSet:
+    """Two overlapping Gaussian clusters in 16-d, split train/val/test in 3:1:1 per class."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], n_per_class)
+    features = rng.normal(0, 1, (2 * n_per_class, 16)) + 1.5 * labels[:, None] + 3
+    per_class = np.resize(["train", "train", "train", "val", "test" if with_test else "train"], n_per_class)
+    return fit_knn.FeatureSet(
+        features=features.astype(np.float32),
+        labels=labels,
+        split=np.concatenate([per_class, per_class]),
+        source=np.array([f"train_images[{i}]" for i in range(2 * n_per_class)]),
+        class_names=("malignant", "normal_or_benign"),
+    )
+
+
+SETTINGS = {"k": 5, "metric": "euclidean", "weights": "uniform", "cv_folds": 4}
+
+
+def test_knn_metrics_keep_held_out_and_resubstitution_apart():
+    data = clustered_features()
+    model, metrics, predictions = fit_knn.evaluate(data, SETTINGS, seed=0)
+    assert set(metrics) == {"n_fit", "test", "cv", "resubstitution_accuracy", "n_resubstitution"}
+    assert metrics["n_fit"] == 32 and metrics["test"]["n"] == 8 and metrics["n_resubstitution"] == 40
+    assert set(metrics["test"]) == {"n", "accuracy", "balanced_accuracy", "recall"}
+    assert set(metrics["test"]["recall"]) == {"malignant", "normal_or_benign"}
+    assert set(metrics["cv"]) == {
+        "folds", "n", "accuracy", "accuracy_std", "balanced_accuracy", "balanced_accuracy_std"
+    }
+    assert metrics["cv"]["folds"] == 4 and metrics["cv"]["n"] == 32
+    # The held-out figures are well above chance but below memorisation.
+    assert 0.6 < metrics["cv"]["accuracy"] < metrics["resubstitution_accuracy"]
+    assert list(predictions.columns) == ["source", "split", "actual", "predicted", "evaluated_by"]
+    assert set(predictions.loc[predictions["split"] == "test", "evaluated_by"]) == {"test"}
+    assert set(predictions.loc[predictions["split"] != "test", "evaluated_by"]) == {f"cv_fold_{i}" for i in range(1, 5)}
+    assert model.named_steps["knn"].n_samples_fit_ == 32  # fitted on train+val, never on test
+
+
+def test_resubstitution_with_distance_weights_is_perfect_memory():
+    _, metrics, _ = fit_knn.evaluate(clustered_features(), {**SETTINGS, "weights": "distance"}, seed=0)
+    assert metrics["resubstitution_accuracy"] == 1.0 and metrics["cv"]["accuracy"] < 1.0
+
+
+def test_scores_and_pipeline_normalise_each_vector():
+    model = fit_knn.make_pipeline(1).fit(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]))
+    # [10, 1] is far from both points, but it points the way of [1, 0].
+    assert model.predict(np.array([[10.0, 1.0]])).tolist() == [0]
+    result = fit_knn.scores(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ("a", "b"))
+    assert result == {"accuracy": 0.75, "balanced_accuracy": 0.75, "recall": {"a": 0.5, "b": 1.0}}
+
+
+def test_same_seed_same_folds():
+    data = clustered_features()
+    first = fit_knn.evaluate(data, SETTINGS, seed=3)[1]
+    assert fit_knn.evaluate(data, SETTINGS, seed=3)[1] == first
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"k": 25}, "params.yaml: fit_knn.k: 25 neighbours is more than the 24 images"),
+        ({"cv_folds": 17}, "params.yaml: fit_knn.cv_folds: 17 folds need 17 images of every class"),
+    ],
+)
+def test_k_or_folds_too_large_for_the_data(settings, message):
+    with pytest.raises(common.ParamsError, match=f"^{message}"):
+        fit_knn.evaluate(clustered_features(), {**SETTINGS, **settings}, seed=0)
+
+
+def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "medmnist")
+    data = clustered_features()
+    common.save_npz(
+        "data/breast/features.npz", features=data.features, labels=data.labels, split=data.split,
+        source=data.source, class_names=np.array(data.class_names),
+    )
+    fit_knn.main([])
+    metrics = json.loads((tmp_path / "results/breast/knn.json").read_text())
+    assert "test" in metrics and "resubstitution_accuracy" in metrics
+    confusion = (tmp_path / "plots/breast/confusion.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 8  # the test split only
+    assert set(",".join(confusion[1:]).split(",")) <= {"malignant", "normal_or_benign"}
+    assert len((tmp_path / "results/breast/knn_predictions.csv").read_text().splitlines()) == 41
+
+    import joblib
+
+    model = joblib.load(tmp_path / "models/breast/knn.pkl")
+    assert model.predict(data.features[:2]).shape == (2,)
+
+
+def test_both_stages_on_a_folder_evaluate_by_cross_validation(tmp_path, monkeypatch, image_folder):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "data/local/breast/lab")
+    extract.main([])
+    fit_knn.main([])
+    metrics = json.loads((tmp_path / "results/breast/knn.json").read_text())
+    assert "test" not in metrics and metrics["cv"]["n"] == 12
+    confusion = (tmp_path / "plots/breast/confusion.csv").read_text().splitlines()
+    assert len(confusion) == 1 + 12 and set(",".join(confusion[1:]).split(",")) <= {"benign", "malignant"}
+
+
+def test_fit_knn_without_features_says_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "medmnist")
+    with pytest.raises(common.StageError, match="features.npz: not found; run `dvc repro extract_vgg_features`"):
+        fit_knn.main([])
+
+
+# --------------------------------------------------------------------------- real data, when present
+BREASTMNIST_28 = SHARED_DATA / "breastmnist_28.npz"
+
+
+@pytest.mark.skipif(not BREASTMNIST_28.exists(), reason=f"{BREASTMNIST_28} is absent")
+def test_breastmnist_28_is_read_as_medmnist_lays_it_out():
+    images = extract.load_npz_images(BREASTMNIST_28)
+    assert [int((images.split == s).sum()) for s in ("train", "val", "test")] == [546, 78, 156]
+    assert np.bincount(images.labels).tolist()[0] < np.bincount(images.labels).tolist()[1]
+    assert extract.prepare_image(images.read(0), 224).shape == (224, 224, 3)

@@ -1,0 +1,148 @@
+"""The augmented MNIST stage on a tiny synthetic MNIST-shaped file, without DVC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stages import augment_train_mnist as mnist
+from stages import common
+
+LOCAL_FILE = "data/local/mnist/tiny.npz"
+
+
+def tiny_mnist(n_train: int = 160, n_test: int = 40, seed: int = 0) -> dict[str, np.ndarray]:
+    """Digit-like blobs: each class lights a different 7x7 patch, so a CNN can learn it."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = np.arange(n) % 10
+        x = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(y):
+            row, col = divmod(int(label), 4)
+            x[i, 2 + 7 * row : 9 + 7 * row, 2 + 6 * col : 9 + 6 * col] = 230
+        return x, y.astype(np.uint8)
+
+    (x_train, y_train), (x_test, y_test) = make(n_train), make(n_test)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def small_settings(**overrides) -> dict:
+    with open(Path(__file__).resolve().parents[1] / "params.yaml") as f:
+        settings = yaml.safe_load(f)["augment_train_mnist"]
+    settings.update(data=LOCAL_FILE, validation_size=40, epochs=3, batch_size=16, epoch_fraction=1.0)
+    settings.update(overrides)
+    return settings
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/local/mnist").mkdir(parents=True)
+    np.savez(tmp_path / LOCAL_FILE, **tiny_mnist())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 7, "augment_train_mnist": small_settings()}))
+    return tmp_path
+
+
+def test_model_is_the_seeds():
+    model = mnist.make_model()
+    assert model.count_params() == 727_530
+    assert common.count_params(model) == {"params_total": 727_530, "params_trainable": 725_610}
+    assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
+
+
+def test_augmentation_keeps_shape_and_changes_images():
+    import tensorflow as tf
+
+    images = mnist.to_model_input(tiny_mnist(10, 0)["x_train"])
+    augmented = mnist.make_augmentation(20, 0.1, 0.2, seed=1)(images, training=True)
+    assert augmented.shape == (10, 28, 28, 1)
+    assert float(tf.reduce_max(tf.abs(augmented - images))) > 0.1
+    assert float(tf.reduce_min(augmented)) >= 0.0
+
+
+def test_one_short_run_writes_every_output(workdir):
+    mnist.main([])
+    metrics = json.loads((workdir / "results/mnist/cnn.json").read_text())
+    assert set(metrics) == {"test_accuracy", "test_loss", "best_epoch", "best_val_accuracy", "epochs",
+                            "seconds_per_epoch", "train_images_per_second", "device",
+                            "params_total", "params_trainable"}
+    assert 1 <= metrics["best_epoch"] <= 3 and metrics["device"].startswith("CPU")
+    history = (workdir / "plots/mnist/history.csv").read_text().splitlines()
+    assert history[0] == "epoch,accuracy,loss,val_accuracy,val_loss" and len(history) == 4
+    confusion = (workdir / "plots/mnist/confusion.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == 41
+    assert (workdir / "models/mnist/model.keras").is_file()
+    assert not (workdir / "checkpoints/mnist").exists()  # cleared once the run is complete
+
+
+def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, monkeypatch):
+    mnist.main([])
+    uninterrupted = json.loads((workdir / "results/mnist/cnn.json").read_text())
+    weights = [w.copy() for w in mnist.keras_load(workdir / "models/mnist/model.keras").get_weights()]
+
+    # Kill the run right after epoch 2 was checkpointed, then start it again.
+    real_save = mnist.Checkpoint.save
+
+    def save_then_die(self, model, best_model, state):
+        real_save(self, model, best_model, state)
+        if state["epochs_done"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mnist.Checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        mnist.main([])
+    assert json.loads((workdir / "checkpoints/mnist/state.json").read_text())["epochs_done"] == 2
+    monkeypatch.setattr(mnist.Checkpoint, "save", real_save)
+    mnist.main([])
+    resumed = json.loads((workdir / "results/mnist/cnn.json").read_text())
+
+    same_keys = ("test_accuracy", "test_loss", "best_epoch", "best_val_accuracy")
+    assert {k: resumed[k] for k in same_keys} == {k: uninterrupted[k] for k in same_keys}
+    history = (workdir / "plots/mnist/history.csv").read_text()
+    assert len(history.splitlines()) == 4
+    resumed_weights = mnist.keras_load(workdir / "models/mnist/model.keras").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(weights, resumed_weights))
+
+
+def test_a_checkpoint_from_other_params_is_not_resumed(workdir, capsys):
+    fingerprint = mnist.run_fingerprint({"seed": 1}, {})
+    checkpoint = mnist.Checkpoint(workdir / "checkpoints/mnist", fingerprint)
+    common.write_json(checkpoint.state_path, {"epochs_done": 2, "fingerprint": "other"})
+    assert checkpoint.load() is None
+    assert "starting afresh" in capsys.readouterr().out
+    assert not checkpoint.folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda a: a.pop("y_test"), "missing key(s) y_test"),
+        (lambda a: a.update(x_train=a["x_train"][:, :27]), "x_train must have shape (N, 28, 28), got (160, 27, 28)"),
+        (lambda a: a.update(x_test=a["x_test"].astype(np.float32)), "x_test must be uint8 pixels 0-255, got float32"),
+        (lambda a: a.update(y_train=a["y_train"][:-1]), "y_train must have shape (160,), got (159,)"),
+        (lambda a: a.update(y_test=a["y_test"] + 5), "y_test has labels outside 0-9 (5..14)"),
+    ],
+)
+def test_bad_files_are_named(workdir, spoil, message):
+    arrays = tiny_mnist()
+    spoil(arrays)
+    np.savez(workdir / LOCAL_FILE, **arrays)
+    with pytest.raises(common.StageError) as error:
+        mnist.main([])
+    assert str(error.value) == f"{LOCAL_FILE}: {message}"
+    assert not (workdir / "results").exists() and not (workdir / "models").exists()
+
+
+def test_unreadable_or_absent_file_and_path_outside_the_local_folder(workdir):
+    (workdir / LOCAL_FILE).write_text("not an npz")
+    with pytest.raises(common.StageError, match=rf"^{LOCAL_FILE}: not a readable \.npz file"):
+        mnist.load_mnist(LOCAL_FILE)
+    with pytest.raises(common.StageError, match=r"^data/local/mnist/absent\.npz: file not found"):
+        mnist.load_mnist("data/local/mnist/absent.npz")
+    with pytest.raises(common.ParamsError, match=r"augment_train_mnist\.data: a local file must lie under"):
+        mnist.load_mnist("/elsewhere/mnist.npz")
