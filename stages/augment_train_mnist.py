@@ -39,6 +39,7 @@ SCHEMA = {
             "batch_size": common.integer(minimum=1),
             "epoch_fraction": common.number(minimum=0, maximum=1, exclusive_min=True),
             "learning_rate": common.number(minimum=0, exclusive_min=True),
+            "lr_schedule": common.choice("constant", "cosine"),
             "dropout": common.number(minimum=0, maximum=0.95),
             "augmentation": common.mapping(
                 {
@@ -162,7 +163,8 @@ def make_augmentation(rotation_degrees: float, shift: float, zoom: float, seed: 
         steps.append(layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed + 1))
     if zoom:
         steps.append(layers.RandomZoom((-zoom, zoom), fill_mode="constant", seed=seed + 2))
-    return keras.Sequential(steps, name="augmentation")
+    # With every setting at 0 there is nothing to do: an empty Sequential cannot be called.
+    return keras.Sequential(steps, name="augmentation") if steps else layers.Identity(name="no_augmentation")
 
 
 def to_model_input(images):
@@ -203,6 +205,19 @@ def eval_dataset(x, y, batch_size: int):
         .map(lambda images, labels: (to_model_input(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def learning_rate(settings: dict, total_steps: int):
+    """Adam's step size: fixed, as in the seed, or decayed to zero along a cosine over the run.
+
+    The schedule is a function of the optimizer's step count, which a checkpoint keeps,
+    so a resumed run continues it where it stopped.
+    """
+    import keras
+
+    if settings["lr_schedule"] == "cosine":
+        return keras.optimizers.schedules.CosineDecay(settings["learning_rate"], decay_steps=total_steps)
+    return settings["learning_rate"]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -334,7 +349,7 @@ def train(arrays: dict[str, np.ndarray], settings: dict, seed: int, checkpoint: 
         else:
             model = make_model(settings["dropout"])
             model.compile(
-                optimizer=keras.optimizers.Adam(settings["learning_rate"]),
+                optimizer=keras.optimizers.Adam(learning_rate(settings, steps * settings["epochs"])),
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"],
                 jit_compile=settings["jit_compile"],

@@ -1,6 +1,6 @@
 """Hold the metrics in ``metrics/`` to the bounds in ``thresholds.yaml``.
 
-    check-thresholds [--thresholds thresholds.yaml]
+    check-thresholds [--thresholds thresholds.yaml] [--only metrics/toy.json ...]
     python -m stages.check_thresholds
 
 Prints a table of each metric, its bound and its value, and exits 1 when any falls
@@ -89,7 +89,8 @@ def format_table(rows: list[tuple[Check, str, str]]) -> str:
     lines = [(f"{c.file}:{c.key}", c.bound_text, value, status) for c, value, status in rows]
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in lines])
+    table = [header, tuple("-" * w for w in widths), *lines]
+    return "\n".join(fmt.format(*row).rstrip() for row in table)
 
 
 def load_metrics(files: set[str], root: Path) -> dict[str, dict | None]:
@@ -104,8 +105,9 @@ def load_metrics(files: set[str], root: Path) -> dict[str, dict | None]:
     return loaded
 
 
-def check(thresholds_path: Path, root: Path) -> tuple[bool, str]:
-    """Whether every bound holds, and the table that shows it."""
+def check(thresholds_path: Path, root: Path, only: list[str] | None = None) -> tuple[bool, str]:
+    """Whether every bound holds, and the table that shows it; ``only`` keeps the bounds
+    on those metrics files."""
     try:
         raw = yaml.safe_load(thresholds_path.read_text())
     except FileNotFoundError:
@@ -113,6 +115,11 @@ def check(thresholds_path: Path, root: Path) -> tuple[bool, str]:
     except yaml.YAMLError as err:
         raise StageError(f"{thresholds_path}: not valid YAML: {' '.join(str(err).split())}") from None
     checks = parse_thresholds(raw, str(thresholds_path))
+    if only:
+        unknown = sorted(set(only) - {c.file for c in checks})
+        if unknown:
+            raise StageError(f"{thresholds_path}: no bounds for {', '.join(unknown)} (--only)")
+        checks = [c for c in checks if c.file in only]
     rows = evaluate(checks, load_metrics({c.file for c in checks}, root))
     passed = all(status == "ok" for _, _, status in rows)
     failed = sum(status != "ok" for _, _, status in rows)
@@ -124,9 +131,11 @@ def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="check-thresholds", description=__doc__.split("\n\n")[0])
     parser.add_argument("--thresholds", type=Path, default=Path("thresholds.yaml"), help="bounds file")
     parser.add_argument("--root", type=Path, default=Path("."), help="where the metrics paths start")
+    parser.add_argument("--only", action="append", metavar="FILE",
+                        help="check only the bounds on this metrics file (repeatable), e.g. metrics/toy.json")
     args = parser.parse_args(argv)
     try:
-        passed, report = check(args.thresholds, args.root)
+        passed, report = check(args.thresholds, args.root, args.only)
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -2,7 +2,7 @@
 
     python -m stages.extract_vgg_features
 
-Reads ``seed`` and ``extract_vgg_features`` from params.yaml and the images named by
+Reads ``extract_vgg_features`` from params.yaml and the images named by
 ``extract_vgg_features.data``: ``medmnist`` (BreastMNIST 224x224, downloaded once and
 MD5-checked into Keras's cache), or under ``data/local/breast/`` a ``.npz`` in
 MedMNIST's layout or a folder with one subfolder of images per class. Writes
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import time
 import warnings
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +46,11 @@ POOLED_LAYERS = ("avg", "max")  # global pooling of the last conv block: any siz
 TOP_IMAGE_SIZE = 224
 PROGRESS_EVERY = 5  # batches between progress lines
 
+# Only `weights: none` draws anything at random. A fixed seed, rather than params'
+# `seed`, keeps a change of the KNN's fold seed from rerunning a long extraction.
+RANDOM_WEIGHTS_SEED = 0
+
 SCHEMA = {
-    "seed": common.integer(minimum=0),
     "extract_vgg_features": common.mapping(
         {
             "data": common.text(),
@@ -107,9 +112,8 @@ def download_breastmnist() -> Path:
 
 def _check_npz_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Validate one split's arrays; return its labels flattened to int64 (N,)."""
-    if images.dtype != np.uint8 or not (
-        images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)
-    ):
+    grey_or_rgb = images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)
+    if images.dtype != np.uint8 or not grey_or_rgb:
         raise common.StageError(
             f"{path}: {split}_images must be uint8 (N, H, W) or (N, H, W, 3), "
             f"got {images.dtype} {images.shape}"
@@ -133,16 +137,23 @@ def _check_npz_split(path: Path, split: str, images: np.ndarray, labels: np.ndar
     return labels.astype(np.int64)
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        loaded = np.load(path)  # no pickles: allow_pickle is off by default
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not named arrays")
+        with loaded as archive:
+            return {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise common.StageError(f"{path}: not a readable .npz file ({_one_line(err)})") from None
+
+
 def load_npz_images(path: Path) -> ImageSet:
     """Images in MedMNIST's layout: ``{split}_images`` and ``{split}_labels`` per split.
 
     ``train`` is required; ``val`` and ``test`` are optional but come in pairs.
     """
-    try:
-        with np.load(path) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as err:
-        raise common.StageError(f"{path}: not a readable .npz file ({_one_line(err)})") from None
+    arrays = _read_npz(path)
     present = [s for s in SPLITS if f"{s}_images" in arrays or f"{s}_labels" in arrays]
     for split in dict.fromkeys(["train", *present]):
         for key in (f"{split}_images", f"{split}_labels"):
@@ -150,16 +161,16 @@ def load_npz_images(path: Path) -> ImageSet:
                 raise common.StageError(
                     f"{path}: missing key {key} (has {', '.join(sorted(arrays)) or 'no arrays'})"
                 )
-    images, labels, split_names, sources = [], [], [], []
+    images, label_parts, split_names, sources = [], [], [], []
     for split in present:
         split_images = arrays[f"{split}_images"]
-        labels.append(_check_npz_split(path, split, split_images, arrays[f"{split}_labels"]))
+        label_parts.append(_check_npz_split(path, split, split_images, arrays[f"{split}_labels"]))
         images.extend(split_images)  # views into the uint8 arrays, not copies
         split_names += [split] * len(split_images)
         sources += [f"{split}_images[{i}]" for i in range(len(split_images))]
     if not len(arrays["train_labels"]):
         raise common.StageError(f"{path}: train_images is empty")
-    labels = np.concatenate(labels)
+    labels = np.concatenate(label_parts)
     if len(np.unique(labels)) < 2:
         raise common.StageError(f"{path}: only one class (label {labels[0]}) in the labels; need both")
     return ImageSet(
@@ -273,15 +284,11 @@ def iterate_batches(images: ImageSet, image_size: int, batch_size: int) -> Itera
 
 
 # --------------------------------------------------------------------------- model
-def _applications_module(backbone: str):
-    import keras
-
-    return {"vgg19": keras.applications.vgg19, "vgg16": keras.applications.vgg16}[backbone]
-
-
 def preprocess_function(backbone: str) -> Callable[[np.ndarray], np.ndarray]:
     """The backbone's ``preprocess_input`` (RGB to BGR, ImageNet mean subtracted)."""
-    return _applications_module(backbone).preprocess_input
+    import keras
+
+    return getattr(keras.applications, backbone).preprocess_input
 
 
 def check_image_size(layer: str, image_size: int) -> None:
@@ -305,25 +312,27 @@ def build_extractor(backbone: str, weights: str, layer: str, image_size: int):
     check_image_size(layer, image_size)
     top = layer in TOP_LAYERS
     architecture = {"vgg19": keras.applications.VGG19, "vgg16": keras.applications.VGG16}[backbone]
-    weights_file = None if weights in ("imagenet", "none") else Path(weights)
-    if weights_file is not None and not weights_file.is_file():
-        raise common.StageError(f"{weights_file}: extract_vgg_features.weights file not found")
-    try:
-        model = architecture(
-            weights="imagenet" if weights == "imagenet" else None,
-            include_top=top,
-            input_shape=(image_size, image_size, 3),
-            pooling=None if top else layer,
-        )
-    except Exception as err:  # Keras raises a bare Exception when the download fails
-        if weights != "imagenet":
-            raise
-        raise common.StageError(
-            f"could not get the ImageNet weights of {backbone} ({_one_line(err)}); "
-            "set extract_vgg_features.weights to a local weights file"
-        ) from None
-    if weights_file is not None:
-        expected = f"{backbone} weights{'' if top else ' (whole network or no-top)'}"
+    shape = {
+        "include_top": top,
+        "input_shape": (image_size, image_size, 3),
+        "pooling": None if top else layer,
+    }
+    if weights == "imagenet":
+        try:
+            model = architecture(weights="imagenet", **shape)
+        except Exception as err:  # Keras raises a bare Exception when the download fails
+            raise common.StageError(
+                f"could not get the ImageNet weights of {backbone} ({_one_line(err)}); "
+                "set extract_vgg_features.weights to a local weights file"
+            ) from None
+    elif weights == "none":
+        model = architecture(weights=None, **shape)
+    else:
+        weights_file = Path(weights)
+        if not weights_file.is_file():
+            raise common.StageError(f"{weights_file}: extract_vgg_features.weights file not found")
+        model = architecture(weights=None, **shape)
+        expected = f"{backbone} weights" + ("" if top else " (whole network or no-top)")
         try:
             with warnings.catch_warnings():  # Keras warns layer by layer before it raises
                 warnings.simplefilter("ignore")
@@ -390,7 +399,7 @@ def main(argv: list[str]) -> None:
         f"{settings['backbone']} {settings['layer']}, weights {settings['weights']}",
         flush=True,
     )
-    common.seed_everything(params["seed"])  # fixes the random weights of `weights: none`
+    common.seed_everything(RANDOM_WEIGHTS_SEED)
     model = build_extractor(
         settings["backbone"], settings["weights"], settings["layer"], settings["image_size"]
     )

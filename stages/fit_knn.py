@@ -84,6 +84,11 @@ def make_pipeline(k: int, metric: str = "euclidean", weights: str = "uniform"):
     )
 
 
+def pipeline_for(settings: dict):
+    """``make_pipeline`` with the ``fit_knn`` section's settings."""
+    return make_pipeline(settings["k"], settings["metric"], settings["weights"])
+
+
 def scores(actual: np.ndarray, predicted: np.ndarray, class_names: tuple[str, ...]) -> dict:
     """Accuracy, balanced accuracy (mean per-class recall) and each class's recall."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score
@@ -130,7 +135,7 @@ def cross_validate(x: np.ndarray, y: np.ndarray, settings: dict, seed: int):
     predicted, fold_of = np.empty_like(y), np.empty(len(y), dtype=np.int64)
     accuracy, balanced = [], []
     for number, (train, held) in enumerate(folds, start=1):
-        model = make_pipeline(settings["k"], settings["metric"], settings["weights"]).fit(x[train], y[train])
+        model = pipeline_for(settings).fit(x[train], y[train])
         predicted[held], fold_of[held] = model.predict(x[held]), number
         accuracy.append(accuracy_score(y[held], predicted[held]))
         balanced.append(balanced_accuracy_score(y[held], predicted[held]))
@@ -158,10 +163,9 @@ def evaluate(data: FeatureSet, settings: dict, seed: int):
     x, y = data.features, data.labels
     is_test = data.split == "test"
     fit = ~is_test
-    pipeline = lambda: make_pipeline(settings["k"], settings["metric"], settings["weights"])  # noqa: E731
 
     cv_summary, cv_predicted, fold_of = cross_validate(x[fit], y[fit], settings, seed)
-    model = pipeline().fit(x[fit], y[fit])
+    model = pipeline_for(settings).fit(x[fit], y[fit])
     predicted = np.empty_like(y)
     evaluated_by = np.empty(len(y), dtype=object)
     predicted[fit], evaluated_by[fit] = cv_predicted, [f"cv_fold_{f}" for f in fold_of]
@@ -171,7 +175,7 @@ def evaluate(data: FeatureSet, settings: dict, seed: int):
         test_scores = scores(y[is_test], predicted[is_test], data.class_names)
         metrics["test"] = {"n": int(is_test.sum()), **test_scores}
     metrics["cv"] = cv_summary
-    resubstituted = pipeline().fit(x, y).predict(x)
+    resubstituted = pipeline_for(settings).fit(x, y).predict(x)
     metrics["resubstitution_accuracy"] = round(float(np.mean(resubstituted == y)), 4)
     metrics["n_resubstitution"] = int(len(y))
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -16,7 +17,7 @@ SHARED_DATA = PROJECT.parent / "shared" / "data"
 # What a fresh clone holds that the pipeline needs.
 PROJECT_FILES = [
     "dvc.yaml", "params.yaml", "thresholds.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
-    "data/local/README.md", "data/local/.gitignore", "data/local/mnist/.gitkeep", "data/local/breast/.gitkeep",
+    "data/local/README.md", "data/local/.gitignore", "data/local/mnist/.gitkeep", "data/local/breast/.gitkeep", "data/local/weights/.gitkeep",
 ]
 
 
@@ -79,3 +80,59 @@ def project_repo(tmp_path: Path) -> Path:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "project")
     return repo
+
+
+def tiny_mnist(n_train: int = 160, n_test: int = 40, seed: int = 0) -> dict[str, np.ndarray]:
+    """Digit-like blobs: each class lights a different 7x7 patch, so a CNN can learn it."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = np.arange(n) % 10
+        x = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(y):
+            row, col = divmod(int(label), 4)
+            x[i, 2 + 7 * row : 9 + 7 * row, 2 + 6 * col : 9 + 6 * col] = 230
+        return x, y.astype(np.uint8)
+
+    (x_train, y_train), (x_test, y_test) = make(n_train), make(n_test)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def tiny_breast(n_train: int = 24, n_val: int = 6, n_test: int = 12, seed: int = 0) -> dict[str, np.ndarray]:
+    """A MedMNIST-layout BreastMNIST stand-in: 28x28 grey images, labels (N, 1), two classes
+    that differ in brightness."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        labels = np.arange(n) % 2
+        images = rng.integers(0, 80, size=(n, 28, 28)) + 150 * labels[:, None, None]
+        arrays[f"{split}_images"] = images.astype(np.uint8)
+        arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
+    return arrays
+
+
+def small_pipeline_params() -> dict[str, object]:
+    """Params that run the whole pipeline in a minute or two on 2 cores, on tiny local data
+    that `write_tiny_inputs` puts in place."""
+    toy = ("2blop", "blop_circle", "4blop")
+    return {
+        **{f"generate_toy.{name}.n_samples": 120 for name in toy},
+        **{f"train_toy.{name}.epochs": 3 for name in toy},
+        "augment_train_mnist.data": "data/local/mnist/tiny.npz",
+        "augment_train_mnist.validation_size": 40,
+        "augment_train_mnist.epochs": 2,
+        "augment_train_mnist.batch_size": 32,
+        "augment_train_mnist.epoch_fraction": 1.0,
+        "extract_vgg_features.data": "data/local/breast/tiny.npz",
+        "extract_vgg_features.backbone": "vgg16",
+        "extract_vgg_features.weights": "none",
+        "extract_vgg_features.layer": "avg",
+        "extract_vgg_features.image_size": 32,
+        "fit_knn.k": 3,
+        "fit_knn.cv_folds": 3,
+    }
+
+
+def write_tiny_inputs(repo: Path) -> None:
+    np.savez(repo / "data/local/mnist/tiny.npz", **tiny_mnist())
+    np.savez(repo / "data/local/breast/tiny.npz", **tiny_breast())

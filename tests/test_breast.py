@@ -7,6 +7,7 @@ pooled layers at 32x32, where VGG is small enough to run in a second.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -108,13 +109,14 @@ def test_npz_without_val_and_test_is_all_train(tmp_path):
     ("replace", "message"),
     [
         ({"test_labels": None}, "missing key test_labels"),
-        ({"train_images": np.zeros((12, 28, 28), np.float32)}, "train_images must be uint8 (N, H, W) or (N, H, W, 3)"),
+        ({"train_images": np.zeros((12, 28, 28), np.float32)}, "train_images must be uint8 (N, H, W) or"),
         ({"val_images": np.zeros((4, 28, 28, 2), np.uint8)}, "val_images must be uint8"),
         ({"val_labels": np.zeros((4, 2), np.uint8)}, "val_labels must be integers of shape (N,) or (N, 1)"),
         ({"test_labels": np.zeros(5, np.uint8)}, "test_labels has 5 labels for 6 test_images"),
         ({"train_labels": np.full(12, 2, np.uint8)}, "train_labels must be 0 (malignant) or 1"),
         (
-            {key: np.zeros(n, np.uint8) for key, n in (("train_labels", 12), ("val_labels", 4), ("test_labels", 6))},
+            {"train_labels": np.zeros(12, np.uint8), "val_labels": np.zeros(4, np.uint8),
+             "test_labels": np.zeros(6, np.uint8)},
             "only one class (label 0)",
         ),
     ],
@@ -127,11 +129,23 @@ def test_bad_npz_is_named_in_one_line(tmp_path, replace, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("content", ["half", "npy"])
+def test_npz_that_is_not_one(tmp_path, breast_npz, content):
+    path = tmp_path / "broken.npz"
+    if content == "half":
+        path.write_bytes(breast_npz.read_bytes()[:1000])
+    else:
+        np.save(tmp_path / "one.npy", np.zeros(3))
+        path.write_bytes((tmp_path / "one.npy").read_bytes())
+    with pytest.raises(common.StageError, match="broken.npz: not a readable .npz file"):
+        extract.load_npz_images(path)
+
+
 def test_folder_classes_sources_and_reading(image_folder):
     images = extract.load_image_folder(image_folder)
     assert images.class_names == ("benign", "malignant")  # sorted folder names
     assert images.labels.tolist() == [0] * 6 + [1] * 6 and set(images.split) == {"train"}
-    assert "benign/nested/5.png" in images.source.tolist() and "malignant/0.png" in images.source.tolist()
+    assert "benign/nested/5.jpg" in images.source.tolist() and "malignant/0.png" in images.source.tolist()
     index = images.source.tolist().index("malignant/1.jpg")
     assert images.read(index).shape == (31, 40, 3)
 
@@ -142,27 +156,46 @@ def test_sixteen_bit_grey_keeps_its_full_range(tmp_path):
     assert extract.read_image_file(path).tolist() == [[0, 128, 255]]
 
 
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+def spoil_folder(root: Path, how: str) -> Path:
+    """Break the image folder in one way; return the path that the error must name."""
+    if how in ("truncated png", "truncated jpeg"):
+        culprit = root / ("malignant/0.png" if how == "truncated png" else "benign/1.jpg")
+        culprit.write_bytes(culprit.read_bytes()[: culprit.stat().st_size // 2])
+    elif how == "not an image":
+        culprit = root / "benign/3.tif"
+        culprit.write_text("not a tiff")
+    elif how == "unsupported file":
+        culprit = root / "benign/notes.txt"
+        culprit.write_text("hi")
+    elif how == "empty class":
+        culprit = root / "normal"
+        culprit.mkdir()
+    elif how == "file at the top":
+        culprit = root / "README.md"
+        culprit.write_text("hi")
+    else:  # one class
+        shutil.rmtree(root / "benign")
+        culprit = root
+    return culprit
 
 
 @pytest.mark.parametrize(
-    ("spoil", "culprit", "message"),
+    ("how", "message"),
     [
-        (lambda root: truncate(root / "malignant/0.png"), "malignant/0.png", "cannot read image (image file is truncated"),
-        (lambda root: truncate(root / "benign/1.jpg"), "benign/1.jpg", "cannot read image"),
-        (lambda root: (root / "benign/3.tif").write_text("not a tiff"), "benign/3.tif", "cannot read image"),
-        (lambda root: (root / "benign/notes.txt").write_text("hi"), "benign/notes.txt", "unsupported file type"),
-        (lambda root: (root / "normal").mkdir(), "normal", "empty class folder"),
-        (lambda root: (root / "README.md").write_text("hi"), "README.md", "a file outside the class folders"),
-        (lambda root: __import__("shutil").rmtree(root / "benign"), "", "only 1 class folder(s) (malignant)"),
+        ("truncated png", "cannot read image (image file is truncated"),
+        ("truncated jpeg", "cannot read image"),
+        ("not an image", "cannot read image"),
+        ("unsupported file", "unsupported file type (expected .png, .jpg"),
+        ("empty class", "empty class folder"),
+        ("file at the top", "a file outside the class folders"),
+        ("one class", "only 1 class folder(s) (malignant)"),
     ],
 )
-def test_bad_folder_is_named_in_one_line(image_folder, spoil, culprit, message):
-    spoil(image_folder)
+def test_bad_folder_is_named_in_one_line(image_folder, how, message):
+    culprit = spoil_folder(image_folder, how)
     with pytest.raises(common.StageError) as error:
         extract.load_image_folder(image_folder)
-    assert str(error.value).startswith(f"{image_folder / culprit}: ".replace("/: ", ": "))
+    assert str(error.value).startswith(f"{culprit}: ")
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -204,7 +237,7 @@ def test_pooled_features_stream_through_in_batches(breast_npz, backbone, layer, 
     )
     assert features.shape == (22, 512) and features.dtype == np.float32 and np.isfinite(features).all()
     progress = capsys.readouterr().out.splitlines()
-    assert len(progress) == 4 and progress[0].startswith("extract_vgg_features: 8/22 images")
+    assert len(progress) == 3 and progress[0].startswith("extract_vgg_features: 8/22 images")
     assert progress[-1].startswith("extract_vgg_features: 22/22 images")
 
 
@@ -252,6 +285,18 @@ def test_extract_stage_writes_features_for_a_folder(tmp_path, monkeypatch, image
     assert summary["n_benign"] == 6 and summary["feature_dim"] == 512 and summary["images_per_second"] > 0
 
 
+def test_extract_stage_keeps_the_npz_splits(tmp_path, monkeypatch, breast_npz):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "data/local/breast/breast.npz", layer="max", batch_size=8)
+    extract.main([])
+    with np.load(tmp_path / "data/breast/features.npz") as saved:
+        assert saved["split"].tolist() == ["train"] * 12 + ["val"] * 4 + ["test"] * 6
+        assert saved["source"][-1] == "test_images[5]" and saved["labels"].dtype == np.int64
+    summary = json.loads((tmp_path / "results/breast/features.json").read_text())
+    assert (summary["n_train"], summary["n_val"], summary["n_test"]) == (12, 4, 6)
+    assert summary["n_malignant"] + summary["n_normal_or_benign"] == 22
+
+
 def test_extract_stage_checks_params_before_reading_data(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "data/local/breast/missing.npz", layer="fc2", image_size=32)
@@ -260,11 +305,16 @@ def test_extract_stage_checks_params_before_reading_data(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- KNN
+CLUSTER_SEPARATION = 0.6
+
+
 def clustered_features(n_per_class: int = 20, with_test: bool = True, seed: int = 0) -> fit_knn.FeatureSet:
-    """Two overlapping Gaussian clusters in 16-d, split train/val/test in 3:1:1 per class."""
+    """Two overlapping Gaussian clusters in 16-d that point different ways (what survives
+    L2 normalisation), split train/val/test in 3:1:1 per class."""
     rng = np.random.default_rng(seed)
     labels = np.repeat([0, 1], n_per_class)
-    features = rng.normal(0, 1, (2 * n_per_class, 16)) + 1.5 * labels[:, None] + 3
+    centres = np.array([[1.0] * 8 + [0.0] * 8, [0.0] * 8 + [1.0] * 8])
+    features = rng.normal(0, 1, (2 * n_per_class, 16)) + CLUSTER_SEPARATION * centres[labels]
     per_class = np.resize(["train", "train", "train", "val", "test" if with_test else "train"], n_per_class)
     return fit_knn.FeatureSet(
         features=features.astype(np.float32),
@@ -293,7 +343,8 @@ def test_knn_metrics_keep_held_out_and_resubstitution_apart():
     assert 0.6 < metrics["cv"]["accuracy"] < metrics["resubstitution_accuracy"]
     assert list(predictions.columns) == ["source", "split", "actual", "predicted", "evaluated_by"]
     assert set(predictions.loc[predictions["split"] == "test", "evaluated_by"]) == {"test"}
-    assert set(predictions.loc[predictions["split"] != "test", "evaluated_by"]) == {f"cv_fold_{i}" for i in range(1, 5)}
+    folds = {f"cv_fold_{i}" for i in range(1, 5)}
+    assert set(predictions.loc[predictions["split"] != "test", "evaluated_by"]) == folds
     assert model.named_steps["knn"].n_samples_fit_ == 32  # fitted on train+val, never on test
 
 

@@ -11,24 +11,9 @@ import yaml
 
 from stages import augment_train_mnist as mnist
 from stages import common
+from tests.conftest import tiny_mnist
 
 LOCAL_FILE = "data/local/mnist/tiny.npz"
-
-
-def tiny_mnist(n_train: int = 160, n_test: int = 40, seed: int = 0) -> dict[str, np.ndarray]:
-    """Digit-like blobs: each class lights a different 7x7 patch, so a CNN can learn it."""
-    rng = np.random.default_rng(seed)
-
-    def make(n):
-        y = np.arange(n) % 10
-        x = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
-        for i, label in enumerate(y):
-            row, col = divmod(int(label), 4)
-            x[i, 2 + 7 * row : 9 + 7 * row, 2 + 6 * col : 9 + 6 * col] = 230
-        return x, y.astype(np.uint8)
-
-    (x_train, y_train), (x_test, y_test) = make(n_train), make(n_test)
-    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
 def small_settings(**overrides) -> dict:
