@@ -17,9 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from stages.common import StageError
+from stages.common import StageError, read_yaml
 
 BOUNDS = ("min", "max")
 
@@ -108,13 +106,7 @@ def load_metrics(files: set[str], root: Path) -> dict[str, dict | None]:
 def check(thresholds_path: Path, root: Path, only: list[str] | None = None) -> tuple[bool, str]:
     """Whether every bound holds, and the table that shows it; ``only`` keeps the bounds
     on those metrics files."""
-    try:
-        raw = yaml.safe_load(thresholds_path.read_text())
-    except FileNotFoundError:
-        raise StageError(f"{thresholds_path}: file not found") from None
-    except yaml.YAMLError as err:
-        raise StageError(f"{thresholds_path}: not valid YAML: {' '.join(str(err).split())}") from None
-    checks = parse_thresholds(raw, str(thresholds_path))
+    checks = parse_thresholds(read_yaml(thresholds_path), str(thresholds_path))
     if only:
         unknown = sorted(set(only) - {c.file for c in checks})
         if unknown:

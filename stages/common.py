@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 PARAMS_FILE = Path("params.yaml")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class StageError(Exception):
@@ -158,6 +160,32 @@ def named(names: tuple[str, ...], item: Validator) -> Validator:
     return check
 
 
+def local_path(key: str, value: str, folder: Path, keywords: tuple[str, ...]) -> Path:
+    """The local file or folder that params key ``key`` names instead of a download.
+
+    It must lie under ``folder``, which the stage declares as a DVC dependency, so that
+    replacing the file reruns the stage; ``keywords`` are the key's other values, named
+    in the message.
+    """
+    path = Path(value)
+    if path != folder and folder not in path.parents:
+        raise ParamsError(
+            f"params.yaml: {key}: must be {' or '.join(keywords)}, or a path under {folder}/ "
+            f"(copy or link it there, so that DVC tracks it), got {value!r}"
+        )
+    return path
+
+
+def read_yaml(path: Path, error: type[StageError] = StageError) -> Any:
+    """A YAML file's content; a missing or malformed file raises ``error`` naming it."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: file not found (run from the project root)") from None
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+
+
 def read_params(schema: dict[str, Validator], path: Path | str = PARAMS_FILE) -> dict[str, Any]:
     """Load the top-level sections named in ``schema`` from params.yaml and validate them.
 
@@ -165,12 +193,7 @@ def read_params(schema: dict[str, Validator], path: Path | str = PARAMS_FILE) ->
     section; within a section every key is checked, before any work is done.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found (run from the project root)") from None
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    raw = read_yaml(path, ParamsError)
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must hold a mapping of sections")
     params = {}
@@ -220,6 +243,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)

@@ -35,6 +35,7 @@ SUMMARY_PATH = Path("results/breast/features.json")
 
 MEDMNIST = "medmnist"
 LOCAL_DATA_DIR = Path("data/local/breast")
+LOCAL_WEIGHTS_DIR = Path("data/local/weights")
 BREASTMNIST_URL = "https://zenodo.org/records/10519652/files/breastmnist_224.npz?download=1"
 BREASTMNIST_MD5 = "b56378a6eefa9fed602bb16d192d4c8b"
 BREASTMNIST_CLASSES = ("malignant", "normal_or_benign")  # label 0, label 1
@@ -251,12 +252,7 @@ def open_data(data: str) -> ImageSet:
     folder under ``data/local/breast/``, where DVC tracks it as a dependency."""
     if data == MEDMNIST:
         return load_npz_images(download_breastmnist())
-    path = Path(data)
-    if path != LOCAL_DATA_DIR and LOCAL_DATA_DIR not in path.parents:
-        raise common.ParamsError(
-            f"params.yaml: extract_vgg_features.data: a local file or folder must lie under "
-            f"{LOCAL_DATA_DIR}/ (copy or link it there) so that DVC tracks it, got {data!r}"
-        )
+    path = common.local_path("extract_vgg_features.data", data, LOCAL_DATA_DIR, keywords=(MEDMNIST,))
     if path.is_dir():
         return load_image_folder(path)
     if path.is_file():
@@ -298,6 +294,18 @@ def check_image_size(layer: str, image_size: int) -> None:
             f"params.yaml: extract_vgg_features.image_size: must be {TOP_IMAGE_SIZE} "
             f"for layer {layer}, got {image_size}"
         )
+
+
+def check_settings(settings: dict) -> None:
+    """What params.yaml's types cannot say, checked before any data is read.
+
+    A weights file must lie under ``data/local/weights/``, where DVC tracks it, for
+    the same reason as local data.
+    """
+    check_image_size(settings["layer"], settings["image_size"])
+    weights = settings["weights"]
+    if weights not in ("imagenet", "none"):
+        common.local_path("extract_vgg_features.weights", weights, LOCAL_WEIGHTS_DIR, keywords=("imagenet", "none"))
 
 
 def build_extractor(backbone: str, weights: str, layer: str, image_size: int):
@@ -392,7 +400,7 @@ def main(argv: list[str]) -> None:
         raise common.StageError("usage: python -m stages.extract_vgg_features (no arguments)")
     params = common.read_params(SCHEMA)
     settings = params["extract_vgg_features"]
-    check_image_size(settings["layer"], settings["image_size"])
+    check_settings(settings)
     images = open_data(settings["data"])
     print(
         f"extract_vgg_features: {len(images)} images, classes {', '.join(images.class_names)}; "

@@ -203,7 +203,7 @@ def test_bad_folder_is_named_in_one_line(image_folder, how, message):
     ("data", "message"),
     [
         ("data/local/breast/missing.npz", "data/local/breast/missing.npz: extract_vgg_features.data not found"),
-        ("elsewhere/breast.npz", "params.yaml: extract_vgg_features.data: a local file or folder must lie under"),
+        ("elsewhere/breast.npz", "params.yaml: extract_vgg_features.data: must be medmnist, or a path under data/local/breast/"),
         ("data/local/breast/list.csv", "data/local/breast/list.csv: unsupported data file"),
     ],
 )
@@ -297,10 +297,28 @@ def test_extract_stage_keeps_the_npz_splits(tmp_path, monkeypatch, breast_npz):
     assert summary["n_malignant"] + summary["n_normal_or_benign"] == 22
 
 
-def test_extract_stage_checks_params_before_reading_data(tmp_path, monkeypatch):
+def test_extract_stage_loads_a_weights_file_from_data_local(tmp_path, monkeypatch, breast_npz, weights_files):
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, "data/local/breast/missing.npz", layer="fc2", image_size=32)
-    with pytest.raises(common.ParamsError, match="extract_vgg_features.image_size: must be 224 for layer fc2"):
+    (tmp_path / "data/local/weights").mkdir(parents=True)
+    shutil.copy(weights_files["vgg19"], tmp_path / "data/local/weights/vgg19_notop.weights.h5")
+    write_params(tmp_path, "data/local/breast/breast.npz", weights="data/local/weights/vgg19_notop.weights.h5")
+    extract.main([])
+    with np.load(tmp_path / "data/breast/features.npz") as saved:
+        assert saved["features"].shape == (22, 512)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"layer": "fc2", "image_size": 32}, "extract_vgg_features.image_size: must be 224 for layer fc2"),
+        ({"weights": "vgg19.weights.h5"}, "extract_vgg_features.weights: must be imagenet or none, or a path under data/local/weights/"),
+        ({"backbone": "resnet50"}, "extract_vgg_features.backbone: must be one of vgg19, vgg16"),
+    ],
+)
+def test_extract_stage_checks_params_before_reading_data(tmp_path, monkeypatch, overrides, message):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "data/local/breast/missing.npz", **overrides)
+    with pytest.raises(common.ParamsError, match=f"^params.yaml: {message}"):
         extract.main([])
 
 

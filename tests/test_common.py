@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -81,6 +82,9 @@ def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):
     common.write_json(target, {"a": 1})
     assert target.read_text() == '{\n  "a": 1\n}\n'
     assert [p.name for p in target.parent.iterdir()] == ["model.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_stage_error_is_one_line_and_exit_status_2(tmp_path):

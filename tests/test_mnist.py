@@ -129,5 +129,5 @@ def test_unreadable_or_absent_file_and_path_outside_the_local_folder(workdir):
         mnist.load_mnist(LOCAL_FILE)
     with pytest.raises(common.StageError, match=r"^data/local/mnist/absent\.npz: file not found"):
         mnist.load_mnist("data/local/mnist/absent.npz")
-    with pytest.raises(common.ParamsError, match=r"augment_train_mnist\.data: a local file must lie under"):
+    with pytest.raises(common.ParamsError, match=r"augment_train_mnist\.data: must be keras, or a path under data/local/mnist/"):
         mnist.load_mnist("/elsewhere/mnist.npz")
