@@ -81,7 +81,13 @@ def load_mnist(data: str) -> dict[str, np.ndarray]:
     if data == "keras":
         import keras
 
-        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+        try:
+            (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+        except Exception as err:  # Keras's get_file raises a bare Exception when offline
+            raise common.StageError(
+                f"could not download MNIST through Keras ({common.one_line(err)}); set "
+                f"augment_train_mnist.data to a local .npz under {LOCAL_DATA_DIR}/"
+            ) from None
         return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     path = common.local_path("augment_train_mnist.data", data, LOCAL_DATA_DIR, keywords=("keras",))
     try:

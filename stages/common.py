@@ -207,6 +207,12 @@ def read_params(schema: dict[str, Validator], path: Path | str = PARAMS_FILE) ->
     return params
 
 
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut short: Keras's can run to pages."""
+    message = " ".join(str(err).split())
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
 def run_stage(main: Callable[[list[str]], None]) -> None:
     """Call a stage's ``main(argv)``; turn a StageError into one line and exit status 2."""
     try:

@@ -84,12 +84,6 @@ class ImageSet:
 
 
 # --------------------------------------------------------------------------- data
-def _one_line(err: BaseException, limit: int = 200) -> str:
-    """An exception's message on one line, cut short: Keras's can run to pages."""
-    message = " ".join(str(err).split())
-    return message if len(message) <= limit else message[: limit - 3] + "..."
-
-
 def download_breastmnist() -> Path:
     """BreastMNIST 224x224 from Zenodo, cached by Keras and checked against its MD5."""
     import keras
@@ -106,7 +100,7 @@ def download_breastmnist() -> Path:
         )
     except Exception as err:  # get_file raises a bare Exception on network failure
         raise common.StageError(
-            f"{BREASTMNIST_URL}: could not download BreastMNIST ({_one_line(err)}); "
+            f"{BREASTMNIST_URL}: could not download BreastMNIST ({common.one_line(err)}); "
             "set extract_vgg_features.data to a local .npz or image folder"
         ) from None
 
@@ -146,7 +140,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         with loaded as archive:
             return {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise common.StageError(f"{path}: not a readable .npz file ({_one_line(err)})") from None
+        raise common.StageError(f"{path}: not a readable .npz file ({common.one_line(err)})") from None
 
 
 def load_npz_images(path: Path) -> ImageSet:
@@ -201,7 +195,7 @@ def read_image_file(path: Path) -> np.ndarray:
                 image = image.convert("RGB")
             return np.asarray(image)
     except OSError as err:  # unreadable, truncated, or not an image at all
-        raise common.StageError(f"{path}: cannot read image ({_one_line(err)})") from None
+        raise common.StageError(f"{path}: cannot read image ({common.one_line(err)})") from None
 
 
 def load_image_folder(root: Path) -> ImageSet:
@@ -330,7 +324,7 @@ def build_extractor(backbone: str, weights: str, layer: str, image_size: int):
             model = architecture(weights="imagenet", **shape)
         except Exception as err:  # Keras raises a bare Exception when the download fails
             raise common.StageError(
-                f"could not get the ImageNet weights of {backbone} ({_one_line(err)}); "
+                f"could not get the ImageNet weights of {backbone} ({common.one_line(err)}); "
                 "set extract_vgg_features.weights to a local weights file"
             ) from None
     elif weights == "none":
@@ -348,7 +342,7 @@ def build_extractor(backbone: str, weights: str, layer: str, image_size: int):
         except (ValueError, OSError) as err:
             raise common.StageError(
                 f"{weights_file}: does not fit backbone {backbone} with layer {layer}; "
-                f"expected {expected} ({_one_line(err)})"
+                f"expected {expected} ({common.one_line(err)})"
             ) from None
     if top:
         model = keras.Model(model.input, model.get_layer(layer).output, name=f"{backbone}_{layer}")

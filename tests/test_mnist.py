@@ -123,6 +123,21 @@ def test_bad_files_are_named(workdir, spoil, message):
     assert not (workdir / "results").exists() and not (workdir / "models").exists()
 
 
+def test_failed_download_says_what_to_do(monkeypatch):
+    import keras
+
+    def offline():
+        raise Exception("URL fetch failure on https://example/mnist.npz: None -- [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    with pytest.raises(common.StageError) as error:
+        mnist.load_mnist("keras")
+    assert str(error.value) == (
+        "could not download MNIST through Keras (URL fetch failure on https://example/mnist.npz: None -- "
+        "[Errno -2] Name or service not known); set augment_train_mnist.data to a local .npz under data/local/mnist/"
+    )
+
+
 def test_unreadable_or_absent_file_and_path_outside_the_local_folder(workdir):
     (workdir / LOCAL_FILE).write_text("not an npz")
     with pytest.raises(common.StageError, match=rf"^{LOCAL_FILE}: not a readable \.npz file"):
