@@ -340,8 +340,8 @@ def train(arrays: dict[str, np.ndarray], settings: dict, seed: int, checkpoint: 
     import keras
 
     common.seed_everything(seed, settings["deterministic"])
-    if settings["mixed_precision"]:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    # Set either way: the policy is global to the process and would outlive one run.
+    keras.mixed_precision.set_global_policy("mixed_float16" if settings["mixed_precision"] else "float32")
     x_train, x_val, y_train, y_val = validation_split(
         arrays["x_train"], arrays["y_train"], settings["validation_size"], seed
     )

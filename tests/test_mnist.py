@@ -65,6 +65,20 @@ def test_one_short_run_writes_every_output(workdir):
     assert not (workdir / "checkpoints/mnist").exists()  # cleared once the run is complete
 
 
+def test_mixed_precision_and_xla_options_run(workdir):
+    arrays = mnist.load_mnist(LOCAL_FILE)
+    settings = small_settings(epochs=1, mixed_precision=True, jit_compile=True)
+    try:
+        model, history, summary = mnist.train(arrays, settings, seed=0)
+        assert model.layers[1].compute_dtype == "float16"
+        assert model.output.dtype == "float32"  # the softmax stays in float32
+        assert len(history["val_accuracy"]) == 1 and summary["best_epoch"] == 1
+    finally:
+        import keras
+
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, monkeypatch):
     mnist.main([])
     uninterrupted = json.loads((workdir / "results/mnist/cnn.json").read_text())
