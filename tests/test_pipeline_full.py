@@ -40,6 +40,10 @@ def test_full_pipeline_diff_run_cache_remote_and_thresholds(project_repo, tmp_pa
     assert 0 <= shown["metrics/breast.json"]["data"]["knn"]["test"]["accuracy"] <= 1
     assert shown["metrics/toy.json"]["data"]["2blop"]["params"] == 41
 
+    # Every bound in the project's thresholds.yaml names a metric the pipeline writes.
+    project_bounds = run([sys.executable, "-m", "stages.check_thresholds"], repo, check=False)
+    assert "MISSING" not in project_bounds.stdout, project_bounds.stdout
+
     # The threshold check: passes on met bounds, fails on a raised one, and on a missing metric.
     mnist_accuracy = json.loads((repo / "metrics/mnist.json").read_text())["cnn"]["test_accuracy"]
     ok = check_thresholds(repo, {"metrics/mnist.json": {"cnn.test_accuracy": {"min": mnist_accuracy}}})
