@@ -262,11 +262,6 @@ def write_json(path: Path | str, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_text(path: Path | str, content: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(content)
-
-
 def save_figure(fig: Any, path: Path | str) -> None:
     """Save a Matplotlib figure atomically and release its memory."""
     import matplotlib.pyplot as plt
