@@ -90,13 +90,9 @@ def load_mnist(data: str) -> dict[str, np.ndarray]:
             ) from None
         return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     path = common.local_path("augment_train_mnist.data", data, LOCAL_DATA_DIR, keywords=("keras",))
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise common.StageError(f"{path}: file not found (augment_train_mnist.data)") from None
-    except (ValueError, OSError) as err:
-        raise common.StageError(f"{path}: not a readable .npz file ({err})") from None
+    if not path.is_file():
+        raise common.StageError(f"{path}: file not found (augment_train_mnist.data)")
+    arrays = common.read_npz(path)
     check_mnist_arrays(arrays, str(path))
     return arrays
 

@@ -12,6 +12,8 @@ import json
 import os
 import sys
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -211,6 +213,20 @@ def one_line(err: BaseException, limit: int = 200) -> str:
     """An exception's message on one line, cut short: Keras's can run to pages."""
     message = " ".join(str(err).split())
     return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def read_npz(path: Path) -> dict[str, Any]:
+    """Every named array of a .npz file; one that cannot be read raises StageError naming it."""
+    import numpy as np
+
+    try:
+        loaded = np.load(path)  # no pickles: allow_pickle is off by default
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not named arrays")
+        with loaded as archive:
+            return {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise StageError(f"{path}: not a readable .npz file ({one_line(err)})") from None
 
 
 def run_stage(main: Callable[[list[str]], None]) -> None:

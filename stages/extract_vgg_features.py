@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import time
 import warnings
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,23 +130,12 @@ def _check_npz_split(path: Path, split: str, images: np.ndarray, labels: np.ndar
     return labels.astype(np.int64)
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        loaded = np.load(path)  # no pickles: allow_pickle is off by default
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not named arrays")
-        with loaded as archive:
-            return {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise common.StageError(f"{path}: not a readable .npz file ({common.one_line(err)})") from None
-
-
 def load_npz_images(path: Path) -> ImageSet:
     """Images in MedMNIST's layout: ``{split}_images`` and ``{split}_labels`` per split.
 
     ``train`` is required; ``val`` and ``test`` are optional but come in pairs.
     """
-    arrays = _read_npz(path)
+    arrays = common.read_npz(path)
     present = [s for s in SPLITS if f"{s}_images" in arrays or f"{s}_labels" in arrays]
     for split in dict.fromkeys(["train", *present]):
         for key in (f"{split}_images", f"{split}_labels"):
