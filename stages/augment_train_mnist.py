@@ -8,7 +8,7 @@ Keras (downloaded once, hash-checked, cached in ~/.keras/datasets) or from a loc
 ``models/mnist/model.keras`` (the weights of the epoch with the best validation
 accuracy), ``plots/mnist/history.csv``, ``plots/mnist/confusion.csv`` and
 ``results/mnist/cnn.json``. A run killed halfway resumes from its last finished epoch,
-kept in ``checkpoints/mnist/`` (a DVC ``persist`` output), and ends with the same
+kept in ``checkpoints/mnist/`` (git-ignored, not a DVC output), and ends with the same
 weights as an uninterrupted run.
 """
 
@@ -74,6 +74,16 @@ def check_mnist_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
             raise common.StageError(f"{source}: y_{part} must hold integer labels, got {y.dtype}")
         if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
             raise common.StageError(f"{source}: y_{part} has labels outside 0-9 ({y.min()}..{y.max()})")
+
+
+def check_settings(settings: dict) -> None:
+    """Stop on combinations of keys that each look valid alone but cannot work together."""
+    if settings["jit_compile"] and settings["deterministic"]:
+        # Keras would quietly train without XLA: say so before any work instead.
+        raise common.ParamsError(
+            "params.yaml: augment_train_mnist.jit_compile: Keras does not compile with XLA under "
+            "op determinism; set augment_train_mnist.deterministic to false to use it"
+        )
 
 
 def load_mnist(data: str) -> dict[str, np.ndarray]:
@@ -144,24 +154,17 @@ def make_model(dropout: float = 0.5):
     return keras.Model(inputs, outputs, name="mnist_cnn")
 
 
-def make_augmentation(rotation_degrees: float, shift: float, zoom: float, seed: int):
-    """The seed's ImageDataGenerator settings as Keras preprocessing layers.
+def make_augmentation(rotation_degrees: float, shift: float, zoom: float):
+    """The seed's ImageDataGenerator settings as one Keras layer, or None when all are 0.
 
-    Empty space is filled with black (0), as MNIST's background, rather than the
-    layers' default reflection, which would copy strokes into the border.
+    See ``stages.augmentation`` for why one ``RandomAffine`` rather than Keras's
+    separate rotation, translation and zoom layers.
     """
-    import keras
-    from keras import layers
+    if not (rotation_degrees or shift or zoom):
+        return None
+    from stages.augmentation import RandomAffine
 
-    steps = []
-    if rotation_degrees:
-        steps.append(layers.RandomRotation(rotation_degrees / 360, fill_mode="constant", seed=seed))
-    if shift:
-        steps.append(layers.RandomTranslation(shift, shift, fill_mode="constant", seed=seed + 1))
-    if zoom:
-        steps.append(layers.RandomZoom((-zoom, zoom), fill_mode="constant", seed=seed + 2))
-    # With every setting at 0 there is nothing to do: an empty Sequential cannot be called.
-    return keras.Sequential(steps, name="augmentation") if steps else layers.Identity(name="no_augmentation")
+    return RandomAffine(rotation_degrees, shift, zoom, name="augmentation")
 
 
 def to_model_input(images):
@@ -175,20 +178,27 @@ def train_dataset(x, y, batch_size: int, steps: int, augmentation, seed: int):
     """One epoch of shuffled, augmented batches as a ``tf.data`` pipeline.
 
     Augmentation is applied to whole batches (one call per batch, not per image) in
-    a parallel map, and ``prefetch`` overlaps it with the training step. Built anew
-    for every epoch from that epoch's seed, so a resumed run sees the same batches.
+    a parallel map, and ``prefetch`` overlaps it with the training step. Batch ``i``
+    is augmented with the stateless seed ``(seed, i)``: the same seed gives the same
+    epoch whatever order the parallel map finishes in, and a resumed run rebuilds
+    the epoch from its seed alone. ``augmentation`` None leaves the images as they are.
     """
     import tensorflow as tf
 
-    def augment(images, labels):
-        return augmentation(to_model_input(images), training=True), labels
+    def prepare(index, batch):
+        images, labels = batch
+        images = to_model_input(images)
+        if augmentation is not None:
+            images = augmentation(images, seed=tf.stack([tf.constant(seed, tf.int64), index]))
+        return images, labels
 
     return (
         tf.data.Dataset.from_tensor_slices((x, y))
         .shuffle(len(y), seed=seed)
         .take(steps * batch_size)
         .batch(batch_size, drop_remainder=True)
-        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        .enumerate()
+        .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
         .with_options(single_threaded_ops())
     )
@@ -250,6 +260,10 @@ def keras_load(path: Path):
     import keras
 
     return keras.models.load_model(path)
+
+
+def on_off(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def describe_device(strategy) -> str:
@@ -371,12 +385,14 @@ def train(arrays: dict[str, np.ndarray], settings: dict, seed: int, checkpoint: 
 
     epochs = settings["epochs"]
     aug = settings["augmentation"]
+    augmentation = make_augmentation(aug["rotation_degrees"], aug["shift"], aug["zoom"])
     print(f"training on {device}: {len(y_train)} images, {len(y_val)} held out for validation, "
-          f"{steps} steps of {batch_size} per epoch, {epochs} epochs", flush=True)
+          f"{steps} steps of {batch_size} per epoch, {epochs} epochs; XLA {on_off(model.jit_compile)}, "
+          f"mixed precision {on_off(settings['mixed_precision'])}, "
+          f"op determinism {on_off(settings['deterministic'])}", flush=True)
     for epoch in range(state["epochs_done"], epochs):
         this_seed = epoch_seed(seed, epoch)
         reseed_dropout(model, this_seed)
-        augmentation = make_augmentation(aug["rotation_degrees"], aug["shift"], aug["zoom"], this_seed)
         batches = train_dataset(x_train, y_train, batch_size, steps, augmentation, this_seed)
         started = time.perf_counter()
         logs = model.fit(batches, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0).history
@@ -425,6 +441,7 @@ def evaluate_on_test(model, x_test, y_test, batch_size: int):
 def main(argv: list[str]) -> None:
     params = common.read_params(SCHEMA)
     settings = params["augment_train_mnist"]
+    check_settings(settings)
     arrays = load_mnist(settings["data"])
     checkpoint = Checkpoint(CHECKPOINT_DIR, run_fingerprint(params, arrays))
     model, history, summary = train(arrays, settings, params["seed"], checkpoint)

@@ -44,10 +44,55 @@ def test_augmentation_keeps_shape_and_changes_images():
     import tensorflow as tf
 
     images = mnist.to_model_input(tiny_mnist(10, 0)["x_train"])
-    augmented = mnist.make_augmentation(20, 0.1, 0.2, seed=1)(images, training=True)
-    assert augmented.shape == (10, 28, 28, 1)
+    augment = mnist.make_augmentation(20, 0.1, 0.2)
+    augmented = augment(images, seed=tf.constant([1, 0]))
+    assert augmented.shape == (10, 28, 28, 1) and augmented.dtype == tf.float32
     assert float(tf.reduce_max(tf.abs(augmented - images))) > 0.1
-    assert float(tf.reduce_min(augmented)) >= 0.0
+    assert 0.0 <= float(tf.reduce_min(augmented)) and float(tf.reduce_max(augmented)) <= 1.0
+    # Stateless: the seed alone decides the transforms.
+    np.testing.assert_array_equal(augment(images, seed=tf.constant([1, 0])), augmented)
+    assert not np.array_equal(augment(images, seed=tf.constant([1, 1])), augmented)
+    assert mnist.make_augmentation(0, 0, 0) is None
+
+
+def bright_spot(row: int, col: int):
+    """A batch of 64 black images with one white 2x2 spot whose top-left pixel is (row, col)."""
+    images = np.zeros((64, 28, 28, 1), np.float32)
+    images[:, row:row + 2, col:col + 2] = 1.0
+    return images
+
+
+def spot_centres(images) -> np.ndarray:
+    """(row, col) of each image's centre of brightness."""
+    images = np.asarray(images)[..., 0]
+    rows, cols = np.mgrid[:28, :28]
+    mass = images.sum(axis=(1, 2))
+    return np.stack([(images * rows).sum(axis=(1, 2)) / mass, (images * cols).sum(axis=(1, 2)) / mass], axis=1)
+
+
+@pytest.mark.parametrize("rotation, zoom", [(45, 0), (0, 0.3), (45, 0.3)])
+def test_rotation_and_zoom_turn_about_the_centre(rotation, zoom):
+    import tensorflow as tf
+
+    augment = mnist.make_augmentation(rotation, 0, zoom)
+    centre = augment(bright_spot(13, 13), seed=tf.constant([3, 0]))
+    np.testing.assert_allclose(spot_centres(centre), 13.5, atol=0.05)  # the spot at the centre stays put
+    # A spot 8 pixels right of the centre turns by up to 45 degrees, and moves away from
+    # or towards the centre by the zoom (the layer samples the input at scale * distance).
+    moved = spot_centres(augment(bright_spot(13, 21), seed=tf.constant([3, 0]))) - 13.5
+    distance = np.hypot(moved[:, 0], moved[:, 1])
+    assert np.all(distance > 8 / (1 + zoom) - 0.3) and np.all(distance < 8 / (1 - zoom) + 0.3)
+    angle = np.degrees(np.abs(np.arctan2(moved[:, 0], moved[:, 1])))
+    assert np.all(angle <= rotation + 1) and (angle.max() > rotation / 2 if rotation else True)
+
+
+def test_shift_moves_by_at_most_the_fraction():
+    import tensorflow as tf
+
+    shifted = spot_centres(mnist.make_augmentation(0, 0.1, 0)(bright_spot(13, 13), seed=tf.constant([5, 0])))
+    offsets = shifted - 13.5
+    assert np.all(np.abs(offsets) <= 2.8 + 0.05)  # 0.1 of 28 pixels
+    assert np.abs(offsets).max() > 1.5 and offsets.min() < 0 < offsets.max()  # both ways, not just jitter
 
 
 def test_one_short_run_writes_every_output(workdir):
@@ -65,11 +110,12 @@ def test_one_short_run_writes_every_output(workdir):
     assert not (workdir / "checkpoints/mnist").exists()  # cleared once the run is complete
 
 
-def test_mixed_precision_and_xla_options_run(workdir):
+def test_mixed_precision_and_xla_options_run(workdir, capsys):
     arrays = mnist.load_mnist(LOCAL_FILE)
-    settings = small_settings(epochs=1, mixed_precision=True, jit_compile=True)
+    settings = small_settings(epochs=1, mixed_precision=True, jit_compile=True, deterministic=False)
     try:
         model, history, summary = mnist.train(arrays, settings, seed=0)
+        assert "XLA on, mixed precision on, op determinism off" in capsys.readouterr().out
         assert model.layers[1].compute_dtype == "float16"
         assert model.output.dtype == "float32"  # the softmax stays in float32
         assert len(history["val_accuracy"]) == 1 and summary["best_epoch"] == 1
@@ -160,3 +206,12 @@ def test_unreadable_or_absent_file_and_path_outside_the_local_folder(workdir):
         mnist.load_mnist("data/local/mnist/absent.npz")
     with pytest.raises(common.ParamsError, match=r"augment_train_mnist\.data: must be keras, or a path under data/local/mnist/"):
         mnist.load_mnist("/elsewhere/mnist.npz")
+
+
+def test_xla_under_op_determinism_stops_before_any_work(workdir, monkeypatch):
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["augment_train_mnist"].update(jit_compile=True, deterministic=True)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setattr(mnist, "load_mnist", lambda data: pytest.fail("read the data before checking params"))
+    with pytest.raises(common.ParamsError, match=r"augment_train_mnist\.jit_compile: Keras does not compile with XLA"):
+        mnist.main([])
