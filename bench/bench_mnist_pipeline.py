@@ -1,6 +1,6 @@
 """Training throughput of the MNIST stage's input pipeline against two baselines.
 
-    python bench/bench_mnist_pipeline.py [--npz data/local/mnist/mnist.npz] [--rounds 10] [--keras-layers]
+    python bench/bench_mnist_pipeline.py [--npz data/local/mnist/mnist.npz] [--rounds 15] [--keras-layers]
 
 Trains the stage's CNN on batches of 64 from
   (a) the stage's tf.data pipeline with its ``RandomAffine`` augmentation layer,
@@ -40,8 +40,9 @@ ROTATION, SHIFT, ZOOM = 20, 0.1, 0.2
 
 def load_images(npz: str | None, count: int) -> tuple[np.ndarray, np.ndarray]:
     if npz:
-        with np.load(npz) as data:
-            return data["x_train"][:count], data["y_train"][:count]
+        arrays = common.read_npz(Path(npz))
+        mnist.check_mnist_arrays(arrays, npz)
+        return arrays["x_train"][:count], arrays["y_train"][:count]
     rng = np.random.default_rng(0)  # throughput does not depend on what the pixels show
     return rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), rng.integers(0, 10, count).astype(np.uint8)
 
@@ -53,32 +54,24 @@ def compiled_model():
     return model
 
 
-def timed_steps(model, dataset, steps: int, batch_size: int) -> float:
-    """Images per second of ``steps`` training steps on batches from a fresh iterator of ``dataset``.
+def images_per_second(dataset, consume, steps: int, batch_size: int, untimed: int = 0) -> float:
+    """Images per second of ``steps`` calls of ``consume(iterator)`` on a fresh iterator of ``dataset``.
 
-    The iterator is dropped at the end, which stops its background work, so that it
-    does not go on reading ahead during the next variant's turn.
+    ``consume`` is ``next``, to time the input alone (the most it could feed a faster
+    device), or a model's ``train_function``, to train on each batch. ``untimed`` calls
+    come first, to leave start-up out. The last result is fetched, so that work still
+    queued on a device counts. The iterator is dropped at the end, which stops its
+    background work, so that it does not go on reading ahead during the next turn.
     """
+    import tensorflow as tf
+
     iterator = iter(dataset)
+    for _ in range(untimed):
+        consume(iterator)
     started = time.perf_counter()
     for _ in range(steps):
-        logs = model.train_function(iterator)
-    float(logs["loss"])  # wait for the last step to finish
-    took = time.perf_counter() - started
-    del iterator
-    return steps * batch_size / took
-
-
-def feed_rate(dataset, steps: int, batch_size: int) -> float:
-    """Images per second that ``dataset`` delivers with nothing consuming them but this loop.
-
-    What a device that trains faster than the CPU (a GPU) could get at most.
-    """
-    iterator = iter(dataset)
-    next(iterator)  # start-up (shuffle buffer, threads) is not the steady rate
-    started = time.perf_counter()
-    for _ in range(steps):
-        next(iterator)
+        last = consume(iterator)
+    tf.nest.map_structure(np.asarray, last)
     took = time.perf_counter() - started
     del iterator
     return steps * batch_size / took
@@ -140,7 +133,7 @@ def median(values: list[float]) -> float:
     return float(np.median(values))
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="timed batches per variant per round")
     parser.add_argument("--warmup", type=int, default=20, help="untimed batches per variant, once")
@@ -150,7 +143,7 @@ def main() -> None:
     parser.add_argument("--npz", help="a Keras-layout MNIST .npz (default: random pixels)")
     parser.add_argument("--no-deterministic", action="store_true", help="leave TF op determinism off")
     parser.add_argument("--keras-layers", action="store_true", help="also time Keras's stock random layers (k)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     keys = [key for key in VARIANTS if key != "k" or args.keras_layers]
     try:
@@ -166,14 +159,16 @@ def main() -> None:
     # A model per variant, so that each keeps its own compiled training step.
     runs = {key: (compiled_model(), make_batches(key, x, y, args.batch_size)) for key in keys}
     for model, batches in runs.values():
-        timed_steps(model, batches, args.warmup, args.batch_size)
+        images_per_second(batches, model.train_function, args.warmup, args.batch_size)
     speeds: dict[str, list[float]] = {key: [] for key in keys}
     for round_ in range(args.rounds):
         for key in keys[round_ % len(keys):] + keys[:round_ % len(keys)]:  # rotate who goes first
-            speeds[key].append(timed_steps(*runs[key], args.steps, args.batch_size))
+            model, batches = runs[key]
+            speeds[key].append(images_per_second(batches, model.train_function, args.steps, args.batch_size))
         print(f"round {round_ + 1}: " + ", ".join(f"{key} {speeds[key][-1]:.0f}" for key in keys), flush=True)
 
-    feeds = {key: feed_rate(batches, args.feed_steps, args.batch_size) for key, (_, batches) in runs.items()}
+    feeds = {key: images_per_second(batches, next, args.feed_steps, args.batch_size, untimed=1)
+             for key, (_, batches) in runs.items()}
 
     def ratio(top: str, bottom: str) -> str:
         ratios = [t / b for t, b in zip(speeds[top], speeds[bottom])]
@@ -190,4 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_stage(main)  # a bad --npz file is one line that names it

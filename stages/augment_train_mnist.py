@@ -207,8 +207,9 @@ def train_dataset(x, y, batch_size: int, steps: int, augmentation, seed: int):
 def single_threaded_ops():
     """tf.data options that run each op of the input pipeline on one thread.
 
-    Otherwise its ops borrow TensorFlow's shared intra-op thread pool, which the
-    training step needs: on 2 cores that halved training throughput in some epochs.
+    Otherwise its ops may borrow TensorFlow's shared intra-op thread pool, which the
+    training step needs. (Epochs at exactly half speed, once blamed on that, turned out
+    to be this development machine's own speed levels: they happen with it too.)
     """
     import tensorflow as tf
 
