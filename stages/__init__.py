@@ -6,6 +6,7 @@ reads params.yaml, loads inputs, calls them and writes outputs.
 
 import os
 
-# TensorFlow's C++ start-up chatter (CPU instruction sets, missing CUDA) would bury
-# the stages' own progress lines; errors still show. A user's own setting wins.
+# TensorFlow's C++ chatter would bury the stages' own progress lines; errors still
+# show. A user's own setting wins, and then stages.common does not filter stderr either.
+TF_LOG_LEVEL_FROM_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -6,8 +6,9 @@ Reads ``seed`` and ``augment_train_mnist`` from params.yaml, and MNIST either fr
 Keras (downloaded once, hash-checked, cached in ~/.keras/datasets) or from a local
 ``.npz`` under ``data/local/mnist/`` with Keras's keys. Writes
 ``models/mnist/model.keras`` (the weights of the epoch with the best validation
-accuracy), ``plots/mnist/history.csv``, ``plots/mnist/confusion.csv`` and
-``results/mnist/cnn.json``. A run killed halfway resumes from its last finished epoch,
+accuracy), ``plots/mnist/history.csv`` and that model's predictions on the validation
+images and the test set, ``predictions/mnist/cnn.csv``, which ``evaluate@mnist``
+scores. A run killed halfway resumes from its last finished epoch,
 kept in ``checkpoints/mnist/`` (git-ignored, not a DVC output), and ends with the same
 weights as an uninterrupted run.
 """
@@ -23,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from stages import common
+from stages.predictions import prediction_frame, write_predictions
 
 NUM_CLASSES = 10
+CLASS_NAMES = tuple(str(digit) for digit in range(NUM_CLASSES))
 IMAGE_SHAPE = (28, 28)
 LOCAL_DATA_DIR = Path("data/local/mnist")
 CHECKPOINT_DIR = Path("checkpoints/mnist")
@@ -107,15 +110,16 @@ def load_mnist(data: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def validation_split(x: np.ndarray, y: np.ndarray, size: int, seed: int):
-    """Hold ``size`` training images out, stratified by digit, to choose the best epoch."""
+def validation_split(y: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training images to fit on and of ``size`` held out, stratified by
+    digit, to choose the best epoch."""
     from sklearn.model_selection import train_test_split
 
     if size >= len(y):
         raise common.ParamsError(
             f"params.yaml: augment_train_mnist.validation_size: must be below the {len(y)} training images"
         )
-    return train_test_split(x, y, test_size=size, stratify=y, random_state=seed)
+    return train_test_split(np.arange(len(y)), test_size=size, stratify=y, random_state=seed)
 
 
 # --------------------------------------------------------------------------- model
@@ -340,22 +344,18 @@ class Checkpoint:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def train(arrays: dict[str, np.ndarray], settings: dict, seed: int, checkpoint: Checkpoint | None = None):
+def train(x_train, y_train, x_val, y_val, settings: dict, seed: int, checkpoint: Checkpoint | None = None):
     """Train the CNN with augmentation and return ``(best_model, history, summary)``.
 
-    The best model is the one with the highest accuracy on ``validation_size``
-    images held out of the training set; the test set is not looked at here.
-    ``history`` maps each Keras metric to its per-epoch values; ``summary`` holds
-    the best epoch, timing and the device.
+    The best model is the one with the highest accuracy on the validation images
+    ``(x_val, y_val)``; the test set is not looked at here. ``history`` maps each Keras
+    metric to its per-epoch values; ``summary`` holds the best epoch, timing and the device.
     """
     import keras
 
     common.seed_everything(seed, settings["deterministic"])
     # Set either way: the policy is global to the process and would outlive one run.
     keras.mixed_precision.set_global_policy("mixed_float16" if settings["mixed_precision"] else "float32")
-    x_train, x_val, y_train, y_val = validation_split(
-        arrays["x_train"], arrays["y_train"], settings["validation_size"], seed
-    )
     batch_size = settings["batch_size"]
     steps = int(len(y_train) * settings["epoch_fraction"]) // batch_size
     if steps < 1:
@@ -420,7 +420,6 @@ def train(arrays: dict[str, np.ndarray], settings: dict, seed: int, checkpoint: 
 
     summary = {
         "best_epoch": state["best_epoch"],
-        "best_val_accuracy": round(state["best_val_accuracy"], 4),
         "epochs": epochs,
         "seconds_per_epoch": round(state["train_seconds"] / epochs, 2),
         "train_images_per_second": round(steps * batch_size * epochs / state["train_seconds"], 1),
@@ -429,34 +428,32 @@ def train(arrays: dict[str, np.ndarray], settings: dict, seed: int, checkpoint: 
     return best_model, state["history"], summary
 
 
-def evaluate_on_test(model, x_test, y_test, batch_size: int):
-    """Test loss, accuracy and the predicted digit of every test image."""
-    import keras
-
-    probabilities = model.predict(eval_dataset(x_test, y_test, batch_size), verbose=0)
-    loss = float(keras.losses.sparse_categorical_crossentropy(y_test, probabilities).numpy().mean())
-    predicted = probabilities.argmax(axis=1)
-    return loss, float((predicted == y_test).mean()), predicted
-
-
 def main(argv: list[str]) -> None:
     params = common.read_params(SCHEMA)
     settings = params["augment_train_mnist"]
     check_settings(settings)
     arrays = load_mnist(settings["data"])
+    fit, val = validation_split(arrays["y_train"], settings["validation_size"], params["seed"])
+    (x_fit, y_fit), (x_val, y_val) = ((arrays["x_train"][i], arrays["y_train"][i]) for i in (fit, val))
+    x_test, y_test = arrays["x_test"], arrays["y_test"]
     checkpoint = Checkpoint(CHECKPOINT_DIR, run_fingerprint(params, arrays))
-    model, history, summary = train(arrays, settings, params["seed"], checkpoint)
-    test_loss, test_accuracy, predicted = evaluate_on_test(
-        model, arrays["x_test"], arrays["y_test"], settings["batch_size"]
-    )
+    model, history, summary = train(x_fit, y_fit, x_val, y_val, settings, params["seed"], checkpoint)
+
+    def probabilities(x, y):
+        return model.predict(eval_dataset(x, y, settings["batch_size"]), verbose=0)
+
+    predictions = [
+        prediction_frame([f"x_train[{i}]" for i in val], y_val, probabilities(x_val, y_val), CLASS_NAMES,
+                         "validation", f"{len(val)} training images held out to choose the epoch"),
+        prediction_frame([f"x_test[{i}]" for i in range(len(y_test))], y_test, probabilities(x_test, y_test),
+                         CLASS_NAMES, "heldout", "test set"),
+    ]
     common.save_keras_model(model, "models/mnist/model.keras")
     common.write_history_csv(history, "plots/mnist/history.csv")
-    common.write_confusion_csv(arrays["y_test"], predicted, "plots/mnist/confusion.csv")
-    metrics = {"test_accuracy": round(test_accuracy, 4), "test_loss": round(test_loss, 4), **summary,
-               **common.count_params(model)}
-    common.write_json("results/mnist/cnn.json", metrics)
+    write_predictions("predictions/mnist/cnn.csv", predictions)
+    common.write_run_facts("augment_train_mnist", {**summary, **common.count_params(model)})
     checkpoint.clear()
-    print(f"augment_train_mnist: {metrics}")
+    print(f"augment_train_mnist: {summary}")
 
 
 if __name__ == "__main__":

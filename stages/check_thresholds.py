@@ -1,6 +1,6 @@
 """Hold the metrics in ``metrics/`` to the bounds in ``thresholds.yaml``.
 
-    check-thresholds [--thresholds thresholds.yaml] [--only metrics/toy.json ...]
+    check-thresholds [--thresholds thresholds.yaml] [--only metrics/toy ...]
     python -m stages.check_thresholds
 
 Prints a table of each metric, its bound and its value, and exits 1 when any falls
@@ -68,7 +68,7 @@ def lookup(metrics: dict, dotted: str) -> object:
     return node
 
 
-def evaluate(checks: list[Check], metrics_by_file: dict[str, dict | None]) -> list[tuple[Check, str, str]]:
+def apply_bounds(checks: list[Check], metrics_by_file: dict[str, dict | None]) -> list[tuple[Check, str, str]]:
     """Each check with the value found (as text) and its status: ok, FAIL or MISSING."""
     rows = []
     for check in checks:
@@ -103,16 +103,22 @@ def load_metrics(files: set[str], root: Path) -> dict[str, dict | None]:
     return loaded
 
 
+def is_under(file: str, folder_or_file: str) -> bool:
+    """Whether metrics file ``file`` is ``folder_or_file`` or lies in that folder."""
+    wanted = Path(folder_or_file)
+    return Path(file) == wanted or wanted in Path(file).parents
+
+
 def check(thresholds_path: Path, root: Path, only: list[str] | None = None) -> tuple[bool, str]:
     """Whether every bound holds, and the table that shows it; ``only`` keeps the bounds
-    on those metrics files."""
+    on those metrics files or on the files in those folders."""
     checks = parse_thresholds(read_yaml(thresholds_path), str(thresholds_path))
     if only:
-        unknown = sorted(set(only) - {c.file for c in checks})
+        unknown = [path for path in only if not any(is_under(c.file, path) for c in checks)]
         if unknown:
             raise StageError(f"{thresholds_path}: no bounds for {', '.join(unknown)} (--only)")
-        checks = [c for c in checks if c.file in only]
-    rows = evaluate(checks, load_metrics({c.file for c in checks}, root))
+        checks = [c for c in checks if any(is_under(c.file, path) for path in only)]
+    rows = apply_bounds(checks, load_metrics({c.file for c in checks}, root))
     passed = all(status == "ok" for _, _, status in rows)
     failed = sum(status != "ok" for _, _, status in rows)
     summary = "all thresholds met" if passed else f"{failed} of {len(rows)} thresholds not met"
@@ -123,8 +129,8 @@ def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="check-thresholds", description=__doc__.split("\n\n")[0])
     parser.add_argument("--thresholds", type=Path, default=Path("thresholds.yaml"), help="bounds file")
     parser.add_argument("--root", type=Path, default=Path("."), help="where the metrics paths start")
-    parser.add_argument("--only", action="append", metavar="FILE",
-                        help="check only the bounds on this metrics file (repeatable), e.g. metrics/toy.json")
+    parser.add_argument("--only", action="append", metavar="PATH",
+                        help="check only the bounds on this metrics file or folder (repeatable), e.g. metrics/toy")
     args = parser.parse_args(argv)
     try:
         passed, report = check(args.thresholds, args.root, args.only)

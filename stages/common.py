@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from stages import TF_LOG_LEVEL_FROM_USER
 
 PARAMS_FILE = Path("params.yaml")
 _UMASK = os.umask(0)
@@ -146,20 +150,38 @@ def mapping(fields: dict[str, Validator]) -> Validator:
     return check
 
 
-def named(names: tuple[str, ...], item: Validator) -> Validator:
-    """A non-empty dict whose keys are drawn from ``names`` (e.g. dataset names)."""
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def named(item: Validator) -> Validator:
+    """A non-empty dict of named items (e.g. the toy datasets), each checked by ``item``.
+
+    A name must be an identifier: DVC parses ``dvc exp run -S section.name.key=value``
+    with Hydra's override grammar, where a key cannot start with a digit, and the name
+    is also a file name and a stage name.
+    """
 
     def check(key: str, value: Any) -> dict:
         if not isinstance(value, dict) or not value:
-            _fail(key, "a non-empty mapping of " + ", ".join(names), value)
+            _fail(key, "a non-empty mapping of names to settings", value)
         for name in value:
-            if name not in names:
+            if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
                 raise ParamsError(
-                    f"{key}.{name}: unknown name (expected one of {', '.join(names)})"
+                    f"{key}.{name}: a name must start with a letter or _ and hold only letters, "
+                    "digits and _ (so that `dvc exp run -S` can set its keys)"
                 )
         return {name: item(f"{key}.{name}", v) for name, v in value.items()}
 
     return check
+
+
+def item_from_argv(section: str, params: dict[str, Any], argv: list[str]) -> str:
+    """The one command-line argument of a stage that runs once per item of a section
+    (``dvc.yaml``'s ``foreach``), checked against the names in that section."""
+    names = params[section]
+    if len(argv) != 1 or argv[0] not in names:
+        raise StageError(f"usage: python -m stages.{section} NAME, NAME one of {', '.join(names)} (params.yaml)")
+    return argv[0]
 
 
 def local_path(key: str, value: str, folder: Path, keywords: tuple[str, ...]) -> Path:
@@ -229,10 +251,58 @@ def read_npz(path: Path) -> dict[str, Any]:
         raise StageError(f"{path}: not a readable .npz file ({one_line(err)})") from None
 
 
+# TensorFlow's C++ libraries print these at start-up, before they read
+# TF_CPP_MIN_LOG_LEVEL, and on every tf.data map under Keras: notices about oneDNN and
+# missing CUDA drivers, and a harmless mismatch between TF's graph builder and its
+# runtime. They would bury the stages' own lines in a `dvc repro` log.
+TENSORFLOW_NOISE = re.compile(
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|^[IWE]\d{4} [\d:.]+\s+\d+ \S+\.cc:\d+\] (?:"
+    r"oneDNN custom operations are on|Could not find cuda drivers|failed call to cuInit"
+    r"|NodeDef mentions attribute use_unbounded_threadpool|Unable to register cu\w+ factory"
+    r"|This TensorFlow binary is optimized|computation placer already registered)"
+)
+
+
+@contextlib.contextmanager
+def quiet_tensorflow_stderr() -> Iterator[None]:
+    """Drop TensorFlow's start-up chatter (``TENSORFLOW_NOISE``) from this process's stderr.
+
+    The C++ libraries write to file descriptor 2 directly, so the descriptor is routed
+    through a pipe, and a thread passes on every line but those. Left alone when the
+    user set TF_CPP_MIN_LOG_LEVEL themselves: they asked for what TensorFlow prints.
+    """
+    if TF_LOG_LEVEL_FROM_USER:
+        yield
+        return
+    sys.stderr.flush()
+    saved, real_stderr = os.dup(2), os.dup(2)  # one to restore, one for the thread
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pass_on() -> None:
+        with open(read_end, "rb") as lines, open(real_stderr, "wb", buffering=0) as out:
+            for line in lines:
+                if not TENSORFLOW_NOISE.search(line.decode(errors="replace")):
+                    out.write(line)
+
+    thread = threading.Thread(target=pass_on, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end, so the thread sees its end
+        os.close(saved)
+        thread.join(timeout=5)
+
+
 def run_stage(main: Callable[[list[str]], None]) -> None:
     """Call a stage's ``main(argv)``; turn a StageError into one line and exit status 2."""
     try:
-        main(sys.argv[1:])
+        with quiet_tensorflow_stderr():
+            main(sys.argv[1:])
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -292,16 +362,77 @@ def save_figure(fig: Any, path: Path | str) -> None:
     plt.close(fig)
 
 
+# Zip entries carry a modification time; outputs get this fixed one, so that the same
+# params give the same bytes and a rerun leaves dvc.lock as it was.
+FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
 def save_npz(path: Path | str, **arrays: Any) -> None:
+    """``np.savez_compressed`` with fixed entry times (NumPy stamps the wall-clock time)."""
     import numpy as np
 
-    with atomic_path(path) as tmp:
-        np.savez_compressed(tmp, **arrays)
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=FIXED_ZIP_TIME)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(entry, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+def _renumber_shared_objects(config: Any, numbers: dict[int, int]) -> Any:
+    """``config`` with each ``shared_object_id`` (a Python ``id()``, different in every
+    process) replaced by its order of first appearance; equal ids stay equal."""
+    if isinstance(config, list):
+        return [_renumber_shared_objects(item, numbers) for item in config]
+    if not isinstance(config, dict):
+        return config
+    renumbered = {key: _renumber_shared_objects(value, numbers) for key, value in config.items()}
+    if "shared_object_id" in renumbered:
+        renumbered["shared_object_id"] = numbers.setdefault(renumbered["shared_object_id"], len(numbers))
+    return renumbered
 
 
 def save_keras_model(model: Any, path: Path | str) -> None:
+    """``model.save`` to a ``.keras`` file whose bytes depend on the model alone.
+
+    Keras writes the save time into ``metadata.json`` and into the weights entry of the
+    zip, and object addresses into ``config.json``; the times go and the addresses are
+    renumbered, so that identical models are identical files and dvc.lock stays put.
+    """
     with atomic_path(path) as tmp:
         model.save(tmp)
+        with zipfile.ZipFile(tmp) as saved:
+            entries = [(entry, saved.read(entry)) for entry in saved.infolist()]
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for entry, content in entries:
+                if entry.filename == "metadata.json":
+                    metadata = json.loads(content)
+                    metadata.pop("date_saved", None)
+                    content = json.dumps(metadata).encode()
+                elif entry.filename == "config.json":
+                    content = json.dumps(_renumber_shared_objects(json.loads(content), {})).encode()
+                fixed = zipfile.ZipInfo(entry.filename, date_time=FIXED_ZIP_TIME)
+                fixed.compress_type = entry.compress_type
+                archive.writestr(fixed, content)
+
+
+def write_run_facts(stage: str, facts: dict[str, Any], folder: Path = Path("runs")) -> None:
+    """Write how a run went (seconds, speed, device) with the library versions to
+    ``runs/<stage>.json``.
+
+    These change from run to run with the same params, so they are neither metrics
+    nor DVC outputs: a hashed file that holds a time would change dvc.lock on every
+    rerun. The folder is git-ignored; the stage's log prints the same figures.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("tensorflow", "keras", "scikit-learn", "numpy", "dvc"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    write_json(folder / f"{stage}.json", {**facts, "python": sys.version.split()[0], "versions": versions})
 
 
 def write_history_csv(history: dict[str, list[float]], path: Path | str) -> None:

@@ -1,49 +1,146 @@
-"""Stage ``evaluate``: gather one exercise's results into ``metrics/<exercise>.json``.
+"""Stage ``evaluate``: score one exercise's predictions.
 
     python -m stages.evaluate toy|mnist|breast
 
-Each training stage writes its figures as JSON under ``results/<exercise>/``;
-this stage nests them by file name (``results/toy/2blop.json`` becomes the
-``2blop.*`` keys of ``metrics/toy.json``). Those small files are committed to git,
-so ``dvc metrics show`` and ``dvc metrics diff`` read them without a DVC remote,
-and ``check-thresholds`` holds them against ``thresholds.yaml``.
+Reads every predictions file under ``predictions/<exercise>/`` (one per classifier,
+written by the model stages: see ``stages.predictions``) and scores each of its
+evaluations with one function, ``score``, the same for every exercise: accuracy,
+balanced accuracy, each class's recall and the log loss, and for two classes the ROC
+AUC. Writes
+
+* ``metrics/<exercise>/<classifier>.json``: ``<evaluation>.<metric>``, e.g.
+  ``heldout.roc_auc``, the same keys for every classifier, so that ``dvc metrics
+  show`` prints one row per classifier under shared columns; small files committed to
+  git, so ``dvc metrics show`` and ``dvc metrics diff`` need no DVC remote, and
+  ``check-thresholds`` bounds them;
+* ``plots/<exercise>/evaluation/confusion/<classifier>.csv``: the held-out
+  predictions (``actual``, ``predicted``) for DVC's confusion-matrix plot;
+* ``plots/<exercise>/evaluation/roc.csv`` for two classes: every classifier's
+  held-out ROC curve (``model``, ``fpr``, ``tpr``).
+
+Scoring predictions, rather than loading the models and the data again, keeps this
+stage free of TensorFlow and of the data, and scores cross-validation too, whose
+out-of-fold predictions come from models that no longer exist.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import numpy as np
+
 from stages import common
+from stages.predictions import PROBABILITY_PREFIX, read_predictions
 
-EXERCISES = {
-    "toy": ("2blop", "blop_circle", "4blop"),
-    "mnist": ("cnn",),
-    "breast": ("features", "knn"),
-}
+EXERCISES = ("toy", "mnist", "breast")
+# The order of evaluations in the metrics; ``heldout`` is what plots and thresholds use.
+EVALUATIONS = ("heldout", "validation", "cv", "resubstitution")
+DIGITS = 4
 
 
-def load_results(exercise: str, folder: Path = Path("results")) -> dict[str, dict]:
-    """Each of the exercise's result files, keyed by its name, in a fixed order."""
-    results = {}
-    for name in EXERCISES[exercise]:
-        path = folder / exercise / f"{name}.json"
-        try:
-            results[name] = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise common.StageError(f"{path}: not found; its stage has not run") from None
-        except json.JSONDecodeError as err:
-            raise common.StageError(f"{path}: not valid JSON ({err})") from None
-    return results
+def score(actual: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...]) -> dict:
+    """The metrics of one set of predictions; ``actual`` and ``predicted`` are class indices.
+
+    ``roc_auc`` (of the second class against the first) only for two classes, and only
+    when both occur in ``actual``.
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss, recall_score, roc_auc_score
+
+    labels = list(range(len(class_names)))
+    # The file rounds probabilities to 7 digits; make each row sum to 1 again.
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
+    recall = recall_score(actual, predicted, labels=labels, average=None, zero_division=0)
+    metrics = {
+        "accuracy": accuracy_score(actual, predicted),
+        "balanced_accuracy": balanced_accuracy_score(actual, predicted),
+        "recall": {name: r for name, r in zip(class_names, recall)},
+        "log_loss": log_loss(actual, probabilities, labels=labels),
+    }
+    if len(class_names) == 2 and len(np.unique(actual)) == 2:
+        metrics["roc_auc"] = roc_auc_score(actual, probabilities[:, 1])
+    return rounded(metrics)
+
+
+def rounded(metrics: dict) -> dict:
+    return {k: rounded(v) if isinstance(v, dict) else round(float(v), DIGITS) for k, v in metrics.items()}
+
+
+def class_indices(column, class_names: tuple[str, ...], path: Path) -> np.ndarray:
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted(set(column) - set(index))
+    if unknown:
+        raise common.StageError(f"{path}: class {unknown[0]!r} has no p_{unknown[0]} column")
+    return column.map(index).to_numpy()
+
+
+def score_evaluation(rows, class_names: tuple[str, ...], path: Path) -> dict:
+    """``score`` of one evaluation's rows, with its protocol and size; for cross-validation
+    also the number of folds and the spread of accuracy over them."""
+    actual = class_indices(rows["actual"], class_names, path)
+    predicted = class_indices(rows["predicted"], class_names, path)
+    probabilities = rows[[PROBABILITY_PREFIX + name for name in class_names]].to_numpy(np.float64)
+    protocols = rows["protocol"].unique()
+    metrics = {"protocol": str(protocols[0]), "n": int(len(rows))}
+    metrics.update(score(actual, predicted, probabilities, class_names))
+    folds = rows["fold"].to_numpy()
+    if (folds != "").all():
+        per_fold = [np.mean(actual[folds == fold] == predicted[folds == fold]) for fold in np.unique(folds)]
+        metrics.update(folds=len(per_fold), accuracy_fold_std=round(float(np.std(per_fold)), DIGITS))
+    return metrics
+
+
+def score_classifier(path: Path) -> tuple[dict, object, tuple[str, ...]]:
+    """Metrics per evaluation of one predictions file, its held-out rows and class names."""
+    frame, class_names = read_predictions(path)
+    unknown = sorted(set(frame["evaluation"]) - set(EVALUATIONS))
+    if unknown:
+        raise common.StageError(f"{path}: unknown evaluation {unknown[0]!r} (expected {', '.join(EVALUATIONS)})")
+    if "heldout" not in set(frame["evaluation"]):
+        raise common.StageError(f"{path}: no heldout predictions")
+    metrics = {
+        evaluation: score_evaluation(frame[frame["evaluation"] == evaluation], class_names, path)
+        for evaluation in EVALUATIONS
+        if (frame["evaluation"] == evaluation).any()
+    }
+    return metrics, frame[frame["evaluation"] == "heldout"], class_names
+
+
+def roc_curve_rows(model: str, heldout, class_names: tuple[str, ...]):
+    """The held-out ROC curve of one classifier: ``model``, ``fpr``, ``tpr`` in order."""
+    import pandas as pd
+    from sklearn.metrics import roc_curve
+
+    positive = class_names[1]
+    fpr, tpr, _ = roc_curve(heldout["actual"] == positive, heldout[PROBABILITY_PREFIX + positive])
+    return pd.DataFrame({"model": model, "fpr": fpr.round(DIGITS), "tpr": tpr.round(DIGITS)})
 
 
 def main(argv: list[str]) -> None:
+    import pandas as pd
+
     if len(argv) != 1 or argv[0] not in EXERCISES:
         raise common.StageError(f"usage: python -m stages.evaluate EXERCISE, one of {', '.join(EXERCISES)}")
     exercise = argv[0]
-    metrics = load_results(exercise)
-    common.write_json(f"metrics/{exercise}.json", metrics)
-    print(f"evaluate {exercise}: wrote metrics/{exercise}.json ({', '.join(metrics)})")
+    files = sorted(Path("predictions", exercise).glob("*.csv"))
+    if not files:
+        raise common.StageError(f"predictions/{exercise}/: no predictions files; run its model stages first")
+    plots = Path("plots", exercise, "evaluation")
+    metrics, curves = {}, []
+    for path in files:
+        model = path.stem
+        metrics[model], heldout, class_names = score_classifier(path)
+        with common.atomic_path(plots / "confusion" / f"{model}.csv") as tmp:
+            heldout[["actual", "predicted"]].to_csv(tmp, index=False)
+        if "roc_auc" in metrics[model]["heldout"]:
+            curves.append(roc_curve_rows(model, heldout, class_names))
+    if curves:
+        with common.atomic_path(plots / "roc.csv") as tmp:
+            pd.concat(curves).to_csv(tmp, index=False)
+    for model, by_evaluation in metrics.items():
+        common.write_json(f"metrics/{exercise}/{model}.json", by_evaluation)
+        shown = {k: by_evaluation["heldout"][k] for k in ("accuracy", "balanced_accuracy", "roc_auc")
+                 if k in by_evaluation["heldout"]}
+        print(f"evaluate {exercise}: {model}, held out ({by_evaluation['heldout']['protocol']}): {shown}")
 
 
 if __name__ == "__main__":

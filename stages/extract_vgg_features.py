@@ -7,8 +7,8 @@ Reads ``extract_vgg_features`` from params.yaml and the images named by
 MD5-checked into Keras's cache), or under ``data/local/breast/`` a ``.npz`` in
 MedMNIST's layout or a folder with one subfolder of images per class. Writes
 ``data/breast/features.npz`` (arrays ``features`` float32 (N, D), ``labels`` int64
-(N,), ``split`` and ``source`` strings (N,), ``class_names`` strings) and
-``results/breast/features.json`` (counts, feature size, seconds, images per second).
+(N,), ``split`` and ``source`` strings (N,), ``class_names`` strings); the counts,
+seconds and speed go to the log and to ``runs/extract_vgg_features.json``.
 
 The defaults repeat the seed: ImageNet VGG19 up to ``fc1`` (4096-d), images resized to
 224x224, grey repeated to three channels, VGG's ``preprocess_input``. Unlike the seed,
@@ -29,7 +29,6 @@ import numpy as np
 from stages import common
 
 FEATURES_PATH = Path("data/breast/features.npz")
-SUMMARY_PATH = Path("results/breast/features.json")
 
 MEDMNIST = "medmnist"
 LOCAL_DATA_DIR = Path("data/local/breast")
@@ -40,6 +39,8 @@ BREASTMNIST_CLASSES = ("malignant", "normal_or_benign")  # label 0, label 1
 SPLITS = ("train", "val", "test")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# What Windows and macOS leave in folders of images; skipped like hidden (dot) files.
+SYSTEM_FILES = ("thumbs.db", "desktop.ini", "__macosx")
 TOP_LAYERS = ("fc1", "fc2")  # Dense layers of the classifier head: need include_top and 224x224
 POOLED_LAYERS = ("avg", "max")  # global pooling of the last conv block: any size from 32
 TOP_IMAGE_SIZE = 224
@@ -185,16 +186,23 @@ def read_image_file(path: Path) -> np.ndarray:
         raise common.StageError(f"{path}: cannot read image ({common.one_line(err)})") from None
 
 
+def is_skipped(name: str) -> bool:
+    """Whether a file or folder name is one that a folder of images collects by itself."""
+    return name.startswith(".") or name.lower() in SYSTEM_FILES
+
+
 def load_image_folder(root: Path) -> ImageSet:
     """A folder with one subfolder per class (searched recursively), all of it ``train``.
 
-    Classes are numbered in the sorted order of their folder names. Hidden files (such
-    as ``.DS_Store``) are skipped; any other file that is not a PNG, JPEG, BMP or TIFF
-    stops the stage, as does a file outside the class folders, an empty class folder
-    or a single class. Every image is decoded once up front, so that a bad file stops
-    the stage before the long extraction rather than in the middle of it.
+    Classes are numbered in the sorted order of their folder names. Hidden files and
+    folders (such as ``.DS_Store``) and what Windows and macOS leave behind
+    (``Thumbs.db``, ``desktop.ini``, ``__MACOSX/``) are skipped; any other file that is
+    not a PNG, JPEG, BMP or TIFF stops the stage, as does a file outside the class
+    folders, an empty class folder or a single class. Every image is decoded once up
+    front, so that a bad file stops the stage before the long extraction rather than
+    in the middle of it.
     """
-    entries = sorted(entry for entry in root.iterdir() if not entry.name.startswith("."))
+    entries = sorted(entry for entry in root.iterdir() if not is_skipped(entry.name))
     for entry in entries:
         if not entry.is_dir():
             raise common.StageError(f"{entry}: a file outside the class folders of {root}")
@@ -207,7 +215,7 @@ def load_image_folder(root: Path) -> ImageSet:
         files = sorted(
             path
             for path in class_dir.rglob("*")
-            if path.is_file() and not any(part.startswith(".") for part in path.relative_to(class_dir).parts)
+            if path.is_file() and not any(is_skipped(part) for part in path.relative_to(class_dir).parts)
         )
         for file in files:
             if file.suffix.lower() not in IMAGE_SUFFIXES:
@@ -364,15 +372,12 @@ def extract_features(
     return features
 
 
-def summary(images: ImageSet, features: np.ndarray, seconds: float) -> dict:
-    """Counts, feature size and speed for results/breast/features.json (numbers only)."""
+def image_counts(images: ImageSet) -> dict[str, int]:
+    """How many images of each split and each class."""
     return {
         "n_images": len(images),
         **{f"n_{split}": int((images.split == split).sum()) for split in SPLITS},
         **{f"n_{name}": int((images.labels == i).sum()) for i, name in enumerate(images.class_names)},
-        "feature_dim": int(features.shape[1]),
-        "seconds": round(seconds, 1),
-        "images_per_second": round(len(images) / seconds, 2),
     }
 
 
@@ -408,8 +413,12 @@ def main(argv: list[str]) -> None:
         source=images.source,
         class_names=np.array(images.class_names),
     )
-    common.write_json(SUMMARY_PATH, summary(images, features, seconds))
-    print(f"extract_vgg_features: wrote {FEATURES_PATH} {features.shape} in {seconds:.0f}s")
+    counts = image_counts(images)
+    common.write_run_facts("extract_vgg_features", {
+        **counts, "feature_dim": int(features.shape[1]), "seconds": round(seconds, 1),
+        "images_per_second": round(len(images) / seconds, 2),
+    })
+    print(f"extract_vgg_features: wrote {FEATURES_PATH} {features.shape} in {seconds:.0f}s; {counts}")
 
 
 if __name__ == "__main__":

@@ -4,18 +4,17 @@
 
 Reads ``seed`` and ``fit_knn`` from params.yaml and ``data/breast/features.npz``
 (written by ``extract_vgg_features``); writes the pipeline fitted on every non-test
-image to ``models/breast/knn.pkl``, one prediction per image to
-``results/breast/knn_predictions.csv``, held-out predictions for DVC's confusion plot
-to ``plots/breast/confusion.csv`` and the metrics to ``results/breast/knn.json``.
+image to ``models/breast/knn.pkl`` and its predictions to
+``predictions/breast/knn.csv``, which ``evaluate@breast`` scores. Three evaluations,
+kept apart because they answer different questions:
 
-Three figures, kept apart because they answer different questions:
-
-* ``test``: fitted on train+val, scored on the test split (when the data has one);
-* ``cv``: stratified k-fold cross-validation over the non-test images;
-* ``resubstitution_accuracy``: fitted and scored on the same images, all of them, the
-  way the seed got its 88%. It measures memory, not generalisation. (The seed also
-  scored raw features against a fit on normalised ones; the pipeline here normalises
-  both.)
+* ``heldout``: fitted on train+val, predicting the test split when the data has one;
+  otherwise stratified k-fold cross-validation over all the images;
+* ``cv``: with a test split, the same cross-validation over the non-test images, a
+  second, steadier figure (the test split is not touched);
+* ``resubstitution``: fitted on all the images and predicting them, the way the seed
+  got its 88%. It measures memory, not generalisation. (The seed also scored raw
+  features against a fit on normalised ones; the pipeline here normalises both.)
 """
 
 from __future__ import annotations
@@ -26,12 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from stages import common
+from stages.predictions import prediction_frame, write_predictions
 
 FEATURES_PATH = Path("data/breast/features.npz")
 MODEL_PATH = Path("models/breast/knn.pkl")
-PREDICTIONS_PATH = Path("results/breast/knn_predictions.csv")
-CONFUSION_PATH = Path("plots/breast/confusion.csv")
-METRICS_PATH = Path("results/breast/knn.json")
+PREDICTIONS_PATH = Path("predictions/breast/knn.csv")
 
 SCHEMA = {
     "seed": common.integer(minimum=0),
@@ -73,7 +71,7 @@ def load_features(path: Path = FEATURES_PATH) -> FeatureSet:
         raise common.StageError(f"{path}: missing array {err}; rerun extract_vgg_features") from None
 
 
-def make_pipeline(k: int, metric: str = "euclidean", weights: str = "uniform"):
+def make_knn_pipeline(k: int, metric: str = "euclidean", weights: str = "uniform"):
     """Each feature vector scaled to unit length, as in the seed, then k-nearest neighbours."""
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import Pipeline
@@ -84,21 +82,9 @@ def make_pipeline(k: int, metric: str = "euclidean", weights: str = "uniform"):
     )
 
 
-def pipeline_for(settings: dict):
-    """``make_pipeline`` with the ``fit_knn`` section's settings."""
-    return make_pipeline(settings["k"], settings["metric"], settings["weights"])
-
-
-def scores(actual: np.ndarray, predicted: np.ndarray, class_names: tuple[str, ...]) -> dict:
-    """Accuracy, balanced accuracy (mean per-class recall) and each class's recall."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, recall_score
-
-    recall = recall_score(actual, predicted, labels=range(len(class_names)), average=None, zero_division=0)
-    return {
-        "accuracy": round(float(accuracy_score(actual, predicted)), 4),
-        "balanced_accuracy": round(float(balanced_accuracy_score(actual, predicted)), 4),
-        "recall": {name: round(float(r), 4) for name, r in zip(class_names, recall)},
-    }
+def knn_for(settings: dict):
+    """``make_knn_pipeline`` with the ``fit_knn`` section's settings."""
+    return make_knn_pipeline(settings["k"], settings["metric"], settings["weights"])
 
 
 def stratified_folds(labels: np.ndarray, k: int, cv_folds: int, seed: int) -> list:
@@ -107,7 +93,7 @@ def stratified_folds(labels: np.ndarray, k: int, cv_folds: int, seed: int) -> li
 
     classes, counts = np.unique(labels, return_counts=True)
     if len(classes) < 2:
-        raise common.StageError(f"the non-test images hold one class only (label {classes[0]}); need two")
+        raise common.StageError(f"the images to cross-validate hold one class only (label {classes[0]}); need two")
     if counts.min() < cv_folds:
         raise common.ParamsError(
             f"params.yaml: fit_knn.cv_folds: {cv_folds} folds need {cv_folds} images of every class; "
@@ -123,73 +109,43 @@ def stratified_folds(labels: np.ndarray, k: int, cv_folds: int, seed: int) -> li
     return folds
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, settings: dict, seed: int):
-    """Stratified k-fold CV of the pipeline on ``(x, y)``.
-
-    Returns the mean and standard deviation over folds of accuracy and balanced
-    accuracy, the out-of-fold prediction of every image, and its fold (1-based).
-    """
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-
+def out_of_fold(x: np.ndarray, y: np.ndarray, settings: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified k-fold cross-validation of the pipeline on ``(x, y)``: the class
+    probabilities of every image from the fold that held it out, and that fold (1-based)."""
     folds = stratified_folds(y, settings["k"], settings["cv_folds"], seed)
-    predicted, fold_of = np.empty_like(y), np.empty(len(y), dtype=np.int64)
-    accuracy, balanced = [], []
+    probabilities, fold_of = np.empty((len(y), len(np.unique(y)))), np.empty(len(y), dtype=np.int64)
     for number, (train, held) in enumerate(folds, start=1):
-        model = pipeline_for(settings).fit(x[train], y[train])
-        predicted[held], fold_of[held] = model.predict(x[held]), number
-        accuracy.append(accuracy_score(y[held], predicted[held]))
-        balanced.append(balanced_accuracy_score(y[held], predicted[held]))
-    summary = {
-        "folds": len(folds),
-        "n": int(len(y)),
-        "accuracy": round(float(np.mean(accuracy)), 4),
-        "accuracy_std": round(float(np.std(accuracy)), 4),
-        "balanced_accuracy": round(float(np.mean(balanced)), 4),
-        "balanced_accuracy_std": round(float(np.std(balanced)), 4),
-    }
-    return summary, predicted, fold_of
+        probabilities[held] = knn_for(settings).fit(x[train], y[train]).predict_proba(x[held])
+        fold_of[held] = number
+    return probabilities, fold_of
 
 
-def evaluate(data: FeatureSet, settings: dict, seed: int):
-    """Fit and score the pipeline three ways (see the module docstring).
+def fit_and_predict(data: FeatureSet, settings: dict, seed: int):
+    """Fit the pipeline and predict every evaluation (see the module docstring).
 
-    Returns ``(model, metrics, predictions)``: the pipeline fitted on all non-test
-    images; the metrics for results/breast/knn.json; and a DataFrame with one row per
-    image (``source``, ``split``, ``actual``, ``predicted``, ``evaluated_by``) holding
-    its test prediction or, for a non-test image, its out-of-fold prediction.
+    Returns ``(model, frames)``: the pipeline fitted on all non-test images, and the
+    rows of the predictions file.
     """
-    import pandas as pd
-
-    x, y = data.features, data.labels
+    x, y, names = data.features, data.labels, data.class_names
     is_test = data.split == "test"
     fit = ~is_test
-
-    cv_summary, cv_predicted, fold_of = cross_validate(x[fit], y[fit], settings, seed)
-    model = pipeline_for(settings).fit(x[fit], y[fit])
-    predicted = np.empty_like(y)
-    evaluated_by = np.empty(len(y), dtype=object)
-    predicted[fit], evaluated_by[fit] = cv_predicted, [f"cv_fold_{f}" for f in fold_of]
-    metrics = {"n_fit": int(fit.sum())}
+    folds = settings["cv_folds"]
+    model = knn_for(settings).fit(x[fit], y[fit])
+    probabilities, fold_of = out_of_fold(x[fit], y[fit], settings, seed)
+    cv = (data.source[fit], y[fit], probabilities, names)
     if is_test.any():
-        predicted[is_test], evaluated_by[is_test] = model.predict(x[is_test]), "test"
-        test_scores = scores(y[is_test], predicted[is_test], data.class_names)
-        metrics["test"] = {"n": int(is_test.sum()), **test_scores}
-    metrics["cv"] = cv_summary
-    resubstituted = pipeline_for(settings).fit(x, y).predict(x)
-    metrics["resubstitution_accuracy"] = round(float(np.mean(resubstituted == y)), 4)
-    metrics["n_resubstitution"] = int(len(y))
-
-    names = np.array(data.class_names)
-    predictions = pd.DataFrame(
-        {
-            "source": data.source,
-            "split": data.split,
-            "actual": names[y],
-            "predicted": names[predicted],
-            "evaluated_by": evaluated_by,
-        }
-    )
-    return model, metrics, predictions
+        frames = [
+            prediction_frame(data.source[is_test], y[is_test], model.predict_proba(x[is_test]), names,
+                             "heldout", "test split"),
+            prediction_frame(*cv, "cv", f"{folds}-fold stratified cross-validation of the non-test images",
+                             fold=fold_of),
+        ]
+    else:
+        frames = [prediction_frame(*cv, "heldout", f"{folds}-fold stratified cross-validation", fold=fold_of)]
+    everything = knn_for(settings).fit(x, y)
+    frames.append(prediction_frame(data.source, y, everything.predict_proba(x), names, "resubstitution",
+                                   "fitted and scored on the same images, as the seed's 88%"))
+    return model, frames
 
 
 def save_model(model, path: Path | str) -> None:
@@ -210,22 +166,10 @@ def main(argv: list[str]) -> None:
         f"{settings['metric']}, {settings['weights']}, {settings['cv_folds']}-fold CV",
         flush=True,
     )
-    model, metrics, predictions = evaluate(data, settings, params["seed"])
+    model, frames = fit_and_predict(data, settings, params["seed"])
     save_model(model, MODEL_PATH)
-    with common.atomic_path(PREDICTIONS_PATH) as tmp:
-        predictions.to_csv(tmp, index=False)
-    held_out = predictions[predictions["split"] == "test"] if "test" in metrics else predictions
-    common.write_confusion_csv(held_out["actual"], held_out["predicted"], CONFUSION_PATH)
-    common.write_json(METRICS_PATH, metrics)
-    if "test" in metrics:
-        test = metrics["test"]
-        print(f"fit_knn: test accuracy {test['accuracy']}, balanced accuracy {test['balanced_accuracy']}")
-    cv = metrics["cv"]
-    print(f"fit_knn: {cv['folds']}-fold CV accuracy {cv['accuracy']}, balanced {cv['balanced_accuracy']}")
-    print(
-        f"fit_knn: resubstitution accuracy {metrics['resubstitution_accuracy']} "
-        "(fitted and scored on the same images, as the seed's 88%; not a held-out figure)"
-    )
+    write_predictions(PREDICTIONS_PATH, frames)
+    print(f"fit_knn: wrote {MODEL_PATH} and {PREDICTIONS_PATH}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Stage ``generate_toy``: make one of the three two-class 2-D toy datasets.
+"""Stage ``generate_toy``: make one of the two-class 2-D toy datasets.
 
-    python -m stages.generate_toy 2blop
+    python -m stages.generate_toy two_blops
 
-Reads ``seed`` and ``generate_toy.<name>`` from params.yaml; writes
-``data/toy/<name>.npz`` (arrays ``x`` (N, 2) float32 and ``y`` (N,) int64) and a
-scatter plot ``plots/toy/<name>/data.png``.
+Reads ``seed`` and ``generate_toy.<name>`` from params.yaml, where every dataset is
+named (dvc.yaml runs this stage once per name) and has a ``layout``: the seed's three
+are ``blob_pair`` ("2blop"), ``blob_in_ring`` ("blop_circle") and ``xor_blobs``
+("4blop"). Writes ``data/toy/<name>.npz`` (arrays ``x`` (N, 2) float32 and ``y`` (N,)
+int64) and a scatter plot ``plots/toy/<name>/data.png``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 from stages import common
-from stages.toy import DATASETS, data_path, dataset_from_argv, settings_for
 
 
 def _split_counts(n_samples: int, n_parts: int) -> list[int]:
@@ -21,7 +22,7 @@ def _split_counts(n_samples: int, n_parts: int) -> list[int]:
     return [base + (i < extra) for i in range(n_parts)]
 
 
-def two_blobs(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def blob_pair(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two Gaussian blobs of standard deviation ``noise`` centred at (-2, 0) and (2, 0)."""
     centres = np.array([[-2.0, 0.0], [2.0, 0.0]])
     counts = _split_counts(n_samples, 2)
@@ -43,7 +44,7 @@ def blob_in_ring(n_samples: int, noise: float, rng: np.random.Generator) -> tupl
     return np.concatenate([blob, ring]), np.repeat([0, 1], [n_blob, n_ring])
 
 
-def four_blobs_xor(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def xor_blobs(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Four blobs at (+-2, +-2) in an XOR layout: diagonal corners share a class."""
     centres = np.array([[-2.0, -2.0], [2.0, 2.0], [-2.0, 2.0], [2.0, -2.0]])
     counts = _split_counts(n_samples, 4)
@@ -52,24 +53,26 @@ def four_blobs_xor(n_samples: int, noise: float, rng: np.random.Generator) -> tu
     return x, y
 
 
-GENERATORS = {"2blop": two_blobs, "blop_circle": blob_in_ring, "4blop": four_blobs_xor}
-assert tuple(GENERATORS) == DATASETS
+LAYOUTS = {"blob_pair": blob_pair, "blob_in_ring": blob_in_ring, "xor_blobs": xor_blobs}
 
 SCHEMA = {
     "seed": common.integer(minimum=0),
     "generate_toy": common.named(
-        DATASETS,
         common.mapping(
-            {"n_samples": common.integer(minimum=8), "noise": common.number(minimum=0, exclusive_min=True)}
+            {
+                "layout": common.choice(*LAYOUTS),
+                "n_samples": common.integer(minimum=8),
+                "noise": common.number(minimum=0, exclusive_min=True),
+            }
         ),
     ),
 }
 
 
-def generate(name: str, n_samples: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return shuffled ``(x, y)`` for dataset ``name``: x float32 (N, 2), y int64 (N,) in {0, 1}."""
+def generate(layout: str, n_samples: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return shuffled ``(x, y)`` in ``layout``: x float32 (N, 2), y int64 (N,) in {0, 1}."""
     rng = np.random.default_rng(seed)
-    x, y = GENERATORS[name](n_samples, noise, rng)
+    x, y = LAYOUTS[layout](n_samples, noise, rng)
     order = rng.permutation(len(y))
     return x[order].astype(np.float32), y[order].astype(np.int64)
 
@@ -89,12 +92,13 @@ def scatter_figure(x: np.ndarray, y: np.ndarray, title: str):
 
 
 def main(argv: list[str]) -> None:
-    name = dataset_from_argv("generate_toy", argv)
     params = common.read_params(SCHEMA)
-    settings = settings_for(params, "generate_toy", name)
-    x, y = generate(name, settings["n_samples"], settings["noise"], params["seed"])
-    common.save_npz(data_path(name), x=x, y=y)
-    common.save_figure(scatter_figure(x, y, f"{name} ({len(y)} points)"), f"plots/toy/{name}/data.png")
+    name = common.item_from_argv("generate_toy", params, argv)
+    settings = params["generate_toy"][name]
+    x, y = generate(settings["layout"], settings["n_samples"], settings["noise"], params["seed"])
+    common.save_npz(f"data/toy/{name}.npz", x=x, y=y)
+    title = f"{name}, {settings['layout']} ({len(y)} points)"
+    common.save_figure(scatter_figure(x, y, title), f"plots/toy/{name}/data.png")
     print(f"generate_toy {name}: {len(y)} points, class counts {np.bincount(y).tolist()}")
 
 

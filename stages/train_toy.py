@@ -1,27 +1,28 @@
 """Stage ``train_toy``: fit a small Keras MLP to one toy dataset.
 
-    python -m stages.train_toy 2blop
+    python -m stages.train_toy two_blops
 
 Reads ``seed`` and ``train_toy.<name>`` from params.yaml and ``data/toy/<name>.npz``;
 writes ``models/toy/<name>.keras``, the per-epoch history
 ``plots/toy/<name>/history.csv``, a decision-boundary plot
-``plots/toy/<name>/boundary.png`` and ``results/toy/<name>.json`` (held-out and
-train accuracy, held-out loss, parameter count).
+``plots/toy/<name>/boundary.png`` and the model's predictions on the stratified
+held-out share, ``predictions/toy/<name>.csv``, which ``evaluate@toy`` scores.
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from stages import common
-from stages.toy import DATASETS, data_path, dataset_from_argv, settings_for
+from stages.predictions import prediction_frame, write_predictions
 
-NUM_CLASSES = 2
+CLASS_NAMES = ("class_0", "class_1")
 
 SCHEMA = {
     "seed": common.integer(minimum=0),
     "train_toy": common.named(
-        DATASETS,
         common.mapping(
             {
                 "hidden_layers": common.list_of(common.integer(minimum=1)),
@@ -48,57 +49,43 @@ def make_model(hidden_layers: list[int], activation: str = "relu"):
     x = inputs
     for i, units in enumerate(hidden_layers, start=1):
         x = keras.layers.Dense(units, activation=activation, name=f"hidden_{i}")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="class_probabilities")(x)
+    outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name="class_probabilities")(x)
     return keras.Model(inputs, outputs, name="toy_mlp")
 
 
-def holdout_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
-    """Stratified split: both classes keep their share in the held-out part."""
+def holdout_split(n: int, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a stratified split: both classes keep their share in the held-out part."""
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(x, y, test_size=fraction, stratify=y, random_state=seed)
+    return train_test_split(np.arange(n), test_size=fraction, stratify=labels, random_state=seed)
 
 
-def train(x: np.ndarray, y: np.ndarray, settings: dict, seed: int, verbose_every: int = 10):
-    """Fit the MLP on a stratified share of ``(x, y)`` and score it on the rest.
+def train(x, y, fit: np.ndarray, held: np.ndarray, settings: dict, seed: int, verbose_every: int = 10):
+    """Fit the MLP on the points ``fit`` (indices), watching the loss on ``held``.
 
-    Returns ``(model, history, metrics)``: ``history`` is Keras's per-epoch dict
-    (``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, where ``val_`` is the
-    held-out part); ``metrics`` holds the final held-out accuracy and loss, the
-    train accuracy and the parameter count.
+    Returns ``(model, history)``: ``history`` is Keras's per-epoch dict (``loss``,
+    ``accuracy``, ``val_loss``, ``val_accuracy``, where ``val_`` is the held-out part).
     """
     import keras
 
     common.seed_everything(seed)
-    x_train, x_held, y_train, y_held = holdout_split(x, y, settings["holdout_fraction"], seed)
     model = make_model(settings["hidden_layers"], settings["activation"])
     model.compile(
         optimizer=keras.optimizers.Adam(settings["learning_rate"]),
-        loss="categorical_crossentropy",
+        loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    one_hot = lambda labels: keras.utils.to_categorical(labels, NUM_CLASSES)  # noqa: E731
     history = model.fit(
-        x_train,
-        one_hot(y_train),
+        x[fit],
+        y[fit],
         batch_size=settings["batch_size"],
         epochs=settings["epochs"],
-        validation_data=(x_held, one_hot(y_held)),
+        validation_data=(x[held], y[held]),
         shuffle=True,
         verbose=0,
         callbacks=[common.keras_progress(settings["epochs"], every=verbose_every)],
     )
-    held_loss, held_accuracy = model.evaluate(x_held, one_hot(y_held), verbose=0)
-    _, train_accuracy = model.evaluate(x_train, one_hot(y_train), verbose=0)
-    metrics = {
-        "heldout_accuracy": round(float(held_accuracy), 4),
-        "heldout_loss": round(float(held_loss), 4),
-        "train_accuracy": round(float(train_accuracy), 4),
-        "n_train": int(len(y_train)),
-        "n_heldout": int(len(y_held)),
-        "params": int(model.count_params()),
-    }
-    return model, history.history, metrics
+    return model, history.history
 
 
 def boundary_figure(model, x: np.ndarray, y: np.ndarray, title: str, resolution: int = 200):
@@ -124,7 +111,7 @@ def boundary_figure(model, x: np.ndarray, y: np.ndarray, title: str, resolution:
 
 
 def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
-    path = data_path(name)
+    path = f"data/toy/{name}.npz"
     try:
         with np.load(path) as data:
             return data["x"], data["y"]
@@ -133,18 +120,27 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(argv: list[str]) -> None:
-    name = dataset_from_argv("train_toy", argv)
     params = common.read_params(SCHEMA)
-    settings = settings_for(params, "train_toy", name)
+    name = common.item_from_argv("train_toy", params, argv)
+    settings = params["train_toy"][name]
     x, y = load_dataset(name)
-    print(f"train_toy {name}: {len(y)} points, hidden layers {settings['hidden_layers']}", flush=True)
-    model, history, metrics = train(x, y, settings, params["seed"])
+    fit, held = holdout_split(len(y), y, settings["holdout_fraction"], params["seed"])
+    print(f"train_toy {name}: {len(fit)} points to fit, {len(held)} held out; "
+          f"hidden layers {settings['hidden_layers']}", flush=True)
+    started = time.perf_counter()
+    model, history = train(x, y, fit, held, settings, params["seed"])
+    seconds = time.perf_counter() - started
+    probabilities = model.predict(x[held], verbose=0)
     common.save_keras_model(model, f"models/toy/{name}.keras")
     common.write_history_csv(history, f"plots/toy/{name}/history.csv")
-    title = f"{name}: held-out accuracy {metrics['heldout_accuracy']:.3f}"
-    common.save_figure(boundary_figure(model, x, y, title), f"plots/toy/{name}/boundary.png")
-    common.write_json(f"results/toy/{name}.json", metrics)
-    print(f"train_toy {name}: {metrics}")
+    common.save_figure(boundary_figure(model, x, y, f"{name}: P(class 1)"), f"plots/toy/{name}/boundary.png")
+    protocol = f"stratified hold-out of {settings['holdout_fraction']:g}"
+    write_predictions(
+        f"predictions/toy/{name}.csv",
+        [prediction_frame(held, y[held], probabilities, CLASS_NAMES, "heldout", protocol)],
+    )
+    common.write_run_facts(f"train_toy@{name}", {"seconds": round(seconds, 1), "params": model.count_params()})
+    print(f"train_toy {name}: {model.count_params()} parameters, trained in {seconds:.1f}s")
 
 
 if __name__ == "__main__":

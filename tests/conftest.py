@@ -17,6 +17,7 @@ SHARED_DATA = PROJECT.parent / "shared" / "data"
 # What a fresh clone holds that the pipeline needs.
 PROJECT_FILES = [
     "dvc.yaml", "params.yaml", "thresholds.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
+    ".dvc/plots/offline.html", ".dvc/plots/roc.json",
     "data/local/README.md", "data/local/.gitignore", "data/local/mnist/.gitkeep", "data/local/breast/.gitkeep", "data/local/weights/.gitkeep",
 ]
 
@@ -27,7 +28,6 @@ def tool_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 
 
@@ -111,10 +111,19 @@ def tiny_breast(n_train: int = 24, n_val: int = 6, n_test: int = 12, seed: int =
     return arrays
 
 
+def project_params() -> dict:
+    return yaml.safe_load((PROJECT / "params.yaml").read_text())
+
+
+def toy_names() -> list[str]:
+    """The toy datasets, as params.yaml names them."""
+    return list(project_params()["generate_toy"])
+
+
 def small_pipeline_params() -> dict[str, object]:
     """Params that run the whole pipeline in a minute or two on 2 cores, on tiny local data
     that `write_tiny_inputs` puts in place."""
-    toy = ("2blop", "blop_circle", "4blop")
+    toy = toy_names()
     return {
         **{f"generate_toy.{name}.n_samples": 120 for name in toy},
         **{f"train_toy.{name}.epochs": 3 for name in toy},
@@ -131,6 +140,18 @@ def small_pipeline_params() -> dict[str, object]:
         "fit_knn.k": 3,
         "fit_knn.cv_folds": 3,
     }
+
+
+def write_tiny_image_folder(root: Path, per_class: int = 10) -> None:
+    """A lab's layout: one folder of PNG images per class, the classes differing in brightness."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("benign", "malignant")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 80, size=(28, 28)) + 150 * label
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
 
 
 def write_tiny_inputs(repo: Path) -> None:

@@ -11,10 +11,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import common, extract_vgg_features as extract, fit_knn
+from stages import common, evaluate, extract_vgg_features as extract, fit_knn
+from stages.predictions import read_predictions
 from tests.conftest import SHARED_DATA
 
 LOCAL = Path("data/local/breast")  # relative: the main() tests chdir into tmp_path
@@ -38,7 +40,14 @@ def image_folder(tmp_path: Path) -> Path:
             suffix = (".png", ".jpg", ".bmp", ".tif")[i % 4]
             pixels = np.stack([grey] * 3, axis=-1) if suffix == ".jpg" else grey
             save_image(root / name / ("nested" if i == 5 else "") / f"{i}{suffix}", pixels)
-    (root / "benign" / ".DS_Store").write_bytes(b"\0\1")  # hidden files are skipped
+    # What Windows and macOS leave in folders, all skipped: hidden files, Thumbs.db, desktop.ini, __MACOSX/.
+    (root / "benign" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "benign" / "Thumbs.db").write_bytes(b"\0\1")
+    (root / "malignant" / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    (root / "malignant" / "__MACOSX").mkdir()
+    (root / "malignant" / "__MACOSX" / "._0.png").write_bytes(b"\0\1")
+    (root / "__MACOSX").mkdir()
+    (root / "desktop.ini").write_text("[.ShellClassInfo]\n")
     return root
 
 
@@ -280,9 +289,9 @@ def test_extract_stage_writes_features_for_a_folder(tmp_path, monkeypatch, image
         assert saved["labels"].tolist() == [0] * 6 + [1] * 6
         assert set(saved["split"]) == {"train"} and saved["source"][0] == "benign/0.png"
         assert saved["class_names"].tolist() == ["benign", "malignant"]
-    summary = json.loads((tmp_path / "results/breast/features.json").read_text())
-    assert summary["n_images"] == 12 and summary["n_train"] == 12 and summary["n_test"] == 0
-    assert summary["n_benign"] == 6 and summary["feature_dim"] == 512 and summary["images_per_second"] > 0
+    facts = json.loads((tmp_path / "runs/extract_vgg_features.json").read_text())
+    assert facts["n_images"] == 12 and facts["n_train"] == 12 and facts["n_test"] == 0
+    assert facts["n_benign"] == 6 and facts["feature_dim"] == 512 and facts["images_per_second"] > 0
 
 
 def test_extract_stage_keeps_the_npz_splits(tmp_path, monkeypatch, breast_npz):
@@ -292,9 +301,9 @@ def test_extract_stage_keeps_the_npz_splits(tmp_path, monkeypatch, breast_npz):
     with np.load(tmp_path / "data/breast/features.npz") as saved:
         assert saved["split"].tolist() == ["train"] * 12 + ["val"] * 4 + ["test"] * 6
         assert saved["source"][-1] == "test_images[5]" and saved["labels"].dtype == np.int64
-    summary = json.loads((tmp_path / "results/breast/features.json").read_text())
-    assert (summary["n_train"], summary["n_val"], summary["n_test"]) == (12, 4, 6)
-    assert summary["n_malignant"] + summary["n_normal_or_benign"] == 22
+    facts = json.loads((tmp_path / "runs/extract_vgg_features.json").read_text())
+    assert (facts["n_train"], facts["n_val"], facts["n_test"]) == (12, 4, 6)
+    assert facts["n_malignant"] + facts["n_normal_or_benign"] == 22
 
 
 def test_extract_stage_loads_a_weights_file_from_data_local(tmp_path, monkeypatch, breast_npz, weights_files):
@@ -346,43 +355,65 @@ def clustered_features(n_per_class: int = 20, with_test: bool = True, seed: int 
 SETTINGS = {"k": 5, "metric": "euclidean", "weights": "uniform", "cv_folds": 4}
 
 
-def test_knn_metrics_keep_held_out_and_resubstitution_apart():
+def knn_predictions(data, settings, seed=0):
+    model, frames = fit_knn.fit_and_predict(data, settings, seed)
+    return model, pd.concat(frames, ignore_index=True)
+
+
+def test_knn_predictions_keep_held_out_cv_and_resubstitution_apart():
     data = clustered_features()
-    model, metrics, predictions = fit_knn.evaluate(data, SETTINGS, seed=0)
-    assert set(metrics) == {"n_fit", "test", "cv", "resubstitution_accuracy", "n_resubstitution"}
-    assert metrics["n_fit"] == 32 and metrics["test"]["n"] == 8 and metrics["n_resubstitution"] == 40
-    assert set(metrics["test"]) == {"n", "accuracy", "balanced_accuracy", "recall"}
-    assert set(metrics["test"]["recall"]) == {"malignant", "normal_or_benign"}
-    assert set(metrics["cv"]) == {
-        "folds", "n", "accuracy", "accuracy_std", "balanced_accuracy", "balanced_accuracy_std"
-    }
-    assert metrics["cv"]["folds"] == 4 and metrics["cv"]["n"] == 32
-    # The held-out figures are well above chance but below memorisation.
-    assert 0.6 < metrics["cv"]["accuracy"] < metrics["resubstitution_accuracy"]
-    assert list(predictions.columns) == ["source", "split", "actual", "predicted", "evaluated_by"]
-    assert set(predictions.loc[predictions["split"] == "test", "evaluated_by"]) == {"test"}
-    folds = {f"cv_fold_{i}" for i in range(1, 5)}
-    assert set(predictions.loc[predictions["split"] != "test", "evaluated_by"]) == folds
+    model, predictions = knn_predictions(data, SETTINGS)
+    assert list(predictions.columns) == [
+        "id", "evaluation", "protocol", "fold", "actual", "predicted", "p_malignant", "p_normal_or_benign"
+    ]
+    counts = predictions["evaluation"].value_counts().to_dict()
+    assert counts == {"heldout": 8, "cv": 32, "resubstitution": 40}
+    held = predictions[predictions["evaluation"] == "heldout"]
+    assert set(held["protocol"]) == {"test split"} and held["fold"].isna().all()
+    assert set(held["id"]) == set(data.source[data.split == "test"])
+    cv = predictions[predictions["evaluation"] == "cv"]
+    assert sorted(cv["fold"].unique()) == [1, 2, 3, 4] and set(cv["id"]) == set(data.source[data.split != "test"])
     assert model.named_steps["knn"].n_samples_fit_ == 32  # fitted on train+val, never on test
+    # k = 5 uniform neighbours: probabilities in fifths, and the decision is the majority.
+    p = predictions["p_normal_or_benign"].to_numpy()
+    assert np.allclose(p * 5, np.round(p * 5))
+    assert (predictions["predicted"] == np.where(p > 0.5, "normal_or_benign", "malignant")).all()
+
+
+def accuracy(rows) -> float:
+    return float((rows["actual"] == rows["predicted"]).mean())
+
+
+def test_held_out_figures_are_below_memorisation():
+    _, predictions = knn_predictions(clustered_features(), SETTINGS)
+    by = {name: accuracy(rows) for name, rows in predictions.groupby("evaluation")}
+    assert 0.6 < by["cv"] < by["resubstitution"]
 
 
 def test_resubstitution_with_distance_weights_is_perfect_memory():
-    _, metrics, _ = fit_knn.evaluate(clustered_features(), {**SETTINGS, "weights": "distance"}, seed=0)
-    assert metrics["resubstitution_accuracy"] == 1.0 and metrics["cv"]["accuracy"] < 1.0
+    _, predictions = knn_predictions(clustered_features(), {**SETTINGS, "weights": "distance"})
+    by = {name: accuracy(rows) for name, rows in predictions.groupby("evaluation")}
+    assert by["resubstitution"] == 1.0 and by["cv"] < 1.0
 
 
-def test_scores_and_pipeline_normalise_each_vector():
-    model = fit_knn.make_pipeline(1).fit(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]))
+def test_without_a_test_split_cross_validation_is_the_held_out_figure():
+    _, predictions = knn_predictions(clustered_features(with_test=False), SETTINGS)
+    assert predictions["evaluation"].value_counts().to_dict() == {"heldout": 40, "resubstitution": 40}
+    held = predictions[predictions["evaluation"] == "heldout"]
+    assert set(held["protocol"]) == {"4-fold stratified cross-validation"} and held["fold"].notna().all()
+
+
+def test_pipeline_normalises_each_vector():
+    model = fit_knn.make_knn_pipeline(1).fit(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]))
     # [10, 1] is far from both points, but it points the way of [1, 0].
     assert model.predict(np.array([[10.0, 1.0]])).tolist() == [0]
-    result = fit_knn.scores(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ("a", "b"))
-    assert result == {"accuracy": 0.75, "balanced_accuracy": 0.75, "recall": {"a": 0.5, "b": 1.0}}
 
 
 def test_same_seed_same_folds():
     data = clustered_features()
-    first = fit_knn.evaluate(data, SETTINGS, seed=3)[1]
-    assert fit_knn.evaluate(data, SETTINGS, seed=3)[1] == first
+    first = knn_predictions(data, SETTINGS, seed=3)[1]
+    pd.testing.assert_frame_equal(knn_predictions(data, SETTINGS, seed=3)[1], first)
+    assert not knn_predictions(data, SETTINGS, seed=4)[1]["fold"].equals(first["fold"])
 
 
 @pytest.mark.parametrize(
@@ -394,7 +425,7 @@ def test_same_seed_same_folds():
 )
 def test_k_or_folds_too_large_for_the_data(settings, message):
     with pytest.raises(common.ParamsError, match=f"^{message}"):
-        fit_knn.evaluate(clustered_features(), {**SETTINGS, **settings}, seed=0)
+        fit_knn.fit_and_predict(clustered_features(), {**SETTINGS, **settings}, seed=0)
 
 
 def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
@@ -406,12 +437,8 @@ def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
         source=data.source, class_names=np.array(data.class_names),
     )
     fit_knn.main([])
-    metrics = json.loads((tmp_path / "results/breast/knn.json").read_text())
-    assert "test" in metrics and "resubstitution_accuracy" in metrics
-    confusion = (tmp_path / "plots/breast/confusion.csv").read_text().splitlines()
-    assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 8  # the test split only
-    assert set(",".join(confusion[1:]).split(",")) <= {"malignant", "normal_or_benign"}
-    assert len((tmp_path / "results/breast/knn_predictions.csv").read_text().splitlines()) == 41
+    predictions, class_names = read_predictions(tmp_path / "predictions/breast/knn.csv")
+    assert class_names == ("malignant", "normal_or_benign") and len(predictions) == 8 + 32 + 40
 
     import joblib
 
@@ -419,14 +446,16 @@ def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
     assert model.predict(data.features[:2]).shape == (2,)
 
 
-def test_both_stages_on_a_folder_evaluate_by_cross_validation(tmp_path, monkeypatch, image_folder):
+def test_both_stages_and_evaluate_on_a_folder(tmp_path, monkeypatch, image_folder):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "data/local/breast/lab")
     extract.main([])
     fit_knn.main([])
-    metrics = json.loads((tmp_path / "results/breast/knn.json").read_text())
-    assert "test" not in metrics and metrics["cv"]["n"] == 12
-    confusion = (tmp_path / "plots/breast/confusion.csv").read_text().splitlines()
+    evaluate.main(["breast"])
+    metrics = json.loads((tmp_path / "metrics/breast/knn.json").read_text())
+    assert list(metrics) == ["heldout", "resubstitution"]
+    assert metrics["heldout"]["protocol"] == "3-fold stratified cross-validation" and metrics["heldout"]["n"] == 12
+    confusion = (tmp_path / "plots/breast/evaluation/confusion/knn.csv").read_text().splitlines()
     assert len(confusion) == 1 + 12 and set(",".join(confusion[1:]).split(",")) <= {"benign", "malignant"}
 
 

@@ -66,10 +66,15 @@ def test_missing_or_broken_params_file(tmp_path):
         read(tmp_path, "seed: [1\n")
 
 
-def test_named_rejects_unknown_names():
-    check = common.named(("2blop", "4blop"), common.integer())
-    with pytest.raises(common.ParamsError, match=r"^gen\.5blop: unknown name \(expected one of 2blop, 4blop\)"):
-        check("gen", {"5blop": 1})
+def test_named_items_need_identifier_names():
+    check = common.named(common.integer())
+    assert check("gen", {"two_blops": 1, "_b2": 2}) == {"two_blops": 1, "_b2": 2}
+    # DVC parses `-S gen.2blop.x=1` with Hydra's grammar, where a key cannot start with a digit.
+    for bad in ("2blop", "blop-circle", "a.b"):
+        with pytest.raises(common.ParamsError, match=rf"^gen\.{bad}: a name must start with a letter or _"):
+            check("gen", {bad: 1})
+    with pytest.raises(common.ParamsError, match=r"^gen: must be a non-empty mapping"):
+        check("gen", {})
 
 
 def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):
@@ -88,14 +93,72 @@ def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):
 
 
 def test_stage_error_is_one_line_and_exit_status_2(tmp_path):
-    (tmp_path / "params.yaml").write_text("seed: 1\ngenerate_toy: {2blop: {n_samples: -5, noise: 1}}\n")
+    (tmp_path / "params.yaml").write_text(
+        "seed: 1\ngenerate_toy: {two_blops: {layout: blob_pair, n_samples: -5, noise: 1}}\n"
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "stages.generate_toy", "2blop"],
+        [sys.executable, "-m", "stages.generate_toy", "two_blops"],
         cwd=tmp_path, env={**tool_env(), "PYTHONPATH": str(common.Path(common.__file__).parents[1])},
         capture_output=True, text=True,
     )
     assert result.returncode == 2
     assert result.stderr == (
-        "error: params.yaml: generate_toy.2blop.n_samples: must be an integer >= 8, got -5\n"
+        "error: params.yaml: generate_toy.two_blops.n_samples: must be an integer >= 8, got -5\n"
     )
     assert not (tmp_path / "data").exists()
+
+
+def test_npz_and_keras_files_hold_no_time_and_no_address(tmp_path, monkeypatch):
+    import time
+
+    import keras
+    import numpy as np
+
+    arrays = {"x": np.arange(6, dtype=np.float32).reshape(3, 2), "names": np.array(["a", "bc"])}
+    common.save_npz(tmp_path / "a.npz", **arrays)
+    times = iter([1_000_000_000.0, 1_900_000_000.0])
+    monkeypatch.setattr(time, "time", lambda: next(times, 1_900_000_000.0))  # zip entries read the clock
+    common.save_npz(tmp_path / "b.npz", **arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with np.load(tmp_path / "b.npz") as loaded:
+        assert loaded["x"].tolist() == arrays["x"].tolist() and loaded["names"].tolist() == ["a", "bc"]
+
+    def model():  # a new Python object each time: config.json would carry its address
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((2,), name="point")
+        hidden = keras.layers.Dense(3, name="hidden")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(2, name="out")(hidden), name="tiny")
+
+    common.save_keras_model(model(), tmp_path / "a.keras")
+    common.save_keras_model(model(), tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    loaded = keras.models.load_model(tmp_path / "b.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), model().get_weights()))
+
+
+NOISY_STAGE = """
+import os, sys
+from stages import common
+def main(argv):
+    os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
+    os.write(2, b"I0000 00:00:1795814380.884829    9022 port.cc:153] oneDNN custom operations are on. You may\\n")
+    os.write(2, b"E0000 00:00:1795814390.981311    9022 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n")
+    os.write(2, b"E0000 00:00:1795814390.981311    9022 other.cc:52] a real error\\n")
+    print("a stage line", file=sys.stderr)
+common.run_stage(main)
+"""
+
+
+@pytest.mark.parametrize("user_level", [None, "0"])
+def test_tensorflow_start_up_lines_are_dropped_unless_the_user_set_a_log_level(user_level):
+    env = {**tool_env(), "PYTHONPATH": str(common.Path(common.__file__).parents[1])}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    if user_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = user_level
+    result = subprocess.run([sys.executable, "-c", NOISY_STAGE], env=env, capture_output=True, text=True)
+    assert result.returncode == 0
+    lines = result.stderr.splitlines()
+    if user_level is None:
+        assert lines == ["E0000 00:00:1795814390.981311    9022 other.cc:52] a real error", "a stage line"]
+    else:
+        assert len(lines) == 5  # the user asked for TensorFlow's own output

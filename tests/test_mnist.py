@@ -11,6 +11,7 @@ import yaml
 
 from stages import augment_train_mnist as mnist
 from stages import common
+from stages.predictions import read_predictions
 from tests.conftest import tiny_mnist
 
 LOCAL_FILE = "data/local/mnist/tiny.npz"
@@ -98,15 +99,16 @@ def test_shift_moves_by_at_most_the_fraction():
 
 def test_one_short_run_writes_every_output(workdir):
     mnist.main([])
-    metrics = json.loads((workdir / "results/mnist/cnn.json").read_text())
-    assert set(metrics) == {"test_accuracy", "test_loss", "best_epoch", "best_val_accuracy", "epochs",
-                            "seconds_per_epoch", "train_images_per_second", "device",
-                            "params_total", "params_trainable"}
-    assert 1 <= metrics["best_epoch"] <= 3 and metrics["device"].startswith("CPU")
+    predictions, class_names = read_predictions(workdir / "predictions/mnist/cnn.csv")
+    assert class_names == tuple("0123456789")
+    by_evaluation = predictions.groupby("evaluation")["id"].agg(list)
+    assert len(by_evaluation["validation"]) == 40 and all(i.startswith("x_train[") for i in by_evaluation["validation"])
+    assert by_evaluation["heldout"] == [f"x_test[{i}]" for i in range(40)]
+    assert set(predictions.loc[predictions["evaluation"] == "heldout", "protocol"]) == {"test set"}
+    facts = json.loads((workdir / "runs/augment_train_mnist.json").read_text())
+    assert 1 <= facts["best_epoch"] <= 3 and facts["device"].startswith("CPU") and facts["params_total"] == 727_530
     history = (workdir / "plots/mnist/history.csv").read_text().splitlines()
     assert history[0] == "epoch,accuracy,loss,val_accuracy,val_loss" and len(history) == 4
-    confusion = (workdir / "plots/mnist/confusion.csv").read_text().splitlines()
-    assert confusion[0] == "actual,predicted" and len(confusion) == 41
     assert (workdir / "models/mnist/model.keras").is_file()
     assert not (workdir / "checkpoints/mnist").exists()  # cleared once the run is complete
 
@@ -114,8 +116,9 @@ def test_one_short_run_writes_every_output(workdir):
 def test_mixed_precision_and_xla_options_run(workdir, capsys):
     arrays = mnist.load_mnist(LOCAL_FILE)
     settings = small_settings(epochs=1, mixed_precision=True, jit_compile=True, deterministic=False)
+    x, y = arrays["x_train"], arrays["y_train"]
     try:
-        model, history, summary = mnist.train(arrays, settings, seed=0)
+        model, history, summary = mnist.train(x[40:], y[40:], x[:40], y[:40], settings, seed=0)
         assert "XLA on, mixed precision on, op determinism off" in capsys.readouterr().out
         assert model.layers[1].compute_dtype == "float16"
         assert model.output.dtype == "float32"  # the softmax stays in float32
@@ -128,7 +131,7 @@ def test_mixed_precision_and_xla_options_run(workdir, capsys):
 
 def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, monkeypatch):
     mnist.main([])
-    uninterrupted = json.loads((workdir / "results/mnist/cnn.json").read_text())
+    uninterrupted = (workdir / "predictions/mnist/cnn.csv").read_bytes()
     weights = [w.copy() for w in mnist.keras_load(workdir / "models/mnist/model.keras").get_weights()]
 
     # Kill the run right after epoch 2 was checkpointed, then start it again.
@@ -145,10 +148,7 @@ def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, mo
     assert json.loads((workdir / "checkpoints/mnist/state.json").read_text())["epochs_done"] == 2
     monkeypatch.setattr(mnist.Checkpoint, "save", real_save)
     mnist.main([])
-    resumed = json.loads((workdir / "results/mnist/cnn.json").read_text())
-
-    same_keys = ("test_accuracy", "test_loss", "best_epoch", "best_val_accuracy")
-    assert {k: resumed[k] for k in same_keys} == {k: uninterrupted[k] for k in same_keys}
+    assert (workdir / "predictions/mnist/cnn.csv").read_bytes() == uninterrupted
     history = (workdir / "plots/mnist/history.csv").read_text()
     assert len(history.splitlines()) == 4
     resumed_weights = mnist.keras_load(workdir / "models/mnist/model.keras").get_weights()
@@ -181,7 +181,7 @@ def test_bad_files_are_named(workdir, spoil, message):
     with pytest.raises(common.StageError) as error:
         mnist.main([])
     assert str(error.value) == f"{LOCAL_FILE}: {message}"
-    assert not (workdir / "results").exists() and not (workdir / "models").exists()
+    assert not (workdir / "predictions").exists() and not (workdir / "models").exists()
 
 
 def test_failed_download_says_what_to_do(monkeypatch):

@@ -1,5 +1,6 @@
-"""The whole pipeline under DVC in a temporary repository, on tiny local data:
-metrics diff after a param change, the run cache, a remote, and the threshold check."""
+"""The whole pipeline under DVC in a temporary repository, on tiny local data: the same
+params give the same dvc.lock, metrics diff after a param change, the run cache, a
+remote, and the threshold check."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import dvc, edit_params, git, run, small_pipeline_params, stages_run, write_tiny_inputs
+from tests.conftest import (
+    dvc, edit_params, git, run, small_pipeline_params, stages_run, toy_names, write_tiny_image_folder, write_tiny_inputs,
+)
 
 pytestmark = pytest.mark.slow
 
 ALL_STAGES = sorted(
-    [f"{stage}@{name}" for stage in ("generate_toy", "train_toy") for name in ("2blop", "blop_circle", "4blop")]
+    [f"{stage}@{name}" for stage in ("generate_toy", "train_toy") for name in toy_names()]
     + ["augment_train_mnist", "extract_vgg_features", "fit_knn"]
     + [f"evaluate@{exercise}" for exercise in ("toy", "mnist", "breast")]
 )
@@ -33,29 +36,41 @@ def test_full_pipeline_diff_run_cache_remote_and_thresholds(project_repo, tmp_pa
 
     first = dvc(repo, "repro")
     assert stages_run(first.stdout) == ALL_STAGES
-    for exercise in ("toy", "mnist", "breast"):
-        assert (repo / f"metrics/{exercise}.json").is_file()
     shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)[""]["data"]
-    assert 0 <= shown["metrics/mnist.json"]["data"]["cnn"]["test_accuracy"] <= 1
-    assert 0 <= shown["metrics/breast.json"]["data"]["knn"]["test"]["accuracy"] <= 1
-    assert shown["metrics/toy.json"]["data"]["2blop"]["params"] == 41
+    # One file per classifier, all with the same metric names.
+    files = [f"metrics/toy/{name}.json" for name in toy_names()] + ["metrics/mnist/cnn.json", "metrics/breast/knn.json"]
+    assert sorted(shown) == sorted(files)
+    for file in files:
+        heldout = shown[file]["data"]["heldout"]
+        assert {"protocol", "n", "accuracy", "balanced_accuracy", "recall", "log_loss"} <= set(heldout), file
+        assert 0 <= heldout["accuracy"] <= 1
+    assert shown["metrics/breast/knn.json"]["data"]["heldout"]["protocol"] == "test split"
+    assert "roc_auc" in shown["metrics/breast/knn.json"]["data"]["heldout"]
+
+    # Same params, same bytes: a forced rerun of every stage leaves dvc.lock as it was.
+    lock = (repo / "dvc.lock").read_text()
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "first run")
+    forced = dvc(repo, "repro", "-f")
+    assert stages_run(forced.stdout) == ALL_STAGES
+    assert (repo / "dvc.lock").read_text() == lock
+    assert git(repo, "status", "--porcelain").stdout == ""
+    assert dvc(repo, "metrics", "diff").stdout == ""
 
     # Every bound in the project's thresholds.yaml names a metric the pipeline writes.
     project_bounds = run([sys.executable, "-m", "stages.check_thresholds"], repo, check=False)
     assert "MISSING" not in project_bounds.stdout, project_bounds.stdout
 
     # The threshold check: passes on met bounds, fails on a raised one, and on a missing metric.
-    mnist_accuracy = json.loads((repo / "metrics/mnist.json").read_text())["cnn"]["test_accuracy"]
-    ok = check_thresholds(repo, {"metrics/mnist.json": {"cnn.test_accuracy": {"min": mnist_accuracy}}})
+    mnist_accuracy = json.loads((repo / "metrics/mnist/cnn.json").read_text())["heldout"]["accuracy"]
+    ok = check_thresholds(repo, {"metrics/mnist/cnn.json": {"heldout.accuracy": {"min": mnist_accuracy}}})
     assert ok.returncode == 0 and ok.stdout.splitlines()[-1] == "all thresholds met"
-    raised = check_thresholds(repo, {"metrics/mnist.json": {"cnn.test_accuracy": {"min": mnist_accuracy + 0.01}}})
+    raised = check_thresholds(repo, {"metrics/mnist/cnn.json": {"heldout.accuracy": {"min": mnist_accuracy + 0.01}}})
     assert raised.returncode == 1 and " FAIL" in raised.stdout.splitlines()[2]
-    missing = check_thresholds(repo, {"metrics/mnist.json": {"cnn.no_such_metric": {"min": 0}}})
+    missing = check_thresholds(repo, {"metrics/mnist/cnn.json": {"heldout.no_such_metric": {"min": 0}}})
     assert missing.returncode == 1 and "MISSING" in missing.stdout
     assert "up to date" in dvc(repo, "status").stdout  # changing a threshold reruns nothing
-
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "first run")
+    git(repo, "checkout", "-q", "thresholds.yaml")
 
     # KNN params: only fit_knn and what reads its results rerun; the features are kept.
     edit_params(repo, {"fit_knn.k": 5, "fit_knn.cv_folds": 4})
@@ -63,8 +78,8 @@ def test_full_pipeline_diff_run_cache_remote_and_thresholds(project_repo, tmp_pa
     assert stages_run(changed.stdout) == ["evaluate@breast", "fit_knn"]
     assert "fit_knn.k" in dvc(repo, "params", "diff").stdout
     metrics_diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
-    assert metrics_diff["metrics/breast.json"]["knn.cv.folds"] == {"old": 3, "new": 4, "diff": 1}
-    assert "metrics/toy.json" not in metrics_diff and "metrics/mnist.json" not in metrics_diff
+    assert list(metrics_diff) == ["metrics/breast/knn.json"]
+    assert metrics_diff["metrics/breast/knn.json"]["cv.folds"] == {"old": 3, "new": 4, "diff": 1}
 
     # Back to the committed params: the run cache restores the earlier outputs instead of refitting.
     edit_params(repo, {"fit_knn.k": 3, "fit_knn.cv_folds": 3})
@@ -85,3 +100,15 @@ def test_full_pipeline_diff_run_cache_remote_and_thresholds(project_repo, tmp_pa
     assert "Data and pipelines are up to date." in dvc(clone, "status").stdout
     assert stages_run(dvc(clone, "repro").stdout) == []
     assert (clone / "models/mnist/model.keras").is_file()
+
+    # A lab's own folder of images, with no test split: the breast bounds still find
+    # their metrics, now from cross-validation, and the metrics say so.
+    write_tiny_image_folder(repo / "data/local/breast/lab")
+    edit_params(repo, {"extract_vgg_features.data": "data/local/breast/lab"})
+    lab = dvc(repo, "repro", "evaluate@breast")
+    assert stages_run(lab.stdout) == ["evaluate@breast", "extract_vgg_features", "fit_knn"]
+    heldout = json.loads((repo / "metrics/breast/knn.json").read_text())["heldout"]
+    assert heldout["protocol"] == "3-fold stratified cross-validation" and heldout["n"] == 20
+    folder_bounds = run([sys.executable, "-m", "stages.check_thresholds", "--only", "metrics/breast"], repo,
+                        check=False)
+    assert "MISSING" not in folder_bounds.stdout and "metrics/breast/knn.json:heldout." in folder_bounds.stdout

@@ -1,4 +1,4 @@
-"""check-thresholds and the evaluate stage, on metrics files written by the tests."""
+"""check-thresholds, on metrics files written by the tests."""
 
 from __future__ import annotations
 
@@ -8,22 +8,22 @@ import sys
 
 import pytest
 
-from stages import check_thresholds, common, evaluate
+from stages import common
 from tests.conftest import tool_env
 
 THRESHOLDS = """
-metrics/mnist.json:
-  cnn.test_accuracy: {min: 0.99}
-  cnn.test_loss: {max: 0.05}
-metrics/toy.json:
-  2blop.heldout_accuracy: {min: 0.95, max: 1.0}
+metrics/mnist/cnn.json:
+  heldout.accuracy: {min: 0.99}
+  heldout.log_loss: {max: 0.05}
+metrics/toy/two_blops.json:
+  heldout.accuracy: {min: 0.95, max: 1.0}
 """
 
 
 @pytest.fixture
 def metrics_root(tmp_path):
-    common.write_json(tmp_path / "metrics/mnist.json", {"cnn": {"test_accuracy": 0.9942, "test_loss": 0.02}})
-    common.write_json(tmp_path / "metrics/toy.json", {"2blop": {"heldout_accuracy": 0.988}})
+    common.write_json(tmp_path / "metrics/mnist/cnn.json", {"heldout": {"accuracy": 0.9942, "log_loss": 0.02}})
+    common.write_json(tmp_path / "metrics/toy/two_blops.json", {"heldout": {"accuracy": 0.988}})
     (tmp_path / "thresholds.yaml").write_text(THRESHOLDS)
     return tmp_path
 
@@ -41,8 +41,8 @@ def test_passes_when_every_bound_holds(metrics_root):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["metric", "bound", "value", "status"]
-    assert lines[2].split() == ["metrics/mnist.json:cnn.test_accuracy", ">=", "0.99", "0.9942", "ok"]
-    assert lines[4].split() == ["metrics/toy.json:2blop.heldout_accuracy", ">=", "0.95", "and", "<=", "1", "0.988", "ok"]
+    assert lines[2].split() == ["metrics/mnist/cnn.json:heldout.accuracy", ">=", "0.99", "0.9942", "ok"]
+    assert lines[4].split() == ["metrics/toy/two_blops.json:heldout.accuracy", ">=", "0.95", "and", "<=", "1", "0.988", "ok"]
     assert lines[-1] == "all thresholds met"
 
 
@@ -50,28 +50,29 @@ def test_fails_with_a_table_when_a_bound_is_raised(metrics_root):
     (metrics_root / "thresholds.yaml").write_text(THRESHOLDS.replace("min: 0.99}", "min: 0.999}"))
     result = run_cli(metrics_root)
     assert result.returncode == 1
-    assert result.stdout.splitlines()[2].split() == ["metrics/mnist.json:cnn.test_accuracy", ">=", "0.999", "0.9942", "FAIL"]
+    assert result.stdout.splitlines()[2].split() == ["metrics/mnist/cnn.json:heldout.accuracy", ">=", "0.999", "0.9942", "FAIL"]
     assert result.stdout.splitlines()[-1] == "1 of 3 thresholds not met"
 
 
 @pytest.mark.parametrize("missing", ["key", "file"])
 def test_fails_on_a_missing_metric(metrics_root, missing):
     if missing == "file":
-        (metrics_root / "metrics/toy.json").unlink()
+        (metrics_root / "metrics/toy/two_blops.json").unlink()
     else:
-        common.write_json(metrics_root / "metrics/toy.json", {"2blop": {"heldout_loss": 0.1}})
+        common.write_json(metrics_root / "metrics/toy/two_blops.json", {"heldout": {"log_loss": 0.1}})
     result = run_cli(metrics_root)
     assert result.returncode == 1
     assert result.stdout.splitlines()[4].split()[-2:] == ["-", "MISSING"]
 
 
-def test_only_keeps_the_bounds_on_one_file(metrics_root):
-    (metrics_root / "metrics/mnist.json").unlink()
-    result = run_cli(metrics_root, "--only", "metrics/toy.json")
+@pytest.mark.parametrize("only", ["metrics/toy", "metrics/toy/", "metrics/toy/two_blops.json"])
+def test_only_keeps_the_bounds_on_one_folder_or_file(metrics_root, only):
+    (metrics_root / "metrics/mnist/cnn.json").unlink()
+    result = run_cli(metrics_root, "--only", only)
     assert result.returncode == 0, result.stdout
     assert len(result.stdout.splitlines()) == 2 + 1 + 2
-    unknown = run_cli(metrics_root, "--only", "metrics/other.json")
-    assert unknown.returncode == 2 and "no bounds for metrics/other.json (--only)" in unknown.stderr
+    unknown = run_cli(metrics_root, "--only", "metrics/to")  # a prefix of a name is not a folder
+    assert unknown.returncode == 2 and "no bounds for metrics/to (--only)" in unknown.stderr
 
 
 @pytest.mark.parametrize(
@@ -88,16 +89,3 @@ def test_a_bad_thresholds_file_is_named(metrics_root, text, message):
     result = run_cli(metrics_root)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith(f"error: {metrics_root / 'thresholds.yaml'}: {message}")
-
-
-def test_evaluate_nests_results_by_name(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for name, accuracy in (("2blop", 0.99), ("blop_circle", 0.97), ("4blop", 1.0)):
-        common.write_json(f"results/toy/{name}.json", {"heldout_accuracy": accuracy})
-    evaluate.main(["toy"])
-    assert json.loads((tmp_path / "metrics/toy.json").read_text()) == {
-        "2blop": {"heldout_accuracy": 0.99}, "blop_circle": {"heldout_accuracy": 0.97}, "4blop": {"heldout_accuracy": 1.0}
-    }
-    (tmp_path / "results/toy/4blop.json").unlink()
-    with pytest.raises(common.StageError, match=r"^results/toy/4blop\.json: not found"):
-        evaluate.main(["toy"])

@@ -1,0 +1,127 @@
+"""The evaluate stage: one scoring function for every exercise, on predictions files the tests write."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages import common, evaluate
+from stages.predictions import prediction_frame, read_predictions, write_predictions
+
+BINARY = ("malignant", "benign")
+
+
+def test_score_by_hand():
+    actual = np.array([0, 0, 1, 1])
+    probabilities = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.7, 0.3]])
+    scores = evaluate.score(actual, probabilities.argmax(axis=1), probabilities, BINARY)
+    # Predicted 0, 1, 1, 0: two of four right; each class has one of its two right.
+    log_loss = -np.mean(np.log([0.9, 0.4, 0.8, 0.3]))
+    # Of the 4 (positive, negative) pairs, the positive scores higher in (0.8 > 0.1), (0.8 > 0.6), (0.3 > 0.1).
+    assert scores == {
+        "accuracy": 0.5, "balanced_accuracy": 0.5, "recall": {"malignant": 0.5, "benign": 0.5},
+        "log_loss": round(log_loss, 4), "roc_auc": 0.75,
+    }
+
+
+def test_score_without_roc_auc_for_many_classes_or_one_class_present():
+    probabilities = np.eye(3)[[0, 1, 2, 2]] * 0.9 + 0.1 / 3
+    many = evaluate.score(np.array([0, 1, 2, 1]), probabilities.argmax(axis=1), probabilities, ("a", "b", "c"))
+    assert many["accuracy"] == 0.75 and many["recall"] == {"a": 1.0, "b": 0.5, "c": 1.0} and "roc_auc" not in many
+    one = evaluate.score(np.array([1, 1]), np.array([1, 0]), np.array([[0.2, 0.8], [0.6, 0.4]]), BINARY)
+    assert "roc_auc" not in one and one["accuracy"] == 0.5
+
+
+def knn_like_predictions(rng: np.random.Generator, n: int = 40) -> list:
+    """A held-out test split and 4-fold cross-validation rows, as fit_knn writes them."""
+    def rows(evaluation, protocol, count, fold=None):
+        actual = np.arange(count) % 2
+        p_benign = np.clip(0.3 + 0.4 * actual + rng.normal(0, 0.25, count), 0, 1)
+        return prediction_frame([f"img{i}" for i in range(count)], actual, np.stack([1 - p_benign, p_benign], 1),
+                                BINARY, evaluation, protocol, fold=fold)
+    return [rows("heldout", "test split", n // 2), rows("cv", "4-fold", n, fold=np.arange(n) % 4 + 1)]
+
+
+def test_evaluate_scores_every_classifier_and_writes_the_plot_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    write_predictions("predictions/breast/knn.csv", knn_like_predictions(rng))
+    write_predictions("predictions/breast/head.csv", knn_like_predictions(rng)[:1])
+    evaluate.main(["breast"])
+
+    knn = json.loads((tmp_path / "metrics/breast/knn.json").read_text())
+    head = json.loads((tmp_path / "metrics/breast/head.json").read_text())
+    assert list(knn) == ["heldout", "cv"] and list(head) == ["heldout"]
+    assert knn["heldout"]["protocol"] == "test split" and knn["heldout"]["n"] == 20
+    assert knn["cv"]["folds"] == 4 and knn["cv"]["n"] == 40 and knn["cv"]["accuracy_fold_std"] >= 0
+    assert set(knn["heldout"]) == set(head["heldout"]) == {
+        "protocol", "n", "accuracy", "balanced_accuracy", "recall", "log_loss", "roc_auc"
+    }
+    # The numbers are score()'s on the file's rows.
+    frame, names = read_predictions(tmp_path / "predictions/breast/knn.csv")
+    held = frame[frame["evaluation"] == "heldout"]
+    actual = held["actual"].map({"malignant": 0, "benign": 1}).to_numpy()
+    probabilities = held[["p_malignant", "p_benign"]].to_numpy()
+    expected = evaluate.score(actual, probabilities.argmax(axis=1), probabilities, names)
+    assert {k: knn["heldout"][k] for k in expected} == expected
+
+    confusion = pd.read_csv(tmp_path / "plots/breast/evaluation/confusion/knn.csv")
+    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 20  # held-out rows only
+    roc = pd.read_csv(tmp_path / "plots/breast/evaluation/roc.csv")
+    assert list(roc.columns) == ["model", "fpr", "tpr"] and list(roc["model"].unique()) == ["head", "knn"]
+    for _, curve in roc.groupby("model"):
+        assert curve.iloc[0][["fpr", "tpr"]].tolist() == [0, 0] and curve.iloc[-1][["fpr", "tpr"]].tolist() == [1, 1]
+        assert curve["fpr"].is_monotonic_increasing and curve["tpr"].is_monotonic_increasing
+        # The area under the drawn curve is the AUC in the metrics.
+        area = float(np.sum(np.diff(curve["fpr"]) * (curve["tpr"].to_numpy()[1:] + curve["tpr"].to_numpy()[:-1]) / 2))
+        model = curve["model"].iloc[0]
+        assert math.isclose(area, {"knn": knn, "head": head}[model]["heldout"]["roc_auc"], abs_tol=1e-3)
+
+
+def test_many_classes_get_a_confusion_file_and_no_roc(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    digits = tuple(str(d) for d in range(10))
+    probabilities = np.full((20, 10), 0.01)
+    probabilities[np.arange(20), np.arange(20) % 10] = 0.91
+    write_predictions("predictions/mnist/cnn.csv", [
+        prediction_frame(range(20), np.arange(20) % 10, probabilities, digits, "heldout", "test set"),
+        prediction_frame(range(20), np.arange(20) % 10, probabilities, digits, "validation", "held out of training"),
+    ])
+    evaluate.main(["mnist"])
+    metrics = json.loads((tmp_path / "metrics/mnist/cnn.json").read_text())
+    assert list(metrics) == ["heldout", "validation"] and metrics["heldout"]["accuracy"] == 1.0
+    assert "roc_auc" not in metrics["heldout"] and set(metrics["heldout"]["recall"]) == set(digits)
+    assert (tmp_path / "plots/mnist/evaluation/confusion/cnn.csv").is_file()
+    assert not (tmp_path / "plots/mnist/evaluation/roc.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda f: f[f["evaluation"] != "heldout"], "no heldout predictions"),
+        (lambda f: f.assign(evaluation="training"), "unknown evaluation 'training' (expected heldout, validation, cv, resubstitution)"),
+        (lambda f: f.assign(actual="normal"), "class 'normal' has no p_normal column"),
+        (lambda f: f.drop(columns=["protocol"]), "not a predictions file (missing columns protocol)"),
+    ],
+)
+def test_a_bad_predictions_file_is_named(tmp_path, monkeypatch, spoil, message):
+    monkeypatch.chdir(tmp_path)
+    frame = pd.concat(knn_like_predictions(np.random.default_rng(0)))
+    (tmp_path / "predictions/breast").mkdir(parents=True)
+    spoil(frame).to_csv(tmp_path / "predictions/breast/knn.csv", index=False)
+    with pytest.raises(common.StageError) as error:
+        evaluate.main(["breast"])
+    assert str(error.value) == f"predictions/breast/knn.csv: {message}"
+    assert not (tmp_path / "metrics").exists()
+
+
+def test_no_predictions_says_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(common.StageError, match=r"^predictions/toy/: no predictions files; run its model stages"):
+        evaluate.main(["toy"])
+    with pytest.raises(common.StageError, match="usage: python -m stages.evaluate EXERCISE"):
+        evaluate.main(["cifar"])
