@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -54,16 +55,15 @@ def stages_run(output: str) -> list[str]:
 
 
 def edit_params(repo: Path, changes: dict[str, object]) -> None:
-    """Set dotted keys in the repository's params.yaml, e.g. {"train_toy.2blop.epochs": 3}."""
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in changes.items():
-        *parents, last = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    """Set dotted keys in the repository's params.yaml, e.g. {"train_toy.two_blops.epochs": 3},
+    as `dvc exp run -S` does: through DVC's own override parser, keeping the file's comments
+    and layout."""
+    from dvc.utils.hydra import apply_overrides
+
+    def typed(value: object) -> str:
+        return json.dumps(value) if isinstance(value, (bool, list)) else str(value)
+
+    apply_overrides(repo / "params.yaml", [f"{key}={typed(value)}" for key, value in changes.items()])
 
 
 @pytest.fixture
