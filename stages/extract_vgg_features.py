@@ -7,8 +7,10 @@ Reads ``extract_vgg_features`` from params.yaml and the images named by
 MD5-checked into Keras's cache), or under ``data/local/breast/`` a ``.npz`` in
 MedMNIST's layout or a folder with one subfolder of images per class. Writes
 ``data/breast/features.npz`` (arrays ``features`` float32 (N, D), ``labels`` int64
-(N,), ``split`` and ``source`` strings (N,), ``class_names`` strings); the counts,
-seconds and speed go to the log and to ``runs/extract_vgg_features.json``.
+(N,), ``split`` and ``source`` strings (N,), ``class_names`` strings) and
+``models/breast/backbone.json``, the settings that rebuild the frozen backbone for new
+images (``stages.classify``); the counts, seconds and speed go to the log and to
+``runs/extract_vgg_features.json``.
 
 The defaults repeat the seed: ImageNet VGG19 up to ``fc1`` (4096-d), images resized to
 224x224, grey repeated to three channels, VGG's ``preprocess_input``. Unlike the seed,
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,10 @@ import numpy as np
 from stages import common
 
 FEATURES_PATH = Path("data/breast/features.npz")
+# How to rebuild the frozen backbone for new images (``stages.classify``): the settings
+# that shape the features, and the class names.
+BACKBONE_PATH = Path("models/breast/backbone.json")
+RECIPE_KEYS = ("backbone", "weights", "layer", "blocks", "image_size")
 
 MEDMNIST = "medmnist"
 LOCAL_DATA_DIR = Path("data/local/breast")
@@ -57,6 +63,7 @@ SCHEMA = {
             "backbone": common.choice("vgg19", "vgg16"),
             "weights": common.text(),
             "layer": common.choice(*TOP_LAYERS, *POOLED_LAYERS),
+            "blocks": common.list_of(common.integer(minimum=1, maximum=5)),
             "image_size": common.integer(minimum=32),
             "batch_size": common.integer(minimum=1),
         }
@@ -285,6 +292,17 @@ def check_image_size(layer: str, image_size: int) -> None:
         )
 
 
+def check_blocks(layer: str, blocks: list[int]) -> None:
+    """Pooled layers can pool several conv blocks; ``fc1``/``fc2`` read block 5 alone."""
+    if len(set(blocks)) != len(blocks):
+        raise common.ParamsError(f"params.yaml: extract_vgg_features.blocks: a block twice in {blocks}")
+    if layer in TOP_LAYERS and blocks != [5]:
+        raise common.ParamsError(
+            f"params.yaml: extract_vgg_features.blocks: must be [5] for layer {layer} (only avg and max "
+            f"pool several blocks), got {blocks}"
+        )
+
+
 def check_settings(settings: dict) -> None:
     """What params.yaml's types cannot say, checked before any data is read.
 
@@ -292,28 +310,29 @@ def check_settings(settings: dict) -> None:
     the same reason as local data.
     """
     check_image_size(settings["layer"], settings["image_size"])
+    check_blocks(settings["layer"], settings["blocks"])
     weights = settings["weights"]
     if weights not in ("imagenet", "none"):
         common.local_path("extract_vgg_features.weights", weights, LOCAL_WEIGHTS_DIR, keywords=("imagenet", "none"))
 
 
-def build_extractor(backbone: str, weights: str, layer: str, image_size: int):
+def build_extractor(backbone: str, weights: str, layer: str, image_size: int, blocks: Sequence[int] = (5,)):
     """A Keras model from (size, size, 3) preprocessed images to ``layer``'s features.
 
     ``weights`` is ``imagenet`` (downloaded by Keras), ``none`` (random, for tests
     and benchmarks) or a path to a weights file saved from the same backbone; for
-    ``avg``/``max`` a file of the whole network works as well as a no-top one.
+    ``avg``/``max`` a file of the whole network works as well as a no-top one. For
+    ``avg``/``max``, each of ``blocks`` (conv blocks 1 to 5) is pooled over the image
+    at its last pooling layer, and the vectors are concatenated in that order: earlier
+    blocks see finer, less ImageNet-specific patterns.
     """
     import keras
 
     check_image_size(layer, image_size)
+    check_blocks(layer, list(blocks))
     top = layer in TOP_LAYERS
     architecture = {"vgg19": keras.applications.VGG19, "vgg16": keras.applications.VGG16}[backbone]
-    shape = {
-        "include_top": top,
-        "input_shape": (image_size, image_size, 3),
-        "pooling": None if top else layer,
-    }
+    shape = {"include_top": top, "input_shape": (image_size, image_size, 3)}
     if weights == "imagenet":
         try:
             model = architecture(weights="imagenet", **shape)
@@ -340,8 +359,20 @@ def build_extractor(backbone: str, weights: str, layer: str, image_size: int):
                 f"expected {expected} ({common.one_line(err)})"
             ) from None
     if top:
-        model = keras.Model(model.input, model.get_layer(layer).output, name=f"{backbone}_{layer}")
-    return model
+        return keras.Model(model.input, model.get_layer(layer).output, name=f"{backbone}_{layer}")
+    pool = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}[layer]
+    pooled = [pool(name=f"block{b}_{layer}")(model.get_layer(f"block{b}_pool").output) for b in blocks]
+    output = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="blocks")(pooled)
+    return keras.Model(model.input, output, name=f"{backbone}_{layer}_blocks_{'_'.join(map(str, blocks))}")
+
+
+def load_backbone(recipe: dict):
+    """The extractor that ``recipe`` (the ``RECIPE_KEYS`` of params, as saved in
+    ``models/breast/backbone.json``) describes; random weights come from a fixed seed,
+    so they are the same every time."""
+    common.seed_everything(RANDOM_WEIGHTS_SEED)
+    return build_extractor(recipe["backbone"], recipe["weights"], recipe["layer"], recipe["image_size"],
+                           recipe["blocks"])
 
 
 def extract_features(
@@ -390,13 +421,11 @@ def main(argv: list[str]) -> None:
     images = open_data(settings["data"])
     print(
         f"extract_vgg_features: {len(images)} images, classes {', '.join(images.class_names)}; "
-        f"{settings['backbone']} {settings['layer']}, weights {settings['weights']}",
+        f"{settings['backbone']} {settings['layer']} of blocks {settings['blocks']}, weights {settings['weights']}",
         flush=True,
     )
-    common.seed_everything(RANDOM_WEIGHTS_SEED)
-    model = build_extractor(
-        settings["backbone"], settings["weights"], settings["layer"], settings["image_size"]
-    )
+    recipe = {key: settings[key] for key in RECIPE_KEYS}
+    model = load_backbone(recipe)
     started = time.perf_counter()
     features = extract_features(
         model,
@@ -413,6 +442,7 @@ def main(argv: list[str]) -> None:
         source=images.source,
         class_names=np.array(images.class_names),
     )
+    common.write_json(BACKBONE_PATH, {**recipe, "class_names": list(images.class_names)})
     counts = image_counts(images)
     common.write_run_facts("extract_vgg_features", {
         **counts, "feature_dim": int(features.shape[1]), "seconds": round(seconds, 1),

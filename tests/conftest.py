@@ -138,7 +138,10 @@ def small_pipeline_params() -> dict[str, object]:
         "extract_vgg_features.layer": "avg",
         "extract_vgg_features.image_size": 32,
         "fit_knn.k": 3,
-        "fit_knn.cv_folds": 3,
+        "breast_cv_folds": 3,
+        "train_head.hidden_units": 8,
+        "train_head.max_epochs": 5,
+        "train_head.patience": 2,
     }
 
 

@@ -7,6 +7,7 @@ pooled layers at 32x32, where VGG is small enough to run in a second.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import common, evaluate, extract_vgg_features as extract, fit_knn
+from stages import common, evaluate, extract_vgg_features as extract, fit_knn, train_head
+from stages.breast import FeatureSet, protocol_predictions
 from stages.predictions import read_predictions
 from tests.conftest import SHARED_DATA
 
@@ -85,14 +87,22 @@ def weights_files(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
+HEAD_SETTINGS = {
+    "hidden_units": 16, "dropout": 0.2, "l2": 0.0001, "learning_rate": 0.01, "batch_size": 8,
+    "max_epochs": 30, "patience": 5, "class_weight": "none", "validation_fraction": 0.25,
+}
+
+
 def write_params(folder: Path, data: str, k: int = 3, **extract_overrides) -> None:
     params = {
         "seed": 0,
+        "breast_cv_folds": 3,
         "extract_vgg_features": {
-            "data": data, "backbone": "vgg19", "weights": "none", "layer": "avg",
+            "data": data, "backbone": "vgg19", "weights": "none", "layer": "avg", "blocks": [5],
             "image_size": 32, "batch_size": 5, **extract_overrides,
         },
-        "fit_knn": {"k": k, "metric": "euclidean", "weights": "uniform", "cv_folds": 3},
+        "fit_knn": {"k": k, "metric": "euclidean", "weights": "uniform"},
+        "train_head": HEAD_SETTINGS,
     }
     (folder / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
 
@@ -335,7 +345,7 @@ def test_extract_stage_checks_params_before_reading_data(tmp_path, monkeypatch, 
 CLUSTER_SEPARATION = 0.6
 
 
-def clustered_features(n_per_class: int = 20, with_test: bool = True, seed: int = 0) -> fit_knn.FeatureSet:
+def clustered_features(n_per_class: int = 20, with_test: bool = True, seed: int = 0) -> FeatureSet:
     """Two overlapping Gaussian clusters in 16-d that point different ways (what survives
     L2 normalisation), split train/val/test in 3:1:1 per class."""
     rng = np.random.default_rng(seed)
@@ -343,7 +353,7 @@ def clustered_features(n_per_class: int = 20, with_test: bool = True, seed: int 
     centres = np.array([[1.0] * 8 + [0.0] * 8, [0.0] * 8 + [1.0] * 8])
     features = rng.normal(0, 1, (2 * n_per_class, 16)) + CLUSTER_SEPARATION * centres[labels]
     per_class = np.resize(["train", "train", "train", "val", "test" if with_test else "train"], n_per_class)
-    return fit_knn.FeatureSet(
+    return FeatureSet(
         features=features.astype(np.float32),
         labels=labels,
         split=np.concatenate([per_class, per_class]),
@@ -352,11 +362,11 @@ def clustered_features(n_per_class: int = 20, with_test: bool = True, seed: int 
     )
 
 
-SETTINGS = {"k": 5, "metric": "euclidean", "weights": "uniform", "cv_folds": 4}
+SETTINGS = {"k": 5, "metric": "euclidean", "weights": "uniform"}
 
 
-def knn_predictions(data, settings, seed=0):
-    model, frames = fit_knn.fit_and_predict(data, settings, seed)
+def knn_predictions(data, settings, seed=0, n_folds=4):
+    model, frames = fit_knn.fit_and_predict(data, settings, n_folds, seed)
     return model, pd.concat(frames, ignore_index=True)
 
 
@@ -417,15 +427,15 @@ def test_same_seed_same_folds():
 
 
 @pytest.mark.parametrize(
-    ("settings", "message"),
+    ("k", "n_folds", "message"),
     [
-        ({"k": 25}, "params.yaml: fit_knn.k: 25 neighbours is more than the 24 images"),
-        ({"cv_folds": 17}, "params.yaml: fit_knn.cv_folds: 17 folds need 17 images of every class"),
+        (25, 4, "params.yaml: fit_knn.k: 25 neighbours is more than the 24 images"),
+        (5, 17, "params.yaml: breast_cv_folds: 17 folds need 17 images of every class"),
     ],
 )
-def test_k_or_folds_too_large_for_the_data(settings, message):
+def test_k_or_folds_too_large_for_the_data(k, n_folds, message):
     with pytest.raises(common.ParamsError, match=f"^{message}"):
-        fit_knn.fit_and_predict(clustered_features(), {**SETTINGS, **settings}, seed=0)
+        fit_knn.fit_and_predict(clustered_features(), {**SETTINGS, "k": k}, n_folds, seed=0)
 
 
 def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
@@ -476,3 +486,143 @@ def test_breastmnist_28_is_read_as_medmnist_lays_it_out():
     assert [int((images.split == s).sum()) for s in ("train", "val", "test")] == [546, 78, 156]
     assert np.bincount(images.labels).tolist()[0] < np.bincount(images.labels).tolist()[1]
     assert extract.prepare_image(images.read(0), 224).shape == (224, 224, 3)
+
+
+# --------------------------------------------------------------------------- pooled blocks
+def test_several_blocks_are_pooled_and_concatenated():
+    import keras
+
+    batch = np.random.default_rng(0).uniform(-100, 100, (2, 32, 32, 3)).astype(np.float32)
+    one = extract.load_backbone({"backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [5], "image_size": 32})
+    three = extract.load_backbone(
+        {"backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [3, 4, 5], "image_size": 32}
+    )
+    assert one.output_shape == (None, 512) and three.output_shape == (None, 256 + 512 + 512)
+    # Block 5 alone is Keras's own pooling="avg"; with [3, 4, 5] it is the last 512 columns.
+    keras.utils.set_random_seed(extract.RANDOM_WEIGHTS_SEED)
+    stock = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3), pooling="avg")
+    np.testing.assert_allclose(one.predict_on_batch(batch), stock.predict_on_batch(batch), rtol=1e-5)
+    np.testing.assert_allclose(three.predict_on_batch(batch)[:, -512:], one.predict_on_batch(batch), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"layer": "fc1", "image_size": 224, "blocks": [4, 5]}, "blocks: must be [5] for layer fc1"),
+        ({"blocks": [5, 5]}, "blocks: a block twice in [5, 5]"),
+        ({"blocks": [6]}, "blocks[0]: must be an integer >= 1 and <= 5, got 6"),
+    ],
+)
+def test_bad_blocks_are_named(tmp_path, monkeypatch, overrides, message):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "data/local/breast/missing.npz", **overrides)
+    with pytest.raises(common.ParamsError, match=re.escape(f"params.yaml: extract_vgg_features.{message}")):
+        extract.main([])
+
+
+def test_the_backbone_recipe_rebuilds_the_same_features(tmp_path, monkeypatch, breast_npz):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "data/local/breast/breast.npz", blocks=[4, 5])
+    extract.main([])
+    recipe = json.loads((tmp_path / "models/breast/backbone.json").read_text())
+    assert recipe == {"backbone": "vgg19", "weights": "none", "layer": "avg", "blocks": [4, 5], "image_size": 32,
+                      "class_names": ["malignant", "normal_or_benign"]}
+    images = extract.load_npz_images(breast_npz)
+    batch = next(extract.iterate_batches(images, 32, batch_size=4))
+    again = extract.load_backbone(recipe).predict_on_batch(extract.preprocess_function("vgg19")(batch))
+    with np.load(tmp_path / "data/breast/features.npz") as saved:
+        np.testing.assert_allclose(again, saved["features"][:4], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the trained head
+def head_predictions(data, settings=HEAD_SETTINGS, seed=0, n_folds=4):
+    return pd.concat(protocol_frames(data, settings, seed, n_folds), ignore_index=True)
+
+
+def protocol_frames(data, settings, seed, n_folds):
+    trainer = train_head.HeadTrainer(data.features.shape[1], data.class_names, settings, seed)
+    trained, frames = protocol_predictions(
+        data, lambda indices: trainer.train(data, indices),
+        lambda head, indices: trainer.probabilities(head, data.features[indices]), n_folds, seed,
+    )
+    return frames
+
+
+def test_head_is_scored_on_the_knns_test_split_and_folds():
+    data = clustered_features(n_per_class=40)
+    head = head_predictions(data)
+    knn = knn_predictions(data, SETTINGS)[1]
+    for evaluation in ("heldout", "cv"):
+        by_image = lambda frame: frame[frame["evaluation"] == evaluation].set_index("id")["fold"].sort_index()  # noqa: E731
+        pd.testing.assert_series_equal(by_image(head), by_image(knn))
+    # Well above chance on what it did not train on.
+    cv = head[head["evaluation"] == "cv"]
+    assert (cv["actual"] == cv["predicted"]).mean() > 0.65
+
+
+def test_head_stops_on_the_validation_split_or_a_share_of_the_training_images():
+    data = clustered_features(n_per_class=40)
+    rest = np.flatnonzero(data.split != "test")
+    fit, stop = train_head.stopping_split(data, rest, 0.25, seed=0)
+    assert set(data.split[stop]) == {"val"} and set(data.split[fit]) == {"train"}
+    no_val = clustered_features(n_per_class=40, with_test=False)
+    everything = np.arange(80)
+    no_val = FeatureSet(no_val.features, no_val.labels, np.full(80, "train"), no_val.source,
+                                no_val.class_names)
+    fit, stop = train_head.stopping_split(no_val, everything, 0.25, seed=0)
+    assert len(stop) == 20 and np.bincount(no_val.labels[stop]).tolist() == [10, 10]
+    assert sorted([*fit, *stop]) == everything.tolist()
+
+
+def test_head_training_repeats_and_keeps_its_best_epoch():
+    data = clustered_features(n_per_class=40)
+    rest = np.flatnonzero(data.split != "test")
+    trainer = train_head.HeadTrainer(16, data.class_names, HEAD_SETTINGS, seed=1)
+    head = trainer.train(data, rest)
+    trainer.train(data, rest[: len(rest) // 2])  # another training in between changes nothing
+    again = trainer.train(data, rest)
+    fresh = train_head.HeadTrainer(16, data.class_names, HEAD_SETTINGS, seed=1).train(data, rest)
+    for other in (again, fresh):
+        assert all(np.array_equal(a, b) for a, b in zip(head.weights, other.weights))
+    best = int(np.argmax(head.history["val_roc_auc"]))
+    assert len(head.history["loss"]) <= best + 1 + HEAD_SETTINGS["patience"]
+    kept = train_head.roc_auc(data.labels[head.stop], trainer.probabilities(head, data.features[head.stop]))
+    assert kept == pytest.approx(head.history["val_roc_auc"][best])  # the best epoch's weights, not the last
+    # The exported model standardises by itself, as the training did.
+    exported = trainer.export(head).predict(data.features[head.stop], verbose=0)
+    np.testing.assert_allclose(exported, trainer.probabilities(head, data.features[head.stop]), atol=1e-6)
+
+
+@pytest.mark.parametrize("hidden_units", [0, 16])
+def test_head_shapes_and_class_weights(hidden_units):
+    data = clustered_features(n_per_class=20)
+    settings = {**HEAD_SETTINGS, "hidden_units": hidden_units, "class_weight": "balanced", "max_epochs": 3}
+    trainer = train_head.HeadTrainer(16, data.class_names, settings, seed=0)
+    model = trainer.export(trainer.train(data, np.flatnonzero(data.split != "test")))
+    dense = [layer.name for layer in trainer.model.layers if layer.__class__.__name__ == "Dense"]
+    assert dense == (["hidden", "class_probabilities"] if hidden_units else ["class_probabilities"])
+    assert model.input_shape == (None, 16) and model.output_shape == (None, 2)
+
+
+def test_train_head_stage_writes_its_outputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "medmnist")
+    data = clustered_features(n_per_class=30)
+    common.save_npz("data/breast/features.npz", features=data.features, labels=data.labels, split=data.split,
+                    source=data.source, class_names=np.array(data.class_names))
+    train_head.main([])
+    predictions, _ = read_predictions(tmp_path / "predictions/breast/head.csv")
+    counts = predictions["evaluation"].value_counts().to_dict()
+    assert counts == {"heldout": 12, "cv": 48, "validation": 12}
+    assert set(predictions.loc[predictions["evaluation"] == "validation", "id"]) == set(data.source[data.split == "val"])
+    history = (tmp_path / "plots/breast/head_history.csv").read_text().splitlines()
+    assert history[0] == "epoch,accuracy,loss,val_roc_auc"
+    facts = json.loads((tmp_path / "runs/train_head.json").read_text())
+    assert len(facts["trainings"]) == 1 + 3 and facts["seconds"] > 0
+    import keras
+
+    model = keras.models.load_model(tmp_path / "models/breast/head.keras")
+    heldout = predictions[predictions["evaluation"] == "heldout"]
+    test = data.split == "test"
+    np.testing.assert_allclose(model.predict(data.features[test], verbose=0)[:, 1],
+                               heldout["p_normal_or_benign"].to_numpy(), atol=1e-6)

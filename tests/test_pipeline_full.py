@@ -8,6 +8,7 @@ import json
 import shutil
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 ALL_STAGES = sorted(
     [f"{stage}@{name}" for stage in ("generate_toy", "train_toy") for name in toy_names()]
-    + ["augment_train_mnist", "extract_vgg_features", "fit_knn"]
+    + ["augment_train_mnist", "extract_vgg_features", "fit_knn", "train_head"]
     + [f"evaluate@{exercise}" for exercise in ("toy", "mnist", "breast")]
 )
 
@@ -38,14 +39,21 @@ def test_full_pipeline_diff_run_cache_remote_and_thresholds(project_repo, tmp_pa
     assert stages_run(first.stdout) == ALL_STAGES
     shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)[""]["data"]
     # One file per classifier, all with the same metric names.
-    files = [f"metrics/toy/{name}.json" for name in toy_names()] + ["metrics/mnist/cnn.json", "metrics/breast/knn.json"]
+    files = [f"metrics/toy/{name}.json" for name in toy_names()] + [
+        "metrics/mnist/cnn.json", "metrics/breast/knn.json", "metrics/breast/head.json"
+    ]
     assert sorted(shown) == sorted(files)
     for file in files:
         heldout = shown[file]["data"]["heldout"]
         assert {"protocol", "n", "accuracy", "balanced_accuracy", "recall", "log_loss"} <= set(heldout), file
         assert 0 <= heldout["accuracy"] <= 1
-    assert shown["metrics/breast/knn.json"]["data"]["heldout"]["protocol"] == "test split"
-    assert "roc_auc" in shown["metrics/breast/knn.json"]["data"]["heldout"]
+    for classifier in ("knn", "head"):
+        breast = shown[f"metrics/breast/{classifier}.json"]["data"]
+        assert breast["heldout"]["protocol"] == "test split" and "roc_auc" in breast["heldout"]
+        assert breast["cv"]["n"] == 30  # the non-test images
+    # Both classifiers are drawn on the plots page: one ROC curve each, a confusion matrix each.
+    assert sorted(set(pd.read_csv(repo / "plots/breast/evaluation/roc.csv")["model"])) == ["head", "knn"]
+    assert sorted(p.name for p in (repo / "plots/breast/evaluation/confusion").iterdir()) == ["head.csv", "knn.csv"]
 
     # Same params, same bytes: a forced rerun of every stage leaves dvc.lock as it was.
     lock = (repo / "dvc.lock").read_text()
@@ -72,20 +80,28 @@ def test_full_pipeline_diff_run_cache_remote_and_thresholds(project_repo, tmp_pa
     assert "up to date" in dvc(repo, "status").stdout  # changing a threshold reruns nothing
     git(repo, "checkout", "-q", "thresholds.yaml")
 
-    # KNN params: only fit_knn and what reads its results rerun; the features are kept.
-    edit_params(repo, {"fit_knn.k": 5, "fit_knn.cv_folds": 4})
-    changed = dvc(repo, "repro")
-    assert stages_run(changed.stdout) == ["evaluate@breast", "fit_knn"]
+    # KNN params: only fit_knn and what reads its results rerun; the features and the head are kept.
+    edit_params(repo, {"fit_knn.k": 5})
+    changed = stages_run(dvc(repo, "repro").stdout)
+    # (evaluate@breast reruns only if the tiny data's predictions changed: DVC skips a
+    # stage whose inputs are the same bytes.)
+    assert "fit_knn" in changed and set(changed) <= {"fit_knn", "evaluate@breast"}
     assert "fit_knn.k" in dvc(repo, "params", "diff").stdout
     metrics_diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
-    assert list(metrics_diff) == ["metrics/breast/knn.json"]
-    assert metrics_diff["metrics/breast/knn.json"]["cv.folds"] == {"old": 3, "new": 4, "diff": 1}
+    assert set(metrics_diff) <= {"metrics/breast/knn.json"}
+    # The folds both classifiers share: both rerun, the features are kept.
+    edit_params(repo, {"breast_cv_folds": 4})
+    changed = dvc(repo, "repro")
+    assert stages_run(changed.stdout) == ["evaluate@breast", "fit_knn", "train_head"]
+    metrics_diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
+    assert metrics_diff["metrics/breast/head.json"]["cv.folds"] == {"old": 3, "new": 4, "diff": 1}
 
     # Back to the committed params: the run cache restores the earlier outputs instead of refitting.
-    edit_params(repo, {"fit_knn.k": 3, "fit_knn.cv_folds": 3})
+    edit_params(repo, {"fit_knn.k": 3, "breast_cv_folds": 3})
     restored = dvc(repo, "repro")
     assert stages_run(restored.stdout) == []
     assert "Stage 'fit_knn' is cached - skipping run" in restored.stdout
+    assert "Stage 'train_head' is cached - skipping run" in restored.stdout
     assert git(repo, "status", "--porcelain").stdout == ""  # the committed metrics, byte for byte
 
     # A second machine: push to a folder remote, clone, pull; nothing is out of date.
@@ -106,9 +122,10 @@ def test_full_pipeline_diff_run_cache_remote_and_thresholds(project_repo, tmp_pa
     write_tiny_image_folder(repo / "data/local/breast/lab")
     edit_params(repo, {"extract_vgg_features.data": "data/local/breast/lab"})
     lab = dvc(repo, "repro", "evaluate@breast")
-    assert stages_run(lab.stdout) == ["evaluate@breast", "extract_vgg_features", "fit_knn"]
-    heldout = json.loads((repo / "metrics/breast/knn.json").read_text())["heldout"]
-    assert heldout["protocol"] == "3-fold stratified cross-validation" and heldout["n"] == 20
+    assert stages_run(lab.stdout) == ["evaluate@breast", "extract_vgg_features", "fit_knn", "train_head"]
+    for classifier in ("knn", "head"):
+        heldout = json.loads((repo / f"metrics/breast/{classifier}.json").read_text())["heldout"]
+        assert heldout["protocol"] == "3-fold stratified cross-validation" and heldout["n"] == 20
     folder_bounds = run([sys.executable, "-m", "stages.check_thresholds", "--only", "metrics/breast"], repo,
                         check=False)
     assert "MISSING" not in folder_bounds.stdout and "metrics/breast/knn.json:heldout." in folder_bounds.stdout

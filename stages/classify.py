@@ -1,0 +1,213 @@
+"""Classify new images with a pipeline the stages trained: one CSV row per image.
+
+    classify-images [--model breast|breast-knn|breast-head|mnist] [-o FILE] PATH [PATH ...]
+    python -m stages.classify ...
+
+Run from the project root, after `dvc repro` (or `dvc pull`) has put the models there.
+PATH is an image file or a folder, searched recursively; hidden files, ``Thumbs.db``,
+``desktop.ini`` and ``__MACOSX/`` are skipped, as in ``extract_vgg_features``.
+
+* ``breast-knn``, ``breast-head``: the frozen backbone that ``extract_vgg_features``
+  used (``models/breast/backbone.json``), then the KNN (``models/breast/knn.pkl``) or
+  the trained head (``models/breast/head.keras``). Images are read, resized and
+  preprocessed by the extraction stage's own functions.
+* ``breast`` (the default): whichever of the two has the higher cross-validation ROC
+  AUC in ``metrics/breast/`` (over the non-test images when the data has a test split:
+  the choice never looks at the test split).
+* ``mnist``: the digit CNN (``models/mnist/model.keras``). Each image is turned grey
+  and resized to 28x28 pixels; digits must be light on a dark background, as in MNIST.
+
+Writes ``file,predicted,p_<class>...`` to standard output, or to ``-o FILE``. A file
+that cannot be read as an image is named on standard error and skipped: the rest of a
+large batch is still classified, and the exit status is 1 so that a script notices.
+Progress goes to standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from stages import common
+from stages.extract_vgg_features import IMAGE_SUFFIXES, is_skipped, read_image_file
+
+BREAST_MODELS = {"breast-knn": Path("models/breast/knn.pkl"), "breast-head": Path("models/breast/head.keras")}
+BACKBONE_PATH = Path("models/breast/backbone.json")
+MNIST_MODEL = Path("models/mnist/model.keras")
+PROGRESS_EVERY = 10  # batches between progress lines
+
+
+def find_images(paths: list[Path]) -> list[Path]:
+    """The image files named or found under ``paths``, in a stable order.
+
+    A file named on the command line is always tried; in a folder, only files with an
+    image suffix are, and others are left alone (a folder of scans holds notes too).
+    """
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(
+                file for file in path.rglob("*")
+                if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES
+                and not any(is_skipped(part) for part in file.relative_to(path).parts)
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise common.StageError(f"{path}: no such file or folder")
+    return found
+
+
+def readable_batches(
+    files: list[Path], prepare: Callable[[np.ndarray], np.ndarray], batch_size: int, skipped: list[str]
+) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """Batches of ``(files, prepared images)``; a file that does not decode is recorded in
+    ``skipped`` with the reason, named on stderr, and left out."""
+    names, images = [], []
+    for file in files:
+        try:
+            images.append(prepare(read_image_file(file)))
+            names.append(file)
+        except common.StageError as err:
+            skipped.append(str(err))
+            print(f"skipped {err}", file=sys.stderr, flush=True)
+        if len(images) == batch_size:
+            yield names, np.stack(images)
+            names, images = [], []
+    if images:
+        yield names, np.stack(images)
+
+
+def breast_classifier(model: str, metrics_dir: Path = Path("metrics/breast")) -> tuple[str, Callable, tuple, int]:
+    """``(name, probabilities of a prepared batch, class names, image size)`` of a breast pipeline.
+
+    ``model`` ``breast`` picks by the cross-validation ROC AUC in ``metrics_dir``.
+    """
+    if model == "breast":
+        model = choose_breast_model(metrics_dir)
+    from stages.extract_vgg_features import load_backbone, preprocess_function
+
+    recipe = json.loads(required(BACKBONE_PATH, "extract_vgg_features").read_text())
+    path = required(BREAST_MODELS[model], "fit_knn" if model == "breast-knn" else "train_head")
+    if model == "breast-knn":
+        import joblib
+
+        classifier = joblib.load(path)
+        predict_features = classifier.predict_proba
+    else:
+        import keras
+
+        classifier = keras.models.load_model(path)
+        predict_features = lambda features: classifier.predict_on_batch(features)  # noqa: E731
+    backbone, preprocess = load_backbone(recipe), preprocess_function(recipe["backbone"])
+
+    def probabilities(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(predict_features(np.asarray(backbone.predict_on_batch(preprocess(batch)))))
+
+    return model, probabilities, tuple(recipe["class_names"]), recipe["image_size"]
+
+
+def choose_breast_model(metrics_dir: Path) -> str:
+    """The breast classifier with the better cross-validation figure: ``cv`` when the data
+    has a test split (which stays out of the choice), else ``heldout``, which is then
+    cross-validation too. ROC AUC, or balanced accuracy for more than two classes."""
+    figures = {}
+    for model in BREAST_MODELS:
+        path = required(metrics_dir / f"{model.removeprefix('breast-')}.json", "evaluate@breast")
+        metrics = json.loads(path.read_text())
+        chosen_on = metrics.get("cv", metrics["heldout"])
+        figures[model] = chosen_on.get("roc_auc", chosen_on["balanced_accuracy"]), chosen_on["protocol"]
+    best = max(figures, key=lambda model: figures[model][0])
+    print(f"using {best}: " + ", ".join(f"{model} {value:.4f}" for model, (value, _) in figures.items())
+          + f" ({figures[best][1]})", file=sys.stderr)
+    return best
+
+
+def mnist_classifier() -> tuple[str, Callable, tuple, int]:
+    import keras
+
+    from stages.augment_train_mnist import CLASS_NAMES, IMAGE_SHAPE, to_model_input
+
+    model = keras.models.load_model(required(MNIST_MODEL, "augment_train_mnist"))
+    return "mnist", lambda batch: np.asarray(model.predict_on_batch(to_model_input(batch))), CLASS_NAMES, IMAGE_SHAPE[0]
+
+
+def prepare_digit(image: np.ndarray, size: int) -> np.ndarray:
+    """Any image -> uint8 (size, size) grey, as MNIST's arrays hold the digits."""
+    from PIL import Image
+
+    picture = Image.fromarray(image).convert("L")
+    if picture.size != (size, size):
+        picture = picture.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(picture)
+
+
+def required(path: Path, stage: str) -> Path:
+    if not path.is_file():
+        raise common.StageError(f"{path}: not found; run `dvc repro {stage}` (or `dvc pull`) first")
+    return path
+
+
+def classify(files: list[Path], probabilities: Callable, prepare: Callable, class_names: tuple, batch_size: int):
+    """A DataFrame ``file, predicted, p_<class>...`` of every readable file, and the skipped ones."""
+    import pandas as pd
+
+    rows, skipped, done, started = [], [], 0, time.perf_counter()
+    for number, (names, batch) in enumerate(readable_batches(files, prepare, batch_size, skipped), start=1):
+        p = probabilities(batch)
+        rows.append(pd.DataFrame({"file": [str(n) for n in names], "predicted": np.asarray(class_names)[p.argmax(1)],
+                                  **{f"p_{name}": p[:, i] for i, name in enumerate(class_names)}}))
+        done += len(names)
+        if number % PROGRESS_EVERY == 0:
+            rate = done / (time.perf_counter() - started)
+            print(f"classified {done} of {len(files)} images, {rate:.1f} images/s", file=sys.stderr, flush=True)
+    columns = ["file", "predicted", *(f"p_{name}" for name in class_names)]
+    return (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)), skipped
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="classify-images", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    parser.add_argument("--model", choices=["breast", *BREAST_MODELS, "mnist"], default="breast",
+                        help="the trained pipeline (default breast: the better breast classifier by cross-validation)")
+    parser.add_argument("-o", "--output", type=Path, help="CSV file to write (default: standard output)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    args = parser.parse_args(argv)
+    with common.quiet_tensorflow_stderr():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    try:
+        files = find_images(args.paths)
+        if args.model == "mnist":
+            name, probabilities, class_names, size = mnist_classifier()
+            prepare = lambda image: prepare_digit(image, size)  # noqa: E731
+        else:
+            from stages.extract_vgg_features import prepare_image
+
+            name, probabilities, class_names, size = breast_classifier(args.model)
+            prepare = lambda image: prepare_image(image, size)  # noqa: E731
+        print(f"classifying {len(files)} images with {name}", file=sys.stderr, flush=True)
+        table, skipped = classify(files, probabilities, prepare, class_names, args.batch_size)
+    except common.StageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if args.output:
+        with common.atomic_path(args.output) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+    else:
+        table.to_csv(sys.stdout, index=False, float_format="%.6g")
+    print(f"classified {len(table)} images" + (f"; skipped {len(skipped)} that could not be read" if skipped else ""),
+          file=sys.stderr)
+    sys.exit(1 if skipped else 0)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,252 @@
+"""Stage ``train_head``: the seed's transfer learning, a classifier trained on the frozen
+backbone's features.
+
+    python -m stages.train_head
+
+The seed names it without doing it: "freezing all the CNN layers and defining our own
+output layer and training this with our data". The backbone is ``extract_vgg_features``'s,
+frozen by construction: this stage reads its features, so a change to the head never
+reruns the backbone.
+
+Reads ``seed``, ``breast_cv_folds`` and ``train_head`` from params.yaml and
+``data/breast/features.npz``. Each training stops at the epoch with the best ROC AUC on
+images it does not train on: the data's validation split, or a stratified share of the
+training images (``validation_fraction``) when there is none; never the test split.
+Writes
+
+* ``models/breast/head.keras``: trained on the non-test images (with BreastMNIST: the
+  training split, stopped on the validation split), standardisation included;
+* ``predictions/breast/head.csv``: ``heldout`` and ``cv`` by the protocol it shares with
+  ``fit_knn`` (``stages.breast``), and ``validation``: that model on the images that
+  chose its stopping epoch (optimistic by construction);
+* ``plots/breast/head_history.csv``: that model's loss and validation ROC AUC per epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages import common
+from stages.breast import FOLDS_KEY, FOLDS_SCHEMA, FeatureSet, load_features, protocol_predictions
+from stages.predictions import prediction_frame, write_predictions
+
+MODEL_PATH = Path("models/breast/head.keras")
+PREDICTIONS_PATH = Path("predictions/breast/head.csv")
+HISTORY_PATH = Path("plots/breast/head_history.csv")
+
+SCHEMA = {
+    **FOLDS_SCHEMA,
+    "train_head": common.mapping(
+        {
+            "hidden_units": common.integer(minimum=0),
+            "dropout": common.number(minimum=0, maximum=0.9),
+            "l2": common.number(minimum=0),
+            "learning_rate": common.number(minimum=0, exclusive_min=True),
+            "batch_size": common.integer(minimum=1),
+            "max_epochs": common.integer(minimum=1),
+            "patience": common.integer(minimum=1),
+            "class_weight": common.choice("none", "balanced"),
+            "validation_fraction": common.number(minimum=0.05, maximum=0.5),
+        }
+    ),
+}
+
+
+def make_model(n_features: int, n_classes: int, hidden_units: int, dropout: float, l2: float):
+    """Dropout on the (standardised) features, an optional hidden ReLU layer, and a softmax
+    over the classes: the seed's "own output layer"."""
+    import keras
+
+    regulariser = keras.regularizers.L2(l2) if l2 else None
+    inputs = keras.Input(shape=(n_features,), name="standardised_features")
+    x = keras.layers.Dropout(dropout, name="feature_dropout")(inputs)
+    if hidden_units:
+        x = keras.layers.Dense(hidden_units, activation="relu", kernel_regularizer=regulariser, name="hidden")(x)
+        x = keras.layers.Dropout(dropout, name="hidden_dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regulariser,
+                                 name="class_probabilities")(x)
+    return keras.Model(inputs, outputs, name="breast_head")
+
+
+@dataclass(frozen=True)
+class TrainedHead:
+    """One training's result: the weights of its best epoch, the standardisation fitted on
+    its training images, the images it stopped on, and Keras's per-epoch history."""
+
+    weights: list
+    mean: np.ndarray
+    std: np.ndarray
+    stop: np.ndarray
+    history: dict
+
+
+def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """ROC AUC of the second class for two classes; one-vs-rest, averaged, for more."""
+    from sklearn.metrics import roc_auc_score
+
+    if probabilities.shape[1] == 2:
+        return float(roc_auc_score(labels, probabilities[:, 1]))
+    return float(roc_auc_score(labels, probabilities, multi_class="ovr", labels=range(probabilities.shape[1])))
+
+
+def validation_roc_auc(x, y):
+    """A callback that adds ``val_roc_auc`` on ``(x, y)`` to each epoch's logs.
+
+    Keras's own ``AUC`` metric bins the scores into 200 thresholds and needs one-hot
+    labels; scikit-learn's is exact, and the predictions fit in one batch.
+    """
+    import keras
+
+    class ValidationRocAuc(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs["val_roc_auc"] = roc_auc(y, np.asarray(self.model.predict_on_batch(x)))
+
+    return ValidationRocAuc()
+
+
+def stopping_split(data: FeatureSet, indices: np.ndarray, fraction: float, seed: int):
+    """``(train, stop)``: the images of ``indices`` to train on and to choose the epoch on.
+
+    The data's validation split among them when it has one with every class, else a
+    stratified share.
+    """
+    from sklearn.model_selection import train_test_split
+
+    is_val = data.split[indices] == "val"
+    if is_val.sum() < len(indices) and set(data.labels[indices[is_val]]) == set(data.labels[indices]):
+        return indices[~is_val], indices[is_val]
+    labels = data.labels[indices]
+    if np.bincount(labels).min() < 2:
+        raise common.StageError("a class has fewer than 2 images to train on; the head needs more images")
+    return train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
+
+
+class HeadTrainer:
+    """Trains heads one after another on one compiled Keras model.
+
+    The stage trains a head per cross-validation fold and one to keep. Building and
+    tracing a Keras model took about 3 s on 2 CPU cores, as long as training a head on
+    500 images, so the model is built once, and each training starts from the state it
+    was built in (weights, optimizer state, dropout seeds): the same start a fresh model
+    built from the same seed would have. The features are standardised outside the
+    model, by each training's own statistics (Keras's ``Normalization`` layer would keep
+    its first adapted values inside the traced functions); ``export`` puts them in.
+    """
+
+    def __init__(self, n_features: int, class_names: tuple[str, ...], settings: dict, seed: int):
+        import keras
+
+        common.seed_everything(seed)
+        self.settings, self.seed, self.n_classes = settings, seed, len(class_names)
+        self.model = make_model(n_features, len(class_names), settings["hidden_units"], settings["dropout"],
+                                settings["l2"])
+        # Up to 32 steps per call into TensorFlow: Keras's per-step Python cost was about
+        # as much as a step of this small network (0.22 s an epoch of 18 steps, 0.12 s so).
+        self.model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]),
+                           loss="sparse_categorical_crossentropy", metrics=["accuracy"], steps_per_execution=32)
+        self.model.optimizer.build(self.model.trainable_variables)
+        self.state = self.model.variables + self.model.optimizer.variables
+        self.initial = [variable.numpy() for variable in self.state]
+
+    def train(self, data: FeatureSet, indices: np.ndarray) -> TrainedHead:
+        """Train a head on the images ``indices``, less those it stops on: it keeps the
+        weights of the epoch with the best ROC AUC on those."""
+        import keras
+        import tensorflow as tf
+
+        for variable, value in zip(self.state, self.initial):
+            variable.assign(value)
+        settings, seed = self.settings, self.seed
+        fit, stop = stopping_split(data, indices, settings["validation_fraction"], seed)
+        x, y = data.features, data.labels
+        mean, std = x[fit].mean(axis=0), x[fit].std(axis=0)
+        standardised = standardise(x, mean, std)
+        batches = (
+            tf.data.Dataset.from_tensor_slices((standardised[fit], y[fit]))
+            .shuffle(len(fit), seed=seed)  # a new order every epoch, the same orders every run
+            .batch(settings["batch_size"])
+        )
+        class_weight = None
+        if settings["class_weight"] == "balanced":
+            counts = np.bincount(y[fit], minlength=self.n_classes)
+            class_weight = {c: len(fit) / (len(counts) * n) for c, n in enumerate(counts) if n}
+        history = self.model.fit(
+            batches,
+            epochs=settings["max_epochs"],
+            class_weight=class_weight,
+            shuffle=False,  # the dataset shuffles itself, from the seed
+            verbose=0,
+            callbacks=[
+                validation_roc_auc(standardised[stop], y[stop]),  # before EarlyStopping, which reads what it logs
+                keras.callbacks.EarlyStopping(monitor="val_roc_auc", mode="max", patience=settings["patience"],
+                                              restore_best_weights=True),
+            ],
+        ).history
+        return TrainedHead(self.model.get_weights(), mean, std, stop, history)
+
+    def probabilities(self, head: TrainedHead, x: np.ndarray) -> np.ndarray:
+        """The class probabilities that ``head`` gives the (raw) features ``x``."""
+        self.model.set_weights(head.weights)
+        # One batch: the features of a few thousand images fit, and the callback has
+        # already traced this function (Keras's predict() builds a dataset every call).
+        return np.asarray(self.model.predict_on_batch(standardise(x, head.mean, head.std)), dtype=np.float64)
+
+    def export(self, head: TrainedHead):
+        """``head`` as one Keras model from raw features, its standardisation included."""
+        import keras
+
+        self.model.set_weights(head.weights)
+        inputs = keras.Input(shape=(len(head.mean),), name="features")
+        scaled = keras.layers.Normalization(mean=head.mean, variance=np.square(head.std), name="standardise")(inputs)
+        return keras.Model(inputs, self.model(scaled), name="breast_head_on_features")
+
+
+def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean) / std, as Keras's ``Normalization`` computes it (a tiny std counts as 1e-7)."""
+    return ((x - mean) / np.maximum(std, 1e-7)).astype(np.float32)
+
+
+def main(argv: list[str]) -> None:
+    if argv:
+        raise common.StageError("usage: python -m stages.train_head (no arguments)")
+    params = common.read_params(SCHEMA)
+    settings, n_folds, seed = params["train_head"], params[FOLDS_KEY], params["seed"]
+    data = load_features()
+    print(f"train_head: {len(data.labels)} images, {data.features.shape[1]}-d features; hidden units "
+          f"{settings['hidden_units']}, dropout {settings['dropout']}, L2 {settings['l2']}, {n_folds}-fold CV",
+          flush=True)
+    started = time.perf_counter()
+    trainer = HeadTrainer(data.features.shape[1], data.class_names, settings, seed)
+    trainings = []
+
+    def fit(indices: np.ndarray) -> TrainedHead:
+        began = time.perf_counter()
+        head = trainer.train(data, indices)
+        scores, best = head.history["val_roc_auc"], int(np.argmax(head.history["val_roc_auc"]))
+        trainings.append({"images": len(indices) - len(head.stop), "epochs": len(scores), "best_epoch": best + 1})
+        print(f"train_head: trained on {len(indices) - len(head.stop)} images, stopped on {len(head.stop)}: "
+              f"best epoch {best + 1} of {len(scores)} (validation ROC AUC {scores[best]:.3f}), "
+              f"{time.perf_counter() - began:.1f}s", flush=True)
+        return head
+
+    head, frames = protocol_predictions(
+        data, fit, lambda trained, indices: trainer.probabilities(trained, data.features[indices]), n_folds, seed
+    )
+    frames.append(prediction_frame(data.source[head.stop], data.labels[head.stop],
+                                   trainer.probabilities(head, data.features[head.stop]),
+                                   data.class_names, "validation", "the images that chose the stopping epoch"))
+    common.save_keras_model(trainer.export(head), MODEL_PATH)
+    write_predictions(PREDICTIONS_PATH, frames)
+    common.write_history_csv(head.history, HISTORY_PATH)
+    seconds = time.perf_counter() - started
+    common.write_run_facts("train_head", {"seconds": round(seconds, 1), "trainings": trainings,
+                                          "params": trainer.model.count_params()})
+    print(f"train_head: wrote {MODEL_PATH} and {PREDICTIONS_PATH} in {seconds:.1f}s")
+
+
+if __name__ == "__main__":
+    common.run_stage(main)

@@ -1,0 +1,133 @@
+"""classify-images on tiny pipelines the tests train: the same probabilities as the stages'
+own predictions for the same images, bad files named and skipped, the choice of classifier."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from stages import augment_train_mnist, evaluate, extract_vgg_features, fit_knn, train_head
+from stages.predictions import read_predictions
+from tests.conftest import tiny_breast, tiny_mnist, tool_env
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def classify(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
+    return subprocess.run([sys.executable, "-m", "stages.classify", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+
+
+def save_images(folder: Path, images: np.ndarray, prefix: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, pixels in enumerate(images):
+        paths.append(folder / f"{prefix}{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def breast_project(tmp_path_factory) -> Path:
+    """The breast stages run on tiny MedMNIST-layout data, as `dvc repro evaluate@breast` would."""
+    root = tmp_path_factory.mktemp("breast")
+    (root / "data/local/breast").mkdir(parents=True)
+    np.savez(root / "data/local/breast/tiny.npz", **tiny_breast(n_train=30, n_val=10, n_test=12))
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["extract_vgg_features"].update(data="data/local/breast/tiny.npz", backbone="vgg16", weights="none",
+                                          layer="avg", blocks=[4, 5], image_size=32)
+    params["fit_knn"]["k"] = 3
+    params["breast_cv_folds"] = 3
+    params["train_head"].update(hidden_units=8, max_epochs=10, patience=3)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    cwd = Path.cwd()
+    try:
+        import os
+
+        os.chdir(root)
+        for stage in (extract_vgg_features, fit_knn, train_head):
+            stage.main([])
+        evaluate.main(["breast"])
+    finally:
+        os.chdir(cwd)
+    save_images(root / "new", tiny_breast(n_train=30, n_val=10, n_test=12)["test_images"], "test_")
+    return root
+
+
+@pytest.mark.parametrize("model", ["breast-knn", "breast-head"])
+def test_new_images_get_the_stages_own_probabilities(breast_project, model):
+    result = classify(breast_project, "--model", model, "new", "-o", "out.csv")
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(breast_project / "out.csv")
+    assert list(rows.columns) == ["file", "predicted", "p_malignant", "p_normal_or_benign"]
+    assert rows["file"].tolist() == sorted(f"new/test_{i}.png" for i in range(12))
+    # The model kept by each stage predicted the test split itself: the same images, read from PNG files.
+    predictions, _ = read_predictions(breast_project / f"predictions/breast/{model.removeprefix('breast-')}.csv")
+    held = predictions[predictions["evaluation"] == "heldout"].set_index("id")
+    expected = held.loc[[f"test_images[{f.split('_')[1].split('.')[0]}]" for f in rows["file"]]]
+    np.testing.assert_allclose(rows["p_normal_or_benign"], expected["p_normal_or_benign"], atol=2e-5)
+    assert rows["predicted"].tolist() == expected["predicted"].tolist()
+
+
+def test_the_default_is_the_better_classifier_by_cross_validation(breast_project):
+    result = classify(breast_project, "new/test_0.png")
+    assert result.returncode == 0, result.stderr
+    figures = {m: json.loads((breast_project / f"metrics/breast/{m}.json").read_text())["cv"]["roc_auc"]
+               for m in ("knn", "head")}
+    best = max(figures, key=figures.get)
+    assert f"using breast-{best}: breast-knn {figures['knn']:.4f}, breast-head {figures['head']:.4f}" in result.stderr
+    assert "cross-validation of the non-test images" in result.stderr  # never the test split
+    assert result.stdout.splitlines()[0] == "file,predicted,p_malignant,p_normal_or_benign"
+
+
+def test_bad_files_are_named_and_skipped(breast_project):
+    bad = breast_project / "mixed"
+    good = save_images(bad, tiny_breast(n_train=2, n_val=0, n_test=0)["train_images"], "ok_")
+    (bad / "broken.png").write_bytes(good[0].read_bytes()[:40])
+    (bad / "notes.txt").write_text("not an image, not an image suffix: left alone")
+    (bad / "Thumbs.db").write_bytes(b"\0")
+    result = classify(breast_project, "--model", "breast-knn", "mixed")
+    assert result.returncode == 1
+    assert "skipped mixed/broken.png: cannot read image" in result.stderr
+    assert "classified 2 images; skipped 1 that could not be read" in result.stderr
+    assert [line.split(",")[0] for line in result.stdout.splitlines()[1:]] == ["mixed/ok_0.png", "mixed/ok_1.png"]
+
+
+def test_missing_inputs_are_one_line_errors(breast_project, tmp_path):
+    absent = classify(breast_project, "--model", "breast-knn", "nowhere")
+    assert absent.returncode == 2 and absent.stderr.strip() == "error: nowhere: no such file or folder"
+    no_models = classify(tmp_path, "--model", "breast-head", str(breast_project / "new"))
+    assert no_models.returncode == 2
+    assert no_models.stderr.strip() == (
+        "error: models/breast/backbone.json: not found; run `dvc repro extract_vgg_features` (or `dvc pull`) first"
+    )
+
+
+def test_digits_get_the_cnns_own_probabilities(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    arrays = tiny_mnist()
+    (tmp_path / "data/local/mnist").mkdir(parents=True)
+    np.savez(tmp_path / "data/local/mnist/tiny.npz", **arrays)
+    settings = yaml.safe_load((PROJECT / "params.yaml").read_text())["augment_train_mnist"]
+    settings.update(data="data/local/mnist/tiny.npz", validation_size=40, epochs=1, batch_size=16, epoch_fraction=1.0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 0, "augment_train_mnist": settings}))
+    augment_train_mnist.main([])
+    save_images(tmp_path / "digits", arrays["x_test"][:10], "x_test_")
+    result = classify(tmp_path, "--model", "mnist", "digits", "--batch-size", "4")
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(pd.io.common.StringIO(result.stdout))
+    assert list(rows.columns) == ["file", "predicted", *(f"p_{d}" for d in range(10))]
+    predictions, _ = read_predictions(tmp_path / "predictions/mnist/cnn.csv")
+    test = predictions[predictions["evaluation"] == "heldout"].set_index("id")
+    expected = test.loc[[f"x_test[{Path(f).stem.split('_')[-1]}]" for f in rows["file"]]]
+    digits = [f"p_{d}" for d in range(10)]
+    np.testing.assert_allclose(rows[digits].to_numpy(), expected[digits].to_numpy(), atol=2e-5)
