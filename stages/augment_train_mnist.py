@@ -20,8 +20,11 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import pydantic
+from pydantic import Field
 
 from stages import common
 from stages.predictions import prediction_frame, write_predictions
@@ -32,31 +35,41 @@ IMAGE_SHAPE = (28, 28)
 LOCAL_DATA_DIR = Path("data/local/mnist")
 CHECKPOINT_DIR = Path("checkpoints/mnist")
 
-SCHEMA = {
-    "seed": common.integer(minimum=0),
-    "augment_train_mnist": common.mapping(
-        {
-            "data": common.text(),
-            "validation_size": common.integer(minimum=10),
-            "epochs": common.integer(minimum=1),
-            "batch_size": common.integer(minimum=1),
-            "epoch_fraction": common.number(minimum=0, maximum=1, exclusive_min=True),
-            "learning_rate": common.number(minimum=0, exclusive_min=True),
-            "lr_schedule": common.choice("constant", "cosine"),
-            "dropout": common.number(minimum=0, maximum=0.95),
-            "augmentation": common.mapping(
-                {
-                    "rotation_degrees": common.number(minimum=0, maximum=180),
-                    "shift": common.number(minimum=0, maximum=1),
-                    "zoom": common.number(minimum=0, maximum=0.95),
-                }
-            ),
-            "mixed_precision": common.boolean(),
-            "jit_compile": common.boolean(),
-            "deterministic": common.boolean(),
-        }
-    ),
-}
+class Augmentation(common.Section):
+    """The seed's ImageDataGenerator settings."""
+
+    rotation_degrees: float = Field(ge=0, le=180)
+    shift: float = Field(ge=0, le=1)
+    zoom: float = Field(ge=0, le=0.95)
+
+
+class MnistTraining(common.Section):
+    # "keras" (downloaded once, hash-checked, cached in ~/.keras/datasets) or a local .npz
+    data: common.local_or(LOCAL_DATA_DIR, "keras")  # type: ignore[valid-type]
+    validation_size: int = Field(ge=10)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    epoch_fraction: float = Field(gt=0, le=1)
+    learning_rate: float = Field(gt=0)
+    lr_schedule: Literal["constant", "cosine"]
+    dropout: float = Field(ge=0, le=0.95)
+    augmentation: Augmentation
+    mixed_precision: bool
+    jit_compile: bool
+    deterministic: bool
+
+    @pydantic.model_validator(mode="after")
+    def xla_needs_nondeterministic_ops(self) -> MnistTraining:
+        if self.jit_compile and self.deterministic:
+            # Keras would quietly train without XLA: say so before any work instead.
+            raise ValueError("jit_compile: Keras does not compile with XLA under op determinism; "
+                             "set augment_train_mnist.deterministic to false to use it")
+        return self
+
+
+class Params(common.Section):
+    seed: int = Field(ge=0)
+    augment_train_mnist: MnistTraining
 
 
 # --------------------------------------------------------------------------- data
@@ -79,16 +92,6 @@ def check_mnist_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
             raise common.StageError(f"{source}: y_{part} has labels outside 0-9 ({y.min()}..{y.max()})")
 
 
-def check_settings(settings: dict) -> None:
-    """Stop on combinations of keys that each look valid alone but cannot work together."""
-    if settings["jit_compile"] and settings["deterministic"]:
-        # Keras would quietly train without XLA: say so before any work instead.
-        raise common.ParamsError(
-            "params.yaml: augment_train_mnist.jit_compile: Keras does not compile with XLA under "
-            "op determinism; set augment_train_mnist.deterministic to false to use it"
-        )
-
-
 def load_mnist(data: str) -> dict[str, np.ndarray]:
     """MNIST as Keras's four arrays, from Keras's download (``data == "keras"``) or a local file."""
     if data == "keras":
@@ -102,7 +105,7 @@ def load_mnist(data: str) -> dict[str, np.ndarray]:
                 f"augment_train_mnist.data to a local .npz under {LOCAL_DATA_DIR}/"
             ) from None
         return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-    path = common.local_path("augment_train_mnist.data", data, LOCAL_DATA_DIR, keywords=("keras",))
+    path = Path(data)
     if not path.is_file():
         raise common.StageError(f"{path}: file not found (augment_train_mnist.data)")
     arrays = common.read_npz(path)
@@ -233,7 +236,7 @@ def eval_dataset(x, y, batch_size: int):
     )
 
 
-def learning_rate(settings: dict, total_steps: int):
+def learning_rate(settings: MnistTraining, total_steps: int):
     """Adam's step size: fixed, as in the seed, or decayed to zero along a cosine over the run.
 
     The schedule is a function of the optimizer's step count, which a checkpoint keeps,
@@ -241,9 +244,9 @@ def learning_rate(settings: dict, total_steps: int):
     """
     import keras
 
-    if settings["lr_schedule"] == "cosine":
-        return keras.optimizers.schedules.CosineDecay(settings["learning_rate"], decay_steps=total_steps)
-    return settings["learning_rate"]
+    if settings.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(settings.learning_rate, decay_steps=total_steps)
+    return settings.learning_rate
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -344,28 +347,68 @@ class Checkpoint:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def train(x_train, y_train, x_val, y_val, settings: dict, seed: int, checkpoint: Checkpoint | None = None):
-    """Train the CNN with augmentation and return ``(best_model, history, summary)``.
+def epoch_bookkeeping(best_model, state: dict, seed: int, images_per_epoch: int, checkpoint: Checkpoint | None):
+    """A callback for ``fit`` that does, around each epoch, what the resume needs.
 
-    The best model is the one with the highest accuracy on the validation images
-    ``(x_val, y_val)``; the test set is not looked at here. ``history`` maps each Keras
-    metric to its per-epoch values; ``summary`` holds the best epoch, timing and the device.
+    Before: reseed the dropout from the epoch's seed. After: keep the weights if the
+    validation accuracy is the best so far, add the epoch to the history, print a line,
+    and save the checkpoint (the model, the best weights and ``state``).
     """
     import keras
 
-    common.seed_everything(seed, settings["deterministic"])
+    class EpochBookkeeping(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            reseed_dropout(self.model, epoch_seed(seed, epoch))
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            took = time.perf_counter() - self.started
+            for key, value in logs.items():
+                if key != "learning_rate":
+                    state["history"].setdefault(key, []).append(float(value))
+            improved = logs["val_accuracy"] > state["best_val_accuracy"]
+            if improved:
+                best_model.set_weights(self.model.get_weights())
+                state.update(best_epoch=epoch + 1, best_val_accuracy=float(logs["val_accuracy"]))
+            state["epochs_done"] = epoch + 1
+            state["train_seconds"] += took
+            print(f"epoch {epoch + 1}/{self.params['epochs']}  loss={logs['loss']:.4f}  "
+                  f"accuracy={logs['accuracy']:.4f}  val_accuracy={logs['val_accuracy']:.4f}"
+                  f"{'  (best so far)' if improved else ''}  {took:.1f}s, {images_per_epoch / took:.0f} images/s",
+                  flush=True)
+            if checkpoint:
+                checkpoint.save(self.model, best_model, state)
+
+    return EpochBookkeeping()
+
+
+def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, checkpoint: Checkpoint | None = None):
+    """Train the CNN with augmentation and return ``(best_model, history, summary)``.
+
+    One Keras ``fit`` over the epochs not yet done: the batches of epoch ``e`` come from
+    its own seed, so a resumed run feeds the same ones (Keras's ``BackupAndRestore``
+    would restore the weights but neither the data position nor the dropout's random
+    state, which is why the checkpoint is this stage's own). The best model is the one
+    with the highest accuracy on the validation images ``(x_val, y_val)``; the test set
+    is not looked at here. ``history`` maps each Keras metric to its per-epoch values;
+    ``summary`` holds the best epoch, timing and the device.
+    """
+    import functools
+
+    import keras
+
+    common.seed_everything(seed, settings.deterministic)
     # Set either way: the policy is global to the process and would outlive one run.
-    keras.mixed_precision.set_global_policy("mixed_float16" if settings["mixed_precision"] else "float32")
-    batch_size = settings["batch_size"]
-    steps = int(len(y_train) * settings["epoch_fraction"]) // batch_size
+    keras.mixed_precision.set_global_policy("mixed_float16" if settings.mixed_precision else "float32")
+    batch_size, epochs = settings.batch_size, settings.epochs
+    steps = int(len(y_train) * settings.epoch_fraction) // batch_size
     if steps < 1:
         raise common.ParamsError(
             "params.yaml: augment_train_mnist.batch_size: larger than the images in one epoch "
-            f"({int(len(y_train) * settings['epoch_fraction'])})"
+            f"({int(len(y_train) * settings.epoch_fraction)})"
         )
     strategy = distribution_strategy()
     device = describe_device(strategy)
-    validation = eval_dataset(x_val, y_val, batch_size)
 
     state = checkpoint.load() if checkpoint else None
     with strategy.scope():
@@ -373,50 +416,31 @@ def train(x_train, y_train, x_val, y_val, settings: dict, seed: int, checkpoint:
             model, best_model = checkpoint.models(state)
             print(f"resuming after epoch {state['epochs_done']} from {checkpoint.folder}", flush=True)
         else:
-            model = make_model(settings["dropout"])
+            model = make_model(settings.dropout)
             model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate(settings, steps * settings["epochs"])),
+                optimizer=keras.optimizers.Adam(learning_rate(settings, steps * epochs)),
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"],
-                jit_compile=settings["jit_compile"],
+                jit_compile=settings.jit_compile,
             )
             best_model = keras.models.clone_model(model)
             state = {"epochs_done": 0, "history": {}, "best_epoch": 0, "best_val_accuracy": -1.0,
                      "train_seconds": 0.0}
 
-    epochs = settings["epochs"]
-    aug = settings["augmentation"]
-    augmentation = make_augmentation(aug["rotation_degrees"], aug["shift"], aug["zoom"])
+    augmentation = make_augmentation(**settings.augmentation.model_dump())
     print(f"training on {device}: {len(y_train)} images, {len(y_val)} held out for validation, "
           f"{steps} steps of {batch_size} per epoch, {epochs} epochs; XLA {on_off(model.jit_compile)}, "
-          f"mixed precision {on_off(settings['mixed_precision'])}, "
-          f"op determinism {on_off(settings['deterministic'])}", flush=True)
-    for epoch in range(state["epochs_done"], epochs):
-        this_seed = epoch_seed(seed, epoch)
-        reseed_dropout(model, this_seed)
-        batches = train_dataset(x_train, y_train, batch_size, steps, augmentation, this_seed)
-        started = time.perf_counter()
-        logs = model.fit(batches, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0).history
-        took = time.perf_counter() - started
-        val_logs = model.evaluate(validation, verbose=0, return_dict=True)
-        logs.update({f"val_{k}": [v] for k, v in val_logs.items()})
-        for key, values in logs.items():
-            state["history"].setdefault(key, []).append(float(values[-1]))
-        state["train_seconds"] += took
-        val_accuracy = state["history"]["val_accuracy"][-1]
-        improved = val_accuracy > state["best_val_accuracy"]
-        if improved:
-            best_model.set_weights(model.get_weights())
-            state.update(best_epoch=epoch + 1, best_val_accuracy=val_accuracy)
-        state["epochs_done"] = epoch + 1
-        print(
-            f"epoch {epoch + 1}/{epochs}  loss={state['history']['loss'][-1]:.4f}  "
-            f"accuracy={state['history']['accuracy'][-1]:.4f}  val_accuracy={val_accuracy:.4f}"
-            f"{'  (best so far)' if improved else ''}  {took:.1f}s, {steps * batch_size / took:.0f} images/s",
-            flush=True,
-        )
-        if checkpoint:
-            checkpoint.save(model, best_model, state)
+          f"mixed precision {on_off(settings.mixed_precision)}, "
+          f"op determinism {on_off(settings.deterministic)}", flush=True)
+    remaining = range(state["epochs_done"], epochs)
+    if remaining:
+        batches = functools.reduce(lambda a, b: a.concatenate(b), [
+            train_dataset(x_train, y_train, batch_size, steps, augmentation, epoch_seed(seed, epoch))
+            for epoch in remaining
+        ])
+        model.fit(batches, epochs=epochs, initial_epoch=remaining.start, steps_per_epoch=steps,
+                  validation_data=eval_dataset(x_val, y_val, batch_size), shuffle=False, verbose=0,
+                  callbacks=[epoch_bookkeeping(best_model, state, seed, steps * batch_size, checkpoint)])
 
     summary = {
         "best_epoch": state["best_epoch"],
@@ -429,18 +453,17 @@ def train(x_train, y_train, x_val, y_val, settings: dict, seed: int, checkpoint:
 
 
 def main(argv: list[str]) -> None:
-    params = common.read_params(SCHEMA)
-    settings = params["augment_train_mnist"]
-    check_settings(settings)
-    arrays = load_mnist(settings["data"])
-    fit, val = validation_split(arrays["y_train"], settings["validation_size"], params["seed"])
+    params = common.read_params(Params)
+    settings = params.augment_train_mnist
+    arrays = load_mnist(settings.data)
+    fit, val = validation_split(arrays["y_train"], settings.validation_size, params.seed)
     (x_fit, y_fit), (x_val, y_val) = ((arrays["x_train"][i], arrays["y_train"][i]) for i in (fit, val))
     x_test, y_test = arrays["x_test"], arrays["y_test"]
-    checkpoint = Checkpoint(CHECKPOINT_DIR, run_fingerprint(params, arrays))
-    model, history, summary = train(x_fit, y_fit, x_val, y_val, settings, params["seed"], checkpoint)
+    checkpoint = Checkpoint(CHECKPOINT_DIR, run_fingerprint(params.model_dump(), arrays))
+    model, history, summary = train(x_fit, y_fit, x_val, y_val, settings, params.seed, checkpoint)
 
     def probabilities(x, y):
-        return model.predict(eval_dataset(x, y, settings["batch_size"]), verbose=0)
+        return model.predict(eval_dataset(x, y, settings.batch_size), verbose=0)
 
     predictions = [
         prediction_frame([f"x_train[{i}]" for i in val], y_val, probabilities(x_val, y_val), CLASS_NAMES,

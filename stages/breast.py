@@ -23,13 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from stages import common
 from stages.predictions import prediction_frame
 
 FEATURES_PATH = Path("data/breast/features.npz")
 FOLDS_KEY = "breast_cv_folds"
-FOLDS_SCHEMA = {"seed": common.integer(minimum=0), FOLDS_KEY: common.integer(minimum=2)}
+
+
+class FoldParams(common.Section):
+    """The keys both breast classifiers read, so that they are held out on the same folds."""
+
+    seed: int = Field(ge=0)
+    breast_cv_folds: int = Field(ge=2)
 
 
 @dataclass(frozen=True)

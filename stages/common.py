@@ -16,10 +16,11 @@ import tempfile
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
+import pydantic
 import yaml
 
 from stages import TF_LOG_LEVEL_FROM_USER
@@ -42,162 +43,96 @@ class ParamsError(StageError):
 
 
 # --------------------------------------------------------------------------- params
-# A validator takes the dotted key and the raw value, and returns the value to use
-# (possibly normalised, e.g. an int widened to float) or raises ParamsError.
-Validator = Callable[[str, Any], Any]
+class Section(pydantic.BaseModel):
+    """Keys of params.yaml as a pydantic model: a stage's sections (one field a section),
+    or the keys of one section.
 
-
-def _fail(key: str, expected: str, value: Any) -> None:
-    raise ParamsError(f"{key}: must be {expected}, got {value!r}")
-
-
-def _bounds_text(minimum: float | None, maximum: float | None, exclusive_min: bool) -> str:
-    parts = []
-    if minimum is not None:
-        parts.append(f"{'>' if exclusive_min else '>='} {minimum}")
-    if maximum is not None:
-        parts.append(f"<= {maximum}")
-    return " and ".join(parts)
-
-
-def integer(minimum: int | None = None, maximum: int | None = None) -> Validator:
-    """An int (not a bool) within the inclusive bounds."""
-    expected = " ".join(filter(None, ["an integer", _bounds_text(minimum, maximum, False)]))
-
-    def check(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(key, expected, value)
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            _fail(key, expected, value)
-        return value
-
-    return check
-
-
-def number(
-    minimum: float | None = None, maximum: float | None = None, exclusive_min: bool = False
-) -> Validator:
-    """A real number (an int is accepted and widened) within the bounds."""
-    expected = " ".join(filter(None, ["a number", _bounds_text(minimum, maximum, exclusive_min)]))
-
-    def check(key: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(key, expected, value)
-        too_low = minimum is not None and (value <= minimum if exclusive_min else value < minimum)
-        if too_low or (maximum is not None and value > maximum):
-            _fail(key, expected, value)
-        return float(value)
-
-    return check
-
-
-def boolean() -> Validator:
-    def check(key: str, value: Any) -> bool:
-        if not isinstance(value, bool):
-            _fail(key, "true or false", value)
-        return value
-
-    return check
-
-
-def text() -> Validator:
-    """A non-empty string."""
-
-    def check(key: str, value: Any) -> str:
-        if not isinstance(value, str) or not value.strip():
-            _fail(key, "a non-empty string", value)
-        return value
-
-    return check
-
-
-def choice(*options: Any) -> Validator:
-    def check(key: str, value: Any) -> Any:
-        if value not in options:
-            _fail(key, "one of " + ", ".join(map(str, options)), value)
-        return value
-
-    return check
-
-
-def list_of(item: Validator, min_length: int = 1) -> Validator:
-    def check(key: str, value: Any) -> list:
-        if not isinstance(value, list):
-            _fail(key, "a list", value)
-        if len(value) < min_length:
-            _fail(key, f"a list of at least {min_length} item(s)", value)
-        return [item(f"{key}[{i}]", v) for i, v in enumerate(value)]
-
-    return check
-
-
-def mapping(fields: dict[str, Validator]) -> Validator:
-    """A dict with exactly these keys: a missing or an unknown key is an error."""
-
-    def check(key: str, value: Any) -> dict:
-        if not isinstance(value, dict):
-            _fail(key, "a mapping of " + ", ".join(fields), value)
-        unknown = sorted(set(value) - set(fields), key=str)
-        if unknown:
-            raise ParamsError(
-                f"{key}.{unknown[0]}: unknown key (expected one of {', '.join(fields)})"
-            )
-        for name in fields:
-            if name not in value:
-                raise ParamsError(f"{key}.{name}: missing key")
-        return {name: fields[name](f"{key}.{name}", value[name]) for name in fields}
-
-    return check
-
-
-NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def named(item: Validator) -> Validator:
-    """A non-empty dict of named items (e.g. the toy datasets), each checked by ``item``.
-
-    A name must be an identifier: DVC parses ``dvc exp run -S section.name.key=value``
-    with Hydra's override grammar, where a key cannot start with a digit, and the name
-    is also a file name and a stage name.
+    Every key is required, an unknown key is an error, and nothing is coerced (``"3"``
+    is not an integer, ``true`` is not 1). A validator across keys raises ValueError
+    with a message that starts with the key it blames, e.g. ``"jit_compile: ..."``.
     """
 
-    def check(key: str, value: Any) -> dict:
-        if not isinstance(value, dict) or not value:
-            _fail(key, "a non-empty mapping of names to settings", value)
-        for name in value:
-            if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-                raise ParamsError(
-                    f"{key}.{name}: a name must start with a letter or _ and hold only letters, "
-                    "digits and _ (so that `dvc exp run -S` can set its keys)"
-                )
-        return {name: item(f"{key}.{name}", v) for name, v in value.items()}
-
-    return check
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def item_from_argv(section: str, params: dict[str, Any], argv: list[str]) -> str:
+def _identifier(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(
+            "a name must start with a letter or _ and hold only letters, digits and _ "
+            "(so that `dvc exp run -S` can set its keys)"
+        )
+    return name
+
+
+# The names of a section's items (the toy datasets): identifiers, because DVC parses
+# `dvc exp run -S section.name.key=value` with Hydra's grammar, where a key cannot start
+# with a digit; a name is also a file name and a stage name.
+Name = Annotated[str, pydantic.AfterValidator(_identifier)]
+
+_P = TypeVar("_P", bound=Section)
+
+
+def describe_error(error: Mapping[str, Any]) -> str:
+    """One pydantic error as ``key: problem, got value``, the key dotted as in params.yaml."""
+    location = [part for part in error["loc"] if part != "[key]"]
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
+    kind, message = error["type"], error["msg"]
+    if kind == "missing":
+        return f"{key}: missing key"
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "value_error":  # our own validators: the message names its key
+        text = message.removeprefix("Value error, ")
+        blamed, _, problem = text.partition(": ")
+        if problem and re.fullmatch(r"\w+", blamed):
+            return f"{key}.{blamed}: {problem}" if key else f"{blamed}: {problem}"
+        return f"{key}: {text}"
+    if kind == "too_short":
+        message = f"must hold at least {error['ctx']['min_length']} item(s)"
+    else:
+        message = message.replace("Input should be", "must be")
+    return f"{key}: {message}, got {error['input']!r}"
+
+
+def read_params(model: type[_P], path: Path | str = PARAMS_FILE) -> _P:
+    """The sections of params.yaml that ``model`` names, validated before any work.
+
+    Only those sections are read, so a stage is not stopped by another stage's section.
+    """
+    path = Path(path)
+    raw = read_yaml(path, ParamsError)
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: must hold a mapping of sections")
+    try:
+        return model.model_validate({name: raw[name] for name in model.model_fields if name in raw})
+    except pydantic.ValidationError as err:
+        raise ParamsError(f"{path}: {describe_error(err.errors()[0])}") from None
+
+
+def item_from_argv(section: str, names: Iterable[str], argv: list[str]) -> str:
     """The one command-line argument of a stage that runs once per item of a section
     (``dvc.yaml``'s ``foreach``), checked against the names in that section."""
-    names = params[section]
+    names = list(names)
     if len(argv) != 1 or argv[0] not in names:
         raise StageError(f"usage: python -m stages.{section} NAME, NAME one of {', '.join(names)} (params.yaml)")
     return argv[0]
 
 
-def local_path(key: str, value: str, folder: Path, keywords: tuple[str, ...]) -> Path:
-    """The local file or folder that params key ``key`` names instead of a download.
+def local_or(folder: Path, *keywords: str):
+    """The type of a params value that names a download (one of ``keywords``) or a local
+    file or folder instead, which must lie under ``folder``: the stage declares that
+    folder as a DVC dependency, so that replacing the file reruns the stage."""
 
-    It must lie under ``folder``, which the stage declares as a DVC dependency, so that
-    replacing the file reruns the stage; ``keywords`` are the key's other values, named
-    in the message.
-    """
-    path = Path(value)
-    if path != folder and folder not in path.parents:
-        raise ParamsError(
-            f"params.yaml: {key}: must be {' or '.join(keywords)}, or a path under {folder}/ "
-            f"(copy or link it there, so that DVC tracks it), got {value!r}"
-        )
-    return path
+    def check(value: str) -> str:
+        path = Path(value)
+        if value not in keywords and path != folder and folder not in path.parents:
+            raise ValueError(
+                f"must be {' or '.join(keywords)}, or a path under {folder}/ "
+                f"(copy or link it there, so that DVC tracks it), got {value!r}"
+            )
+        return value
+
+    return Annotated[str, pydantic.Field(min_length=1), pydantic.AfterValidator(check)]
 
 
 def read_yaml(path: Path, error: type[StageError] = StageError) -> Any:
@@ -208,27 +143,6 @@ def read_yaml(path: Path, error: type[StageError] = StageError) -> Any:
         raise error(f"{path}: file not found (run from the project root)") from None
     except yaml.YAMLError as err:
         raise error(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
-
-
-def read_params(schema: dict[str, Validator], path: Path | str = PARAMS_FILE) -> dict[str, Any]:
-    """Load the top-level sections named in ``schema`` from params.yaml and validate them.
-
-    Only the named sections are read, so a stage is not stopped by another stage's
-    section; within a section every key is checked, before any work is done.
-    """
-    path = Path(path)
-    raw = read_yaml(path, ParamsError)
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: must hold a mapping of sections")
-    params = {}
-    for section, validate in schema.items():
-        if section not in raw:
-            raise ParamsError(f"{path}: {section}: missing key")
-        try:
-            params[section] = validate(section, raw[section])
-        except ParamsError as err:
-            raise ParamsError(f"{path}: {err}") from None
-    return params
 
 
 def one_line(err: BaseException, limit: int = 200) -> str:
@@ -443,16 +357,6 @@ def write_history_csv(history: dict[str, list[float]], path: Path | str) -> None
     frame.insert(0, "epoch", range(1, len(frame) + 1))
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
-
-
-def write_confusion_csv(actual: Any, predicted: Any, path: Path | str) -> None:
-    """Write one row per example with ``actual`` and ``predicted`` columns, the layout
-    DVC's ``confusion`` plot template reads."""
-    import pandas as pd
-
-    frame = pd.DataFrame({"actual": actual, "predicted": predicted})
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def count_params(model: Any) -> dict[str, int]:

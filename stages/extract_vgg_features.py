@@ -25,8 +25,11 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+import pydantic
+from pydantic import Field
 
 from stages import common
 
@@ -56,19 +59,31 @@ PROGRESS_EVERY = 5  # batches between progress lines
 # `seed`, keeps a change of the KNN's fold seed from rerunning a long extraction.
 RANDOM_WEIGHTS_SEED = 0
 
-SCHEMA = {
-    "extract_vgg_features": common.mapping(
-        {
-            "data": common.text(),
-            "backbone": common.choice("vgg19", "vgg16"),
-            "weights": common.text(),
-            "layer": common.choice(*TOP_LAYERS, *POOLED_LAYERS),
-            "blocks": common.list_of(common.integer(minimum=1, maximum=5)),
-            "image_size": common.integer(minimum=32),
-            "batch_size": common.integer(minimum=1),
-        }
-    ),
-}
+class Extraction(common.Section):
+    data: common.local_or(LOCAL_DATA_DIR, MEDMNIST)  # type: ignore[valid-type]
+    backbone: Literal["vgg19", "vgg16"]
+    weights: common.local_or(LOCAL_WEIGHTS_DIR, "imagenet", "none")  # type: ignore[valid-type]
+    layer: Literal[TOP_LAYERS + POOLED_LAYERS]  # type: ignore[valid-type]
+    blocks: list[Annotated[int, Field(ge=1, le=5)]] = Field(min_length=1)
+    image_size: int = Field(ge=32)
+    batch_size: int = Field(ge=1)
+
+    @pydantic.model_validator(mode="after")
+    def layer_fits_size_and_blocks(self) -> Extraction:
+        # fc1 and fc2 sit after a Flatten sized for 224x224 inputs and read block 5 alone;
+        # pooled layers take any size and can pool several blocks.
+        if self.layer in TOP_LAYERS and self.image_size != TOP_IMAGE_SIZE:
+            raise ValueError(f"image_size: must be {TOP_IMAGE_SIZE} for layer {self.layer}, got {self.image_size}")
+        if len(set(self.blocks)) != len(self.blocks):
+            raise ValueError(f"blocks: a block twice in {self.blocks}")
+        if self.layer in TOP_LAYERS and self.blocks != [5]:
+            raise ValueError(f"blocks: must be [5] for layer {self.layer} (only avg and max pool several "
+                             f"blocks), got {self.blocks}")
+        return self
+
+
+class Params(common.Section):
+    extract_vgg_features: Extraction
 
 
 @dataclass(frozen=True)
@@ -248,7 +263,7 @@ def open_data(data: str) -> ImageSet:
     folder under ``data/local/breast/``, where DVC tracks it as a dependency."""
     if data == MEDMNIST:
         return load_npz_images(download_breastmnist())
-    path = common.local_path("extract_vgg_features.data", data, LOCAL_DATA_DIR, keywords=(MEDMNIST,))
+    path = Path(data)
     if path.is_dir():
         return load_image_folder(path)
     if path.is_file():
@@ -283,39 +298,6 @@ def preprocess_function(backbone: str) -> Callable[[np.ndarray], np.ndarray]:
     return getattr(keras.applications, backbone).preprocess_input
 
 
-def check_image_size(layer: str, image_size: int) -> None:
-    """``fc1``/``fc2`` sit after a Flatten sized for 224x224 inputs; pooled layers take any size."""
-    if layer in TOP_LAYERS and image_size != TOP_IMAGE_SIZE:
-        raise common.ParamsError(
-            f"params.yaml: extract_vgg_features.image_size: must be {TOP_IMAGE_SIZE} "
-            f"for layer {layer}, got {image_size}"
-        )
-
-
-def check_blocks(layer: str, blocks: list[int]) -> None:
-    """Pooled layers can pool several conv blocks; ``fc1``/``fc2`` read block 5 alone."""
-    if len(set(blocks)) != len(blocks):
-        raise common.ParamsError(f"params.yaml: extract_vgg_features.blocks: a block twice in {blocks}")
-    if layer in TOP_LAYERS and blocks != [5]:
-        raise common.ParamsError(
-            f"params.yaml: extract_vgg_features.blocks: must be [5] for layer {layer} (only avg and max "
-            f"pool several blocks), got {blocks}"
-        )
-
-
-def check_settings(settings: dict) -> None:
-    """What params.yaml's types cannot say, checked before any data is read.
-
-    A weights file must lie under ``data/local/weights/``, where DVC tracks it, for
-    the same reason as local data.
-    """
-    check_image_size(settings["layer"], settings["image_size"])
-    check_blocks(settings["layer"], settings["blocks"])
-    weights = settings["weights"]
-    if weights not in ("imagenet", "none"):
-        common.local_path("extract_vgg_features.weights", weights, LOCAL_WEIGHTS_DIR, keywords=("imagenet", "none"))
-
-
 def build_extractor(backbone: str, weights: str, layer: str, image_size: int, blocks: Sequence[int] = (5,)):
     """A Keras model from (size, size, 3) preprocessed images to ``layer``'s features.
 
@@ -328,8 +310,6 @@ def build_extractor(backbone: str, weights: str, layer: str, image_size: int, bl
     """
     import keras
 
-    check_image_size(layer, image_size)
-    check_blocks(layer, list(blocks))
     top = layer in TOP_LAYERS
     architecture = {"vgg19": keras.applications.VGG19, "vgg16": keras.applications.VGG16}[backbone]
     shape = {"include_top": top, "input_shape": (image_size, image_size, 3)}
@@ -415,22 +395,20 @@ def image_counts(images: ImageSet) -> dict[str, int]:
 def main(argv: list[str]) -> None:
     if argv:
         raise common.StageError("usage: python -m stages.extract_vgg_features (no arguments)")
-    params = common.read_params(SCHEMA)
-    settings = params["extract_vgg_features"]
-    check_settings(settings)
-    images = open_data(settings["data"])
+    settings = common.read_params(Params).extract_vgg_features
+    images = open_data(settings.data)
     print(
         f"extract_vgg_features: {len(images)} images, classes {', '.join(images.class_names)}; "
-        f"{settings['backbone']} {settings['layer']} of blocks {settings['blocks']}, weights {settings['weights']}",
+        f"{settings.backbone} {settings.layer} of blocks {settings.blocks}, weights {settings.weights}",
         flush=True,
     )
-    recipe = {key: settings[key] for key in RECIPE_KEYS}
+    recipe = settings.model_dump(include=set(RECIPE_KEYS))
     model = load_backbone(recipe)
     started = time.perf_counter()
     features = extract_features(
         model,
-        preprocess_function(settings["backbone"]),
-        iterate_batches(images, settings["image_size"], settings["batch_size"]),
+        preprocess_function(settings.backbone),
+        iterate_batches(images, settings.image_size, settings.batch_size),
         len(images),
     )
     seconds = time.perf_counter() - started

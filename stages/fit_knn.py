@@ -15,26 +15,25 @@ features against a fit on normalised ones; the pipeline here normalises both.)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-import numpy as np
+from pydantic import Field
 
 from stages import common
-from stages.breast import FOLDS_KEY, FOLDS_SCHEMA, FeatureSet, load_features, protocol_predictions, stratified_folds
+from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions, stratified_folds
 from stages.predictions import prediction_frame, write_predictions
 
 MODEL_PATH = Path("models/breast/knn.pkl")
 PREDICTIONS_PATH = Path("predictions/breast/knn.csv")
 
-SCHEMA = {
-    **FOLDS_SCHEMA,
-    "fit_knn": common.mapping(
-        {
-            "k": common.integer(minimum=1),
-            "metric": common.choice("euclidean", "cosine", "manhattan", "chebyshev"),
-            "weights": common.choice("uniform", "distance"),
-        }
-    ),
-}
+class KnnSettings(common.Section):
+    k: int = Field(ge=1)  # neighbours
+    metric: Literal["euclidean", "cosine", "manhattan", "chebyshev"]
+    weights: Literal["uniform", "distance"]
+
+
+class Params(FoldParams):
+    fit_knn: KnnSettings
 
 
 def make_knn_pipeline(k: int, metric: str = "euclidean", weights: str = "uniform"):
@@ -48,9 +47,9 @@ def make_knn_pipeline(k: int, metric: str = "euclidean", weights: str = "uniform
     )
 
 
-def knn_for(settings: dict):
+def knn_for(settings: KnnSettings):
     """``make_knn_pipeline`` with the ``fit_knn`` section's settings."""
-    return make_knn_pipeline(settings["k"], settings["metric"], settings["weights"])
+    return make_knn_pipeline(settings.k, settings.metric, settings.weights)
 
 
 def check_k(k: int, data: FeatureSet, n_folds: int, seed: int) -> None:
@@ -64,14 +63,14 @@ def check_k(k: int, data: FeatureSet, n_folds: int, seed: int) -> None:
         )
 
 
-def fit_and_predict(data: FeatureSet, settings: dict, n_folds: int, seed: int):
+def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed: int):
     """Fit the pipeline and predict every evaluation (see the module docstring).
 
     Returns ``(model, frames)``: the pipeline fitted on all non-test images, and the
     rows of the predictions file.
     """
     x, y = data.features, data.labels
-    check_k(settings["k"], data, n_folds, seed)
+    check_k(settings.k, data, n_folds, seed)
     model, frames = protocol_predictions(
         data,
         fit=lambda indices: knn_for(settings).fit(x[indices], y[indices]),
@@ -95,15 +94,15 @@ def save_model(model, path: Path | str) -> None:
 def main(argv: list[str]) -> None:
     if argv:
         raise common.StageError("usage: python -m stages.fit_knn (no arguments)")
-    params = common.read_params(SCHEMA)
-    settings = params["fit_knn"]
+    params = common.read_params(Params)
+    settings = params.fit_knn
     data = load_features()
     print(
-        f"fit_knn: {len(data.labels)} images, {data.features.shape[1]}-d features; k={settings['k']}, "
-        f"{settings['metric']}, {settings['weights']}, {params[FOLDS_KEY]}-fold CV",
+        f"fit_knn: {len(data.labels)} images, {data.features.shape[1]}-d features; k={settings.k}, "
+        f"{settings.metric}, {settings.weights}, {params.breast_cv_folds}-fold CV",
         flush=True,
     )
-    model, frames = fit_and_predict(data, settings, params[FOLDS_KEY], params["seed"])
+    model, frames = fit_and_predict(data, settings, params.breast_cv_folds, params.seed)
     save_model(model, MODEL_PATH)
     write_predictions(PREDICTIONS_PATH, frames)
     print(f"fit_knn: wrote {MODEL_PATH} and {PREDICTIONS_PATH}")

@@ -11,7 +11,10 @@ int64) and a scatter plot ``plots/toy/<name>/data.png``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+from pydantic import Field
 
 from stages import common
 
@@ -55,18 +58,15 @@ def xor_blobs(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[n
 
 LAYOUTS = {"blob_pair": blob_pair, "blob_in_ring": blob_in_ring, "xor_blobs": xor_blobs}
 
-SCHEMA = {
-    "seed": common.integer(minimum=0),
-    "generate_toy": common.named(
-        common.mapping(
-            {
-                "layout": common.choice(*LAYOUTS),
-                "n_samples": common.integer(minimum=8),
-                "noise": common.number(minimum=0, exclusive_min=True),
-            }
-        ),
-    ),
-}
+class ToyData(common.Section):
+    layout: Literal[tuple(LAYOUTS)]  # type: ignore[valid-type]
+    n_samples: int = Field(ge=8)
+    noise: float = Field(gt=0)
+
+
+class Params(common.Section):
+    seed: int = Field(ge=0)
+    generate_toy: dict[common.Name, ToyData] = Field(min_length=1)
 
 
 def generate(layout: str, n_samples: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,12 +92,12 @@ def scatter_figure(x: np.ndarray, y: np.ndarray, title: str):
 
 
 def main(argv: list[str]) -> None:
-    params = common.read_params(SCHEMA)
-    name = common.item_from_argv("generate_toy", params, argv)
-    settings = params["generate_toy"][name]
-    x, y = generate(settings["layout"], settings["n_samples"], settings["noise"], params["seed"])
+    params = common.read_params(Params)
+    name = common.item_from_argv("generate_toy", params.generate_toy, argv)
+    settings = params.generate_toy[name]
+    x, y = generate(settings.layout, settings.n_samples, settings.noise, params.seed)
     common.save_npz(f"data/toy/{name}.npz", x=x, y=y)
-    title = f"{name}, {settings['layout']} ({len(y)} points)"
+    title = f"{name}, {settings.layout} ({len(y)} points)"
     common.save_figure(scatter_figure(x, y, title), f"plots/toy/{name}/data.png")
     print(f"generate_toy {name}: {len(y)} points, class counts {np.bincount(y).tolist()}")
 

@@ -27,33 +27,33 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from stages import common
-from stages.breast import FOLDS_KEY, FOLDS_SCHEMA, FeatureSet, load_features, protocol_predictions
+from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions
 from stages.predictions import prediction_frame, write_predictions
 
 MODEL_PATH = Path("models/breast/head.keras")
 PREDICTIONS_PATH = Path("predictions/breast/head.csv")
 HISTORY_PATH = Path("plots/breast/head_history.csv")
 
-SCHEMA = {
-    **FOLDS_SCHEMA,
-    "train_head": common.mapping(
-        {
-            "hidden_units": common.integer(minimum=0),
-            "dropout": common.number(minimum=0, maximum=0.9),
-            "l2": common.number(minimum=0),
-            "learning_rate": common.number(minimum=0, exclusive_min=True),
-            "batch_size": common.integer(minimum=1),
-            "max_epochs": common.integer(minimum=1),
-            "patience": common.integer(minimum=1),
-            "class_weight": common.choice("none", "balanced"),
-            "validation_fraction": common.number(minimum=0.05, maximum=0.5),
-        }
-    ),
-}
+class HeadSettings(common.Section):
+    hidden_units: int = Field(ge=0)
+    dropout: float = Field(ge=0, le=0.9)
+    l2: float = Field(ge=0)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1)
+    class_weight: Literal["none", "balanced"]
+    validation_fraction: float = Field(ge=0.05, le=0.5)
+
+
+class Params(FoldParams):
+    train_head: HeadSettings
 
 
 def make_model(n_features: int, n_classes: int, hidden_units: int, dropout: float, l2: float):
@@ -137,16 +137,16 @@ class HeadTrainer:
     its first adapted values inside the traced functions); ``export`` puts them in.
     """
 
-    def __init__(self, n_features: int, class_names: tuple[str, ...], settings: dict, seed: int):
+    def __init__(self, n_features: int, class_names: tuple[str, ...], settings: HeadSettings, seed: int):
         import keras
 
         common.seed_everything(seed)
         self.settings, self.seed, self.n_classes = settings, seed, len(class_names)
-        self.model = make_model(n_features, len(class_names), settings["hidden_units"], settings["dropout"],
-                                settings["l2"])
+        self.model = make_model(n_features, len(class_names), settings.hidden_units, settings.dropout,
+                                settings.l2)
         # Up to 32 steps per call into TensorFlow: Keras's per-step Python cost was about
         # as much as a step of this small network (0.22 s an epoch of 18 steps, 0.12 s so).
-        self.model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]),
+        self.model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                            loss="sparse_categorical_crossentropy", metrics=["accuracy"], steps_per_execution=32)
         self.model.optimizer.build(self.model.trainable_variables)
         self.state = self.model.variables + self.model.optimizer.variables
@@ -161,28 +161,28 @@ class HeadTrainer:
         for variable, value in zip(self.state, self.initial):
             variable.assign(value)
         settings, seed = self.settings, self.seed
-        fit, stop = stopping_split(data, indices, settings["validation_fraction"], seed)
+        fit, stop = stopping_split(data, indices, settings.validation_fraction, seed)
         x, y = data.features, data.labels
         mean, std = x[fit].mean(axis=0), x[fit].std(axis=0)
         standardised = standardise(x, mean, std)
         batches = (
             tf.data.Dataset.from_tensor_slices((standardised[fit], y[fit]))
             .shuffle(len(fit), seed=seed)  # a new order every epoch, the same orders every run
-            .batch(settings["batch_size"])
+            .batch(settings.batch_size)
         )
         class_weight = None
-        if settings["class_weight"] == "balanced":
+        if settings.class_weight == "balanced":
             counts = np.bincount(y[fit], minlength=self.n_classes)
             class_weight = {c: len(fit) / (len(counts) * n) for c, n in enumerate(counts) if n}
         history = self.model.fit(
             batches,
-            epochs=settings["max_epochs"],
+            epochs=settings.max_epochs,
             class_weight=class_weight,
             shuffle=False,  # the dataset shuffles itself, from the seed
             verbose=0,
             callbacks=[
                 validation_roc_auc(standardised[stop], y[stop]),  # before EarlyStopping, which reads what it logs
-                keras.callbacks.EarlyStopping(monitor="val_roc_auc", mode="max", patience=settings["patience"],
+                keras.callbacks.EarlyStopping(monitor="val_roc_auc", mode="max", patience=settings.patience,
                                               restore_best_weights=True),
             ],
         ).history
@@ -213,11 +213,11 @@ def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 def main(argv: list[str]) -> None:
     if argv:
         raise common.StageError("usage: python -m stages.train_head (no arguments)")
-    params = common.read_params(SCHEMA)
-    settings, n_folds, seed = params["train_head"], params[FOLDS_KEY], params["seed"]
+    params = common.read_params(Params)
+    settings, n_folds, seed = params.train_head, params.breast_cv_folds, params.seed
     data = load_features()
     print(f"train_head: {len(data.labels)} images, {data.features.shape[1]}-d features; hidden units "
-          f"{settings['hidden_units']}, dropout {settings['dropout']}, L2 {settings['l2']}, {n_folds}-fold CV",
+          f"{settings.hidden_units}, dropout {settings.dropout}, L2 {settings.l2}, {n_folds}-fold CV",
           flush=True)
     started = time.perf_counter()
     trainer = HeadTrainer(data.features.shape[1], data.class_names, settings, seed)

@@ -12,29 +12,28 @@ held-out share, ``predictions/toy/<name>.csv``, which ``evaluate@toy`` scores.
 from __future__ import annotations
 
 import time
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
 
 from stages import common
 from stages.predictions import prediction_frame, write_predictions
 
 CLASS_NAMES = ("class_0", "class_1")
 
-SCHEMA = {
-    "seed": common.integer(minimum=0),
-    "train_toy": common.named(
-        common.mapping(
-            {
-                "hidden_layers": common.list_of(common.integer(minimum=1)),
-                "activation": common.choice("relu", "tanh", "sigmoid", "elu", "gelu"),
-                "learning_rate": common.number(minimum=0, exclusive_min=True),
-                "batch_size": common.integer(minimum=1),
-                "epochs": common.integer(minimum=1),
-                "holdout_fraction": common.number(minimum=0.05, maximum=0.5),
-            }
-        ),
-    ),
-}
+class ToyTraining(common.Section):
+    hidden_layers: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    activation: Literal["relu", "tanh", "sigmoid", "elu", "gelu"]
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    holdout_fraction: float = Field(ge=0.05, le=0.5)
+
+
+class Params(common.Section):
+    seed: int = Field(ge=0)
+    train_toy: dict[common.Name, ToyTraining] = Field(min_length=1)
 
 
 def make_model(hidden_layers: list[int], activation: str = "relu"):
@@ -60,7 +59,7 @@ def holdout_split(n: int, labels: np.ndarray, fraction: float, seed: int) -> tup
     return train_test_split(np.arange(n), test_size=fraction, stratify=labels, random_state=seed)
 
 
-def train(x, y, fit: np.ndarray, held: np.ndarray, settings: dict, seed: int, verbose_every: int = 10):
+def train(x, y, fit: np.ndarray, held: np.ndarray, settings: ToyTraining, seed: int, verbose_every: int = 10):
     """Fit the MLP on the points ``fit`` (indices), watching the loss on ``held``.
 
     Returns ``(model, history)``: ``history`` is Keras's per-epoch dict (``loss``,
@@ -69,21 +68,21 @@ def train(x, y, fit: np.ndarray, held: np.ndarray, settings: dict, seed: int, ve
     import keras
 
     common.seed_everything(seed)
-    model = make_model(settings["hidden_layers"], settings["activation"])
+    model = make_model(settings.hidden_layers, settings.activation)
     model.compile(
-        optimizer=keras.optimizers.Adam(settings["learning_rate"]),
+        optimizer=keras.optimizers.Adam(settings.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     history = model.fit(
         x[fit],
         y[fit],
-        batch_size=settings["batch_size"],
-        epochs=settings["epochs"],
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
         validation_data=(x[held], y[held]),
         shuffle=True,
         verbose=0,
-        callbacks=[common.keras_progress(settings["epochs"], every=verbose_every)],
+        callbacks=[common.keras_progress(settings.epochs, every=verbose_every)],
     )
     return model, history.history
 
@@ -120,21 +119,21 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(argv: list[str]) -> None:
-    params = common.read_params(SCHEMA)
-    name = common.item_from_argv("train_toy", params, argv)
-    settings = params["train_toy"][name]
+    params = common.read_params(Params)
+    name = common.item_from_argv("train_toy", params.train_toy, argv)
+    settings = params.train_toy[name]
     x, y = load_dataset(name)
-    fit, held = holdout_split(len(y), y, settings["holdout_fraction"], params["seed"])
+    fit, held = holdout_split(len(y), y, settings.holdout_fraction, params.seed)
     print(f"train_toy {name}: {len(fit)} points to fit, {len(held)} held out; "
-          f"hidden layers {settings['hidden_layers']}", flush=True)
+          f"hidden layers {settings.hidden_layers}", flush=True)
     started = time.perf_counter()
-    model, history = train(x, y, fit, held, settings, params["seed"])
+    model, history = train(x, y, fit, held, settings, params.seed)
     seconds = time.perf_counter() - started
     probabilities = model.predict(x[held], verbose=0)
     common.save_keras_model(model, f"models/toy/{name}.keras")
     common.write_history_csv(history, f"plots/toy/{name}/history.csv")
     common.save_figure(boundary_figure(model, x, y, f"{name}: P(class 1)"), f"plots/toy/{name}/boundary.png")
-    protocol = f"stratified hold-out of {settings['holdout_fraction']:g}"
+    protocol = f"stratified hold-out of {settings.holdout_fraction:g}"
     write_predictions(
         f"predictions/toy/{name}.csv",
         [prediction_frame(held, y[held], probabilities, CLASS_NAMES, "heldout", protocol)],

@@ -115,7 +115,8 @@ def test_one_short_run_writes_every_output(workdir):
 
 def test_mixed_precision_and_xla_options_run(workdir, capsys):
     arrays = mnist.load_mnist(LOCAL_FILE)
-    settings = small_settings(epochs=1, mixed_precision=True, jit_compile=True, deterministic=False)
+    settings = mnist.MnistTraining(**small_settings(epochs=1, mixed_precision=True, jit_compile=True,
+                                                    deterministic=False))
     x, y = arrays["x_train"], arrays["y_train"]
     try:
         model, history, summary = mnist.train(x[40:], y[40:], x[:40], y[:40], settings, seed=0)
@@ -205,8 +206,11 @@ def test_unreadable_or_absent_file_and_path_outside_the_local_folder(workdir):
         mnist.load_mnist(LOCAL_FILE)
     with pytest.raises(common.StageError, match=r"^data/local/mnist/absent\.npz: file not found"):
         mnist.load_mnist("data/local/mnist/absent.npz")
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["augment_train_mnist"]["data"] = "/elsewhere/mnist.npz"
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(common.ParamsError, match=r"augment_train_mnist\.data: must be keras, or a path under data/local/mnist/"):
-        mnist.load_mnist("/elsewhere/mnist.npz")
+        mnist.main([])
 
 
 def test_xla_under_op_determinism_stops_before_any_work(workdir, monkeypatch):

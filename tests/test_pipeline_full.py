@@ -13,7 +13,15 @@ import pytest
 import yaml
 
 from tests.conftest import (
-    dvc, edit_params, git, run, small_pipeline_params, stages_run, toy_names, write_tiny_image_folder, write_tiny_inputs,
+    dvc,
+    edit_params,
+    git,
+    run,
+    small_pipeline_params,
+    stages_run,
+    toy_names,
+    write_tiny_image_folder,
+    write_tiny_inputs,
 )
 
 pytestmark = pytest.mark.slow

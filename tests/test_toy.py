@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from stages.predictions import read_predictions
 from stages import common, generate_toy, train_toy
+from stages.predictions import read_predictions
 from tests.conftest import project_params
 
 
@@ -76,10 +76,10 @@ def test_stages_write_their_outputs(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"epochs": -1}, "train_toy.blop_circle.epochs: must be an integer >= 1, got -1"),
-        ({"hidden_layers": []}, "train_toy.blop_circle.hidden_layers: must be a list of at least 1 item(s)"),
-        ({"activation": "swish"}, "train_toy.blop_circle.activation: must be one of relu, tanh"),
-        ({"holdout_fraction": 0.9}, "train_toy.blop_circle.holdout_fraction: must be a number >= 0.05 and <= 0.5"),
+        ({"epochs": -1}, "train_toy.blop_circle.epochs: must be greater than or equal to 1, got -1"),
+        ({"hidden_layers": []}, "train_toy.blop_circle.hidden_layers: must hold at least 1 item(s), got []"),
+        ({"activation": "swish"}, "train_toy.blop_circle.activation: must be 'relu', 'tanh', 'sigmoid', 'elu' or"),
+        ({"holdout_fraction": 0.9}, "train_toy.blop_circle.holdout_fraction: must be less than or equal to 0.5, got 0.9"),
         ({"dropout": 0.1}, "train_toy.blop_circle.dropout: unknown key"),
     ],
 )
@@ -98,7 +98,7 @@ def test_dataset_names_and_layouts(tmp_path, monkeypatch):
     with pytest.raises(common.ParamsError, match=r"generate_toy\.3blop: a name must start with a letter"):
         generate_toy.main(["3blop"])
     (tmp_path / "params.yaml").write_text("seed: 0\ngenerate_toy: {b3: {layout: spiral, n_samples: 10, noise: 1}}\n")
-    with pytest.raises(common.ParamsError, match=r"generate_toy\.b3\.layout: must be one of blob_pair, blob_in_ring, xor_blobs"):
+    with pytest.raises(common.ParamsError, match=r"generate_toy\.b3\.layout: must be 'blob_pair', 'blob_in_ring' or 'xor_blobs'"):
         generate_toy.main(["b3"])
     (tmp_path / "params.yaml").write_text("seed: 0\ngenerate_toy: {b3: {layout: xor_blobs, n_samples: 10, noise: 1}}\n")
     with pytest.raises(common.StageError, match=r"usage: python -m stages.generate_toy NAME, NAME one of b3"):
