@@ -1,16 +1,16 @@
 """Stage ``augment_train_mnist``: the seed's batch-norm CNN on augmented MNIST.
 
-    python -m stages.augment_train_mnist
+    python -m stages.augment_train_mnist --model MODEL.keras --history HISTORY.csv
+        --predictions PREDICTIONS.csv --checkpoints FOLDER
 
 Reads ``seed`` and ``augment_train_mnist`` from params.yaml, and MNIST either from
 Keras (downloaded once, hash-checked, cached in ~/.keras/datasets) or from a local
-``.npz`` under ``data/local/mnist/`` with Keras's keys. Writes
-``models/mnist/model.keras`` (the weights of the epoch with the best validation
-accuracy), ``plots/mnist/history.csv`` and that model's predictions on the validation
-images and the test set, ``predictions/mnist/cnn.csv``, which ``evaluate@mnist``
-scores. A run killed halfway resumes from its last finished epoch,
-kept in ``checkpoints/mnist/`` (git-ignored, not a DVC output), and ends with the same
-weights as an uninterrupted run.
+``.npz`` under ``data/local/mnist/`` with Keras's keys. Writes the model (the weights
+of the epoch with the best validation accuracy), its per-epoch history and its
+predictions on the validation images and the test set, which ``evaluate@mnist``
+scores. A run killed halfway resumes from its last finished epoch, kept in the
+checkpoints folder (git-ignored, not a DVC output), and ends with the same weights as
+an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ NUM_CLASSES = 10
 CLASS_NAMES = tuple(str(digit) for digit in range(NUM_CLASSES))
 IMAGE_SHAPE = (28, 28)
 LOCAL_DATA_DIR = Path("data/local/mnist")
-CHECKPOINT_DIR = Path("checkpoints/mnist")
 
 class Augmentation(common.Section):
     """The seed's ImageDataGenerator settings."""
@@ -454,12 +453,13 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
 
 def main(argv: list[str]) -> None:
     params = common.read_params(Params)
+    args = common.stage_args("augment_train_mnist", argv, "model", "history", "predictions", "checkpoints")
     settings = params.augment_train_mnist
     arrays = load_mnist(settings.data)
     fit, val = validation_split(arrays["y_train"], settings.validation_size, params.seed)
     (x_fit, y_fit), (x_val, y_val) = ((arrays["x_train"][i], arrays["y_train"][i]) for i in (fit, val))
     x_test, y_test = arrays["x_test"], arrays["y_test"]
-    checkpoint = Checkpoint(CHECKPOINT_DIR, run_fingerprint(params.model_dump(), arrays))
+    checkpoint = Checkpoint(args.checkpoints, run_fingerprint(params.model_dump(), arrays))
     model, history, summary = train(x_fit, y_fit, x_val, y_val, settings, params.seed, checkpoint)
 
     def probabilities(x, y):
@@ -471,9 +471,9 @@ def main(argv: list[str]) -> None:
         prediction_frame([f"x_test[{i}]" for i in range(len(y_test))], y_test, probabilities(x_test, y_test),
                          CLASS_NAMES, "heldout", "test set"),
     ]
-    common.save_keras_model(model, "models/mnist/model.keras")
-    common.write_history_csv(history, "plots/mnist/history.csv")
-    write_predictions("predictions/mnist/cnn.csv", predictions)
+    common.save_keras_model(model, args.model)
+    common.write_history_csv(history, args.history)
+    write_predictions(args.predictions, predictions)
     common.write_run_facts("augment_train_mnist", {**summary, **common.count_params(model)})
     checkpoint.clear()
     print(f"augment_train_mnist: {summary}")

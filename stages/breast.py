@@ -28,7 +28,6 @@ from pydantic import Field
 from stages import common
 from stages.predictions import prediction_frame
 
-FEATURES_PATH = Path("data/breast/features.npz")
 FOLDS_KEY = "breast_cv_folds"
 
 
@@ -50,7 +49,7 @@ class FeatureSet:
     class_names: tuple[str, ...]
 
 
-def load_features(path: Path = FEATURES_PATH) -> FeatureSet:
+def load_features(path: Path) -> FeatureSet:
     try:
         with np.load(path) as data:
             return FeatureSet(

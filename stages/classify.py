@@ -3,19 +3,19 @@
     classify-images [--model breast|breast-knn|breast-head|mnist] [-o FILE] PATH [PATH ...]
     python -m stages.classify ...
 
-Run from the project root, after `dvc repro` (or `dvc pull`) has put the models there.
+Run from the project root, after `dvc repro` (or `dvc pull`) has put the models there;
+where they are is read from dvc.yaml, which states every path.
 PATH is an image file or a folder, searched recursively; hidden files, ``Thumbs.db``,
 ``desktop.ini`` and ``__MACOSX/`` are skipped, as in ``extract_vgg_features``.
 
 * ``breast-knn``, ``breast-head``: the frozen backbone that ``extract_vgg_features``
-  used (``models/breast/backbone.json``), then the KNN (``models/breast/knn.pkl``) or
-  the trained head (``models/breast/head.keras``). Images are read, resized and
-  preprocessed by the extraction stage's own functions.
+  used (its ``--backbone`` recipe), then ``fit_knn``'s or ``train_head``'s model.
+  Images are read, resized and preprocessed by the extraction stage's own functions.
 * ``breast`` (the default): whichever of the two has the higher cross-validation ROC
-  AUC in ``metrics/breast/`` (over the non-test images when the data has a test split:
-  the choice never looks at the test split).
-* ``mnist``: the digit CNN (``models/mnist/model.keras``). Each image is turned grey
-  and resized to 28x28 pixels; digits must be light on a dark background, as in MNIST.
+  AUC in ``evaluate@breast``'s metrics (over the non-test images when the data has a
+  test split: the choice never looks at the test split).
+* ``mnist``: ``augment_train_mnist``'s digit CNN. Each image is turned grey and resized
+  to 28x28 pixels; digits must be light on a dark background, as in MNIST.
 
 Writes ``file,predicted,p_<class>...`` to standard output, or to ``-o FILE``. A file
 that cannot be read as an image is named on standard error and skipped: the rest of a
@@ -37,9 +37,7 @@ import numpy as np
 from stages import common
 from stages.extract_vgg_features import IMAGE_SUFFIXES, is_skipped, read_image_file
 
-BREAST_MODELS = {"breast-knn": Path("models/breast/knn.pkl"), "breast-head": Path("models/breast/head.keras")}
-BACKBONE_PATH = Path("models/breast/backbone.json")
-MNIST_MODEL = Path("models/mnist/model.keras")
+BREAST_MODELS = {"breast-knn": "fit_knn", "breast-head": "train_head"}  # the stage that trains each
 PROGRESS_EVERY = 10  # batches between progress lines
 
 
@@ -84,17 +82,19 @@ def readable_batches(
         yield names, np.stack(images)
 
 
-def breast_classifier(model: str, metrics_dir: Path = Path("metrics/breast")) -> tuple[str, Callable, tuple, int]:
+def breast_classifier(model: str) -> tuple[str, Callable, tuple, int]:
     """``(name, probabilities of a prepared batch, class names, image size)`` of a breast pipeline.
 
-    ``model`` ``breast`` picks by the cross-validation ROC AUC in ``metrics_dir``.
+    ``model`` ``breast`` picks by the cross-validation ROC AUC in the breast metrics.
     """
     if model == "breast":
-        model = choose_breast_model(metrics_dir)
+        model = choose_breast_model(common.stage_paths("evaluate", "breast")["metrics"])
     from stages.extract_vgg_features import load_backbone, preprocess_function
 
-    recipe = json.loads(required(BACKBONE_PATH, "extract_vgg_features").read_text())
-    path = required(BREAST_MODELS[model], "fit_knn" if model == "breast-knn" else "train_head")
+    backbone_recipe = common.stage_paths("extract_vgg_features")["backbone"]
+    recipe = json.loads(required(backbone_recipe, "extract_vgg_features").read_text())
+    stage = BREAST_MODELS[model]
+    path = required(common.stage_paths(stage)["model"], stage)
     if model == "breast-knn":
         import joblib
 
@@ -118,9 +118,9 @@ def choose_breast_model(metrics_dir: Path) -> str:
     has a test split (which stays out of the choice), else ``heldout``, which is then
     cross-validation too. ROC AUC, or balanced accuracy for more than two classes."""
     figures = {}
-    for model in BREAST_MODELS:
-        path = required(metrics_dir / f"{model.removeprefix('breast-')}.json", "evaluate@breast")
-        metrics = json.loads(path.read_text())
+    for model, stage in BREAST_MODELS.items():
+        classifier = common.stage_paths(stage)["predictions"].stem  # evaluate names its metrics so
+        metrics = json.loads(required(metrics_dir / f"{classifier}.json", "evaluate@breast").read_text())
         chosen_on = metrics.get("cv", metrics["heldout"])
         figures[model] = chosen_on.get("roc_auc", chosen_on["balanced_accuracy"]), chosen_on["protocol"]
     best = max(figures, key=lambda model: figures[model][0])
@@ -134,7 +134,8 @@ def mnist_classifier() -> tuple[str, Callable, tuple, int]:
 
     from stages.augment_train_mnist import CLASS_NAMES, IMAGE_SHAPE, to_model_input
 
-    model = keras.models.load_model(required(MNIST_MODEL, "augment_train_mnist"))
+    path = required(common.stage_paths("augment_train_mnist")["model"], "augment_train_mnist")
+    model = keras.models.load_model(path)
     return "mnist", lambda batch: np.asarray(model.predict_on_batch(to_model_input(batch))), CLASS_NAMES, IMAGE_SHAPE[0]
 
 

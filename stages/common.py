@@ -1,12 +1,13 @@
-"""Helpers shared by every stage: params validation, seeding, atomic output files.
+"""Helpers shared by every stage: params models, command lines, seeding, atomic output files.
 
-Each stage module keeps its work in pure functions and a small ``main()``; this
-module holds what those ``main()`` functions have in common, so that no stage
-copies another.
+Each stage module keeps its work in functions that take and return data and a small
+``main()`` that does the file I/O; this module holds what those ``main()`` functions
+have in common, so that no stage copies another.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -109,13 +110,40 @@ def read_params(model: type[_P], path: Path | str = PARAMS_FILE) -> _P:
         raise ParamsError(f"{path}: {describe_error(err.errors()[0])}") from None
 
 
-def item_from_argv(section: str, names: Iterable[str], argv: list[str]) -> str:
-    """The one command-line argument of a stage that runs once per item of a section
-    (``dvc.yaml``'s ``foreach``), checked against the names in that section."""
-    names = list(names)
-    if len(argv) != 1 or argv[0] not in names:
-        raise StageError(f"usage: python -m stages.{section} NAME, NAME one of {', '.join(names)} (params.yaml)")
-    return argv[0]
+def stage_args(stage: str, argv: list[str], *paths: str, items: Iterable[str] | None = None) -> argparse.Namespace:
+    """A stage's command line, as dvc.yaml writes it: ``--NAME PATH`` for each of ``paths``
+    (the files it reads and writes, which dvc.yaml alone states), and first, for a stage
+    that runs once per item of a params section (``foreach``), the item's name.
+
+    A wrong command line stops the stage with argparse's usage line, exit status 2.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
+    if items is not None:
+        parser.add_argument("name", choices=list(items), help="an item of params.yaml's section")
+    for name in paths:
+        parser.add_argument(f"--{name}", type=Path, required=True, metavar="PATH")
+    return parser.parse_args(argv)
+
+
+def stage_command(stage: str, item: str | None = None, path: Path = Path("dvc.yaml")) -> list[str]:
+    """The command line that dvc.yaml gives ``stage`` (for ``item`` of a ``foreach``), after
+    ``python -m stages.<stage>``: how code other than DVC (the classify command, the
+    tests) finds the paths that dvc.yaml alone states."""
+    import shlex
+
+    definition = (read_yaml(path) or {}).get("stages", {}).get(stage)
+    if definition is None:
+        raise StageError(f"{path}: no stage {stage}")
+    body = definition.get("do", definition)
+    command = body["cmd"].replace("${key}", item or "").replace("${item}", item or "")
+    return shlex.split(command)[3:]
+
+
+def stage_paths(stage: str, item: str | None = None, path: Path = Path("dvc.yaml")) -> dict[str, Path]:
+    """The ``--NAME PATH`` pairs of ``stage_command``, as a dict of paths."""
+    words = stage_command(stage, item, path)
+    pairs = words[len(words) % 2:]  # a foreach stage's command starts with the item's name
+    return {pairs[i].removeprefix("--"): Path(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
 
 def local_or(folder: Path, *keywords: str):

@@ -1,22 +1,21 @@
 """Stage ``evaluate``: score one exercise's predictions.
 
-    python -m stages.evaluate toy|mnist|breast
+    python -m stages.evaluate --predictions FOLDER --metrics FOLDER --plots FOLDER
 
-Reads every predictions file under ``predictions/<exercise>/`` (one per classifier,
+Reads every predictions file in ``--predictions`` (one per classifier of an exercise,
 written by the model stages: see ``stages.predictions``) and scores each of its
 evaluations with one function, ``score``, the same for every exercise: accuracy,
 balanced accuracy, each class's recall and the log loss, and for two classes the ROC
 AUC. Writes
 
-* ``metrics/<exercise>/<classifier>.json``: ``<evaluation>.<metric>``, e.g.
-  ``heldout.roc_auc``, the same keys for every classifier, so that ``dvc metrics
-  show`` prints one row per classifier under shared columns; small files committed to
-  git, so ``dvc metrics show`` and ``dvc metrics diff`` need no DVC remote, and
-  ``check-thresholds`` bounds them;
-* ``plots/<exercise>/evaluation/confusion/<classifier>.csv``: the held-out
-  predictions (``actual``, ``predicted``) for DVC's confusion-matrix plot;
-* ``plots/<exercise>/evaluation/roc.csv`` for two classes: every classifier's
-  held-out ROC curve (``model``, ``fpr``, ``tpr``).
+* ``<metrics>/<classifier>.json``: ``<evaluation>.<metric>``, e.g. ``heldout.roc_auc``,
+  the same keys for every classifier, so that ``dvc metrics show`` prints one row per
+  classifier under shared columns; small files committed to git, so ``dvc metrics
+  show`` and ``dvc metrics diff`` need no DVC remote, and ``check-thresholds`` bounds them;
+* ``<plots>/confusion/<classifier>.csv``: the held-out predictions (``actual``,
+  ``predicted``) for DVC's confusion-matrix plot;
+* ``<plots>/roc.csv`` for two classes: every classifier's held-out ROC curve
+  (``model``, ``fpr``, ``tpr``).
 
 Scoring predictions, rather than loading the models and the data again, keeps this
 stage free of TensorFlow and of the data, and scores cross-validation too, whose
@@ -32,7 +31,6 @@ import numpy as np
 from stages import common
 from stages.predictions import PROBABILITY_PREFIX, read_predictions
 
-EXERCISES = ("toy", "mnist", "breast")
 # The order of evaluations in the metrics; ``heldout`` is what plots and thresholds use.
 EVALUATIONS = ("heldout", "validation", "cv", "resubstitution")
 DIGITS = 4
@@ -118,29 +116,26 @@ def roc_curve_rows(model: str, heldout, class_names: tuple[str, ...]):
 def main(argv: list[str]) -> None:
     import pandas as pd
 
-    if len(argv) != 1 or argv[0] not in EXERCISES:
-        raise common.StageError(f"usage: python -m stages.evaluate EXERCISE, one of {', '.join(EXERCISES)}")
-    exercise = argv[0]
-    files = sorted(Path("predictions", exercise).glob("*.csv"))
+    args = common.stage_args("evaluate", argv, "predictions", "metrics", "plots")
+    files = sorted(args.predictions.glob("*.csv"))
     if not files:
-        raise common.StageError(f"predictions/{exercise}/: no predictions files; run its model stages first")
-    plots = Path("plots", exercise, "evaluation")
+        raise common.StageError(f"{args.predictions}/: no predictions files; run its model stages first")
     metrics, curves = {}, []
     for path in files:
         model = path.stem
         metrics[model], heldout, class_names = score_classifier(path)
-        with common.atomic_path(plots / "confusion" / f"{model}.csv") as tmp:
+        with common.atomic_path(args.plots / "confusion" / f"{model}.csv") as tmp:
             heldout[["actual", "predicted"]].to_csv(tmp, index=False)
         if "roc_auc" in metrics[model]["heldout"]:
             curves.append(roc_curve_rows(model, heldout, class_names))
     if curves:
-        with common.atomic_path(plots / "roc.csv") as tmp:
+        with common.atomic_path(args.plots / "roc.csv") as tmp:
             pd.concat(curves).to_csv(tmp, index=False)
     for model, by_evaluation in metrics.items():
-        common.write_json(f"metrics/{exercise}/{model}.json", by_evaluation)
+        common.write_json(args.metrics / f"{model}.json", by_evaluation)
         shown = {k: by_evaluation["heldout"][k] for k in ("accuracy", "balanced_accuracy", "roc_auc")
                  if k in by_evaluation["heldout"]}
-        print(f"evaluate {exercise}: {model}, held out ({by_evaluation['heldout']['protocol']}): {shown}")
+        print(f"evaluate: {model}, held out ({by_evaluation['heldout']['protocol']}): {shown}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
 """Stage ``extract_vgg_features``: one VGG feature vector per breast image.
 
-    python -m stages.extract_vgg_features
+    python -m stages.extract_vgg_features --features FEATURES.npz --backbone BACKBONE.json
 
 Reads ``extract_vgg_features`` from params.yaml and the images named by
 ``extract_vgg_features.data``: ``medmnist`` (BreastMNIST 224x224, downloaded once and
 MD5-checked into Keras's cache), or under ``data/local/breast/`` a ``.npz`` in
-MedMNIST's layout or a folder with one subfolder of images per class. Writes
-``data/breast/features.npz`` (arrays ``features`` float32 (N, D), ``labels`` int64
-(N,), ``split`` and ``source`` strings (N,), ``class_names`` strings) and
-``models/breast/backbone.json``, the settings that rebuild the frozen backbone for new
-images (``stages.classify``); the counts, seconds and speed go to the log and to
+MedMNIST's layout or a folder with one subfolder of images per class. Writes the
+features (``--features``: arrays ``features`` float32 (N, D), ``labels`` int64 (N,),
+``split`` and ``source`` strings (N,), ``class_names`` strings) and the settings that
+rebuild the frozen backbone for new images (``--backbone``, read by
+``stages.classify``); the counts, seconds and speed go to the log and to
 ``runs/extract_vgg_features.json``.
 
 The defaults repeat the seed: ImageNet VGG19 up to ``fc1`` (4096-d), images resized to
@@ -33,10 +33,8 @@ from pydantic import Field
 
 from stages import common
 
-FEATURES_PATH = Path("data/breast/features.npz")
 # How to rebuild the frozen backbone for new images (``stages.classify``): the settings
-# that shape the features, and the class names.
-BACKBONE_PATH = Path("models/breast/backbone.json")
+# that shape the features, written with the class names.
 RECIPE_KEYS = ("backbone", "weights", "layer", "blocks", "image_size")
 
 MEDMNIST = "medmnist"
@@ -393,9 +391,8 @@ def image_counts(images: ImageSet) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> None:
-    if argv:
-        raise common.StageError("usage: python -m stages.extract_vgg_features (no arguments)")
     settings = common.read_params(Params).extract_vgg_features
+    args = common.stage_args("extract_vgg_features", argv, "features", "backbone")
     images = open_data(settings.data)
     print(
         f"extract_vgg_features: {len(images)} images, classes {', '.join(images.class_names)}; "
@@ -413,20 +410,20 @@ def main(argv: list[str]) -> None:
     )
     seconds = time.perf_counter() - started
     common.save_npz(
-        FEATURES_PATH,
+        args.features,
         features=features,
         labels=images.labels,
         split=images.split,
         source=images.source,
         class_names=np.array(images.class_names),
     )
-    common.write_json(BACKBONE_PATH, {**recipe, "class_names": list(images.class_names)})
+    common.write_json(args.backbone, {**recipe, "class_names": list(images.class_names)})
     counts = image_counts(images)
     common.write_run_facts("extract_vgg_features", {
         **counts, "feature_dim": int(features.shape[1]), "seconds": round(seconds, 1),
         "images_per_second": round(len(images) / seconds, 2),
     })
-    print(f"extract_vgg_features: wrote {FEATURES_PATH} {features.shape} in {seconds:.0f}s; {counts}")
+    print(f"extract_vgg_features: wrote {args.features} {features.shape} in {seconds:.0f}s; {counts}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 """Stage ``fit_knn``: L2-normalised VGG features into a k-nearest-neighbours classifier.
 
-    python -m stages.fit_knn
+    python -m stages.fit_knn --features FEATURES.npz --model KNN.pkl --predictions PREDICTIONS.csv
 
-Reads ``seed``, ``breast_cv_folds`` and ``fit_knn`` from params.yaml and
-``data/breast/features.npz`` (written by ``extract_vgg_features``); writes the pipeline
-fitted on every non-test image to ``models/breast/knn.pkl`` and its predictions to
-``predictions/breast/knn.csv``, which ``evaluate@breast`` scores: ``heldout`` and ``cv``
+Reads ``seed``, ``breast_cv_folds`` and ``fit_knn`` from params.yaml and the features
+that ``extract_vgg_features`` wrote; writes the pipeline fitted on every non-test image
+(``--model``) and its predictions (``--predictions``), which ``evaluate@breast`` scores: ``heldout`` and ``cv``
 by the protocol it shares with ``train_head`` (see ``stages.breast``), and
 ``resubstitution``: fitted on all the images and predicting them, the way the seed got
 its 88%. That one measures memory, not generalisation. (The seed also scored raw
@@ -23,8 +22,6 @@ from stages import common
 from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions, stratified_folds
 from stages.predictions import prediction_frame, write_predictions
 
-MODEL_PATH = Path("models/breast/knn.pkl")
-PREDICTIONS_PATH = Path("predictions/breast/knn.csv")
 
 class KnnSettings(common.Section):
     k: int = Field(ge=1)  # neighbours
@@ -92,20 +89,19 @@ def save_model(model, path: Path | str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if argv:
-        raise common.StageError("usage: python -m stages.fit_knn (no arguments)")
     params = common.read_params(Params)
+    args = common.stage_args("fit_knn", argv, "features", "model", "predictions")
     settings = params.fit_knn
-    data = load_features()
+    data = load_features(args.features)
     print(
         f"fit_knn: {len(data.labels)} images, {data.features.shape[1]}-d features; k={settings.k}, "
         f"{settings.metric}, {settings.weights}, {params.breast_cv_folds}-fold CV",
         flush=True,
     )
     model, frames = fit_and_predict(data, settings, params.breast_cv_folds, params.seed)
-    save_model(model, MODEL_PATH)
-    write_predictions(PREDICTIONS_PATH, frames)
-    print(f"fit_knn: wrote {MODEL_PATH} and {PREDICTIONS_PATH}")
+    save_model(model, args.model)
+    write_predictions(args.predictions, frames)
+    print(f"fit_knn: wrote {args.model} and {args.predictions}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Stage ``generate_toy``: make one of the two-class 2-D toy datasets.
 
-    python -m stages.generate_toy two_blops
+    python -m stages.generate_toy NAME --data DATA.npz --scatter SCATTER.png
 
 Reads ``seed`` and ``generate_toy.<name>`` from params.yaml, where every dataset is
 named (dvc.yaml runs this stage once per name) and has a ``layout``: the seed's three
 are ``blob_pair`` ("2blop"), ``blob_in_ring`` ("blop_circle") and ``xor_blobs``
-("4blop"). Writes ``data/toy/<name>.npz`` (arrays ``x`` (N, 2) float32 and ``y`` (N,)
-int64) and a scatter plot ``plots/toy/<name>/data.png``.
+("4blop"). Writes the points (``--data``: arrays ``x`` (N, 2) float32 and ``y`` (N,)
+int64) and a scatter plot of them (``--scatter``).
 """
 
 from __future__ import annotations
@@ -93,12 +93,12 @@ def scatter_figure(x: np.ndarray, y: np.ndarray, title: str):
 
 def main(argv: list[str]) -> None:
     params = common.read_params(Params)
-    name = common.item_from_argv("generate_toy", params.generate_toy, argv)
+    args = common.stage_args("generate_toy", argv, "data", "scatter", items=params.generate_toy)
+    name = args.name
     settings = params.generate_toy[name]
     x, y = generate(settings.layout, settings.n_samples, settings.noise, params.seed)
-    common.save_npz(f"data/toy/{name}.npz", x=x, y=y)
-    title = f"{name}, {settings.layout} ({len(y)} points)"
-    common.save_figure(scatter_figure(x, y, title), f"plots/toy/{name}/data.png")
+    common.save_npz(args.data, x=x, y=y)
+    common.save_figure(scatter_figure(x, y, f"{name}, {settings.layout} ({len(y)} points)"), args.scatter)
     print(f"generate_toy {name}: {len(y)} points, class counts {np.bincount(y).tolist()}")
 
 

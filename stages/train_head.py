@@ -1,32 +1,32 @@
 """Stage ``train_head``: the seed's transfer learning, a classifier trained on the frozen
 backbone's features.
 
-    python -m stages.train_head
+    python -m stages.train_head --features FEATURES.npz --model HEAD.keras --predictions PREDICTIONS.csv
+        --history HISTORY.csv
 
 The seed names it without doing it: "freezing all the CNN layers and defining our own
 output layer and training this with our data". The backbone is ``extract_vgg_features``'s,
 frozen by construction: this stage reads its features, so a change to the head never
 reruns the backbone.
 
-Reads ``seed``, ``breast_cv_folds`` and ``train_head`` from params.yaml and
-``data/breast/features.npz``. Each training stops at the epoch with the best ROC AUC on
+Reads ``seed``, ``breast_cv_folds`` and ``train_head`` from params.yaml and the features
+that ``extract_vgg_features`` wrote. Each training stops at the epoch with the best ROC AUC on
 images it does not train on: the data's validation split, or a stratified share of the
 training images (``validation_fraction``) when there is none; never the test split.
 Writes
 
-* ``models/breast/head.keras``: trained on the non-test images (with BreastMNIST: the
-  training split, stopped on the validation split), standardisation included;
-* ``predictions/breast/head.csv``: ``heldout`` and ``cv`` by the protocol it shares with
-  ``fit_knn`` (``stages.breast``), and ``validation``: that model on the images that
-  chose its stopping epoch (optimistic by construction);
-* ``plots/breast/head_history.csv``: that model's loss and validation ROC AUC per epoch.
+* ``--model``: the head trained on the non-test images (with BreastMNIST: the training
+  split, stopped on the validation split), standardisation included;
+* ``--predictions``: ``heldout`` and ``cv`` by the protocol it shares with ``fit_knn``
+  (``stages.breast``), and ``validation``: that model on the images that chose its
+  stopping epoch (optimistic by construction);
+* ``--history``: that model's loss and validation ROC AUC per epoch.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -36,9 +36,6 @@ from stages import common
 from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions
 from stages.predictions import prediction_frame, write_predictions
 
-MODEL_PATH = Path("models/breast/head.keras")
-PREDICTIONS_PATH = Path("predictions/breast/head.csv")
-HISTORY_PATH = Path("plots/breast/head_history.csv")
 
 class HeadSettings(common.Section):
     hidden_units: int = Field(ge=0)
@@ -211,11 +208,10 @@ def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str]) -> None:
-    if argv:
-        raise common.StageError("usage: python -m stages.train_head (no arguments)")
     params = common.read_params(Params)
+    args = common.stage_args("train_head", argv, "features", "model", "predictions", "history")
     settings, n_folds, seed = params.train_head, params.breast_cv_folds, params.seed
-    data = load_features()
+    data = load_features(args.features)
     print(f"train_head: {len(data.labels)} images, {data.features.shape[1]}-d features; hidden units "
           f"{settings.hidden_units}, dropout {settings.dropout}, L2 {settings.l2}, {n_folds}-fold CV",
           flush=True)
@@ -239,13 +235,13 @@ def main(argv: list[str]) -> None:
     frames.append(prediction_frame(data.source[head.stop], data.labels[head.stop],
                                    trainer.probabilities(head, data.features[head.stop]),
                                    data.class_names, "validation", "the images that chose the stopping epoch"))
-    common.save_keras_model(trainer.export(head), MODEL_PATH)
-    write_predictions(PREDICTIONS_PATH, frames)
-    common.write_history_csv(head.history, HISTORY_PATH)
+    common.save_keras_model(trainer.export(head), args.model)
+    write_predictions(args.predictions, frames)
+    common.write_history_csv(head.history, args.history)
     seconds = time.perf_counter() - started
     common.write_run_facts("train_head", {"seconds": round(seconds, 1), "trainings": trainings,
                                           "params": trainer.model.count_params()})
-    print(f"train_head: wrote {MODEL_PATH} and {PREDICTIONS_PATH} in {seconds:.1f}s")
+    print(f"train_head: wrote {args.model} and {args.predictions} in {seconds:.1f}s")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,17 @@
 """Stage ``train_toy``: fit a small Keras MLP to one toy dataset.
 
-    python -m stages.train_toy two_blops
+    python -m stages.train_toy NAME --data DATA.npz --model MODEL.keras --history HISTORY.csv
+        --boundary BOUNDARY.png --predictions PREDICTIONS.csv
 
-Reads ``seed`` and ``train_toy.<name>`` from params.yaml and ``data/toy/<name>.npz``;
-writes ``models/toy/<name>.keras``, the per-epoch history
-``plots/toy/<name>/history.csv``, a decision-boundary plot
-``plots/toy/<name>/boundary.png`` and the model's predictions on the stratified
-held-out share, ``predictions/toy/<name>.csv``, which ``evaluate@toy`` scores.
+Reads ``seed`` and ``train_toy.<name>`` from params.yaml and the points (``--data``,
+from ``generate_toy``); writes the model, its per-epoch history, a decision-boundary
+plot and its predictions on the stratified held-out share, which ``evaluate@toy`` scores.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
@@ -109,8 +109,7 @@ def boundary_figure(model, x: np.ndarray, y: np.ndarray, title: str, resolution:
     return fig
 
 
-def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
-    path = f"data/toy/{name}.npz"
+def load_dataset(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path) as data:
             return data["x"], data["y"]
@@ -120,9 +119,11 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def main(argv: list[str]) -> None:
     params = common.read_params(Params)
-    name = common.item_from_argv("train_toy", params.train_toy, argv)
+    args = common.stage_args("train_toy", argv, "data", "model", "history", "boundary", "predictions",
+                             items=params.train_toy)
+    name = args.name
     settings = params.train_toy[name]
-    x, y = load_dataset(name)
+    x, y = load_dataset(args.data, name)
     fit, held = holdout_split(len(y), y, settings.holdout_fraction, params.seed)
     print(f"train_toy {name}: {len(fit)} points to fit, {len(held)} held out; "
           f"hidden layers {settings.hidden_layers}", flush=True)
@@ -130,12 +131,12 @@ def main(argv: list[str]) -> None:
     model, history = train(x, y, fit, held, settings, params.seed)
     seconds = time.perf_counter() - started
     probabilities = model.predict(x[held], verbose=0)
-    common.save_keras_model(model, f"models/toy/{name}.keras")
-    common.write_history_csv(history, f"plots/toy/{name}/history.csv")
-    common.save_figure(boundary_figure(model, x, y, f"{name}: P(class 1)"), f"plots/toy/{name}/boundary.png")
+    common.save_keras_model(model, args.model)
+    common.write_history_csv(history, args.history)
+    common.save_figure(boundary_figure(model, x, y, f"{name}: P(class 1)"), args.boundary)
     protocol = f"stratified hold-out of {settings.holdout_fraction:g}"
     write_predictions(
-        f"predictions/toy/{name}.csv",
+        args.predictions,
         [prediction_frame(held, y[held], probabilities, CLASS_NAMES, "heldout", protocol)],
     )
     common.write_run_facts(f"train_toy@{name}", {"seconds": round(seconds, 1), "params": model.count_params()})

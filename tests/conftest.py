@@ -111,6 +111,20 @@ def tiny_breast(n_train: int = 24, n_val: int = 6, n_test: int = 12, seed: int =
     return arrays
 
 
+def stage_argv(stage: str, item: str | None = None) -> list[str]:
+    """A stage's command line as the project's dvc.yaml gives it: the paths are stated there alone."""
+    from stages.common import stage_command
+
+    return stage_command(stage, item, PROJECT / "dvc.yaml")
+
+
+def stage_paths(stage: str, item: str | None = None) -> dict[str, Path]:
+    """The paths a stage reads and writes, from the project's dvc.yaml."""
+    from stages.common import stage_paths as paths
+
+    return paths(stage, item, PROJECT / "dvc.yaml")
+
+
 def project_params() -> dict:
     return yaml.safe_load((PROJECT / "params.yaml").read_text())
 

@@ -20,7 +20,7 @@ from stages import common, evaluate, fit_knn, train_head
 from stages import extract_vgg_features as extract
 from stages.breast import FeatureSet, protocol_predictions
 from stages.predictions import read_predictions
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, stage_argv
 
 LOCAL = Path("data/local/breast")  # relative: the main() tests chdir into tmp_path
 
@@ -288,7 +288,7 @@ def test_weights_file_that_does_not_fit_is_named(weights_files, tmp_path, weight
 def test_extract_stage_writes_features_for_a_folder(tmp_path, monkeypatch, image_folder):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "data/local/breast/lab")
-    extract.main([])
+    extract.main(stage_argv("extract_vgg_features"))
     with np.load(tmp_path / "data/breast/features.npz") as saved:
         assert saved["features"].shape == (12, 512) and saved["features"].dtype == np.float32
         assert saved["labels"].tolist() == [0] * 6 + [1] * 6
@@ -302,7 +302,7 @@ def test_extract_stage_writes_features_for_a_folder(tmp_path, monkeypatch, image
 def test_extract_stage_keeps_the_npz_splits(tmp_path, monkeypatch, breast_npz):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "data/local/breast/breast.npz", layer="max", batch_size=8)
-    extract.main([])
+    extract.main(stage_argv("extract_vgg_features"))
     with np.load(tmp_path / "data/breast/features.npz") as saved:
         assert saved["split"].tolist() == ["train"] * 12 + ["val"] * 4 + ["test"] * 6
         assert saved["source"][-1] == "test_images[5]" and saved["labels"].dtype == np.int64
@@ -316,7 +316,7 @@ def test_extract_stage_loads_a_weights_file_from_data_local(tmp_path, monkeypatc
     (tmp_path / "data/local/weights").mkdir(parents=True)
     shutil.copy(weights_files["vgg19"], tmp_path / "data/local/weights/vgg19_notop.weights.h5")
     write_params(tmp_path, "data/local/breast/breast.npz", weights="data/local/weights/vgg19_notop.weights.h5")
-    extract.main([])
+    extract.main(stage_argv("extract_vgg_features"))
     with np.load(tmp_path / "data/breast/features.npz") as saved:
         assert saved["features"].shape == (22, 512)
 
@@ -334,7 +334,7 @@ def test_extract_stage_checks_params_before_reading_data(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, overrides.pop("data", "data/local/breast/missing.npz"), **overrides)
     with pytest.raises(common.ParamsError, match=f"^params.yaml: {message}"):
-        extract.main([])
+        extract.main(stage_argv("extract_vgg_features"))
 
 
 # --------------------------------------------------------------------------- KNN
@@ -442,7 +442,7 @@ def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
         "data/breast/features.npz", features=data.features, labels=data.labels, split=data.split,
         source=data.source, class_names=np.array(data.class_names),
     )
-    fit_knn.main([])
+    fit_knn.main(stage_argv("fit_knn"))
     predictions, class_names = read_predictions(tmp_path / "predictions/breast/knn.csv")
     assert class_names == ("malignant", "normal_or_benign") and len(predictions) == 8 + 32 + 40
 
@@ -455,9 +455,9 @@ def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
 def test_both_stages_and_evaluate_on_a_folder(tmp_path, monkeypatch, image_folder):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "data/local/breast/lab")
-    extract.main([])
-    fit_knn.main([])
-    evaluate.main(["breast"])
+    extract.main(stage_argv("extract_vgg_features"))
+    fit_knn.main(stage_argv("fit_knn"))
+    evaluate.main(stage_argv("evaluate", "breast"))
     metrics = json.loads((tmp_path / "metrics/breast/knn.json").read_text())
     assert list(metrics) == ["heldout", "resubstitution"]
     assert metrics["heldout"]["protocol"] == "3-fold stratified cross-validation" and metrics["heldout"]["n"] == 12
@@ -469,7 +469,7 @@ def test_fit_knn_without_features_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "medmnist")
     with pytest.raises(common.StageError, match="features.npz: not found; run `dvc repro extract_vgg_features`"):
-        fit_knn.main([])
+        fit_knn.main(stage_argv("fit_knn"))
 
 
 # --------------------------------------------------------------------------- real data, when present
@@ -513,13 +513,13 @@ def test_bad_blocks_are_named(tmp_path, monkeypatch, overrides, message):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "data/local/breast/missing.npz", **overrides)
     with pytest.raises(common.ParamsError, match=re.escape(f"params.yaml: extract_vgg_features.{message}")):
-        extract.main([])
+        extract.main(stage_argv("extract_vgg_features"))
 
 
 def test_the_backbone_recipe_rebuilds_the_same_features(tmp_path, monkeypatch, breast_npz):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "data/local/breast/breast.npz", blocks=[4, 5])
-    extract.main([])
+    extract.main(stage_argv("extract_vgg_features"))
     recipe = json.loads((tmp_path / "models/breast/backbone.json").read_text())
     assert recipe == {"backbone": "vgg19", "weights": "none", "layer": "avg", "blocks": [4, 5], "image_size": 32,
                       "class_names": ["malignant", "normal_or_benign"]}
@@ -609,7 +609,7 @@ def test_train_head_stage_writes_its_outputs(tmp_path, monkeypatch):
     data = clustered_features(n_per_class=30)
     common.save_npz("data/breast/features.npz", features=data.features, labels=data.labels, split=data.split,
                     source=data.source, class_names=np.array(data.class_names))
-    train_head.main([])
+    train_head.main(stage_argv("train_head"))
     predictions, _ = read_predictions(tmp_path / "predictions/breast/head.csv")
     counts = predictions["evaluation"].value_counts().to_dict()
     assert counts == {"heldout": 12, "cv": 48, "validation": 12}

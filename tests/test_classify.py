@@ -4,6 +4,7 @@ own predictions for the same images, bad files named and skipped, the choice of 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from PIL import Image
 
 from stages import augment_train_mnist, evaluate, extract_vgg_features, fit_knn, train_head
 from stages.predictions import read_predictions
-from tests.conftest import tiny_breast, tiny_mnist, tool_env
+from tests.conftest import stage_argv, tiny_breast, tiny_mnist, tool_env
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -49,14 +50,15 @@ def breast_project(tmp_path_factory) -> Path:
     params["breast_cv_folds"] = 3
     params["train_head"].update(hidden_units=8, max_epochs=10, patience=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(PROJECT / "dvc.yaml", root)  # where classify-images finds the models
     cwd = Path.cwd()
     try:
         import os
 
         os.chdir(root)
         for stage in (extract_vgg_features, fit_knn, train_head):
-            stage.main([])
-        evaluate.main(["breast"])
+            stage.main(stage_argv(stage.__name__.removeprefix("stages.")))
+        evaluate.main(stage_argv("evaluate", "breast"))
     finally:
         os.chdir(cwd)
     save_images(root / "new", tiny_breast(n_train=30, n_val=10, n_test=12)["test_images"], "test_")
@@ -107,6 +109,10 @@ def test_missing_inputs_are_one_line_errors(breast_project, tmp_path):
     assert absent.returncode == 2 and absent.stderr.strip() == "error: nowhere: no such file or folder"
     no_models = classify(tmp_path, "--model", "breast-head", str(breast_project / "new"))
     assert no_models.returncode == 2
+    assert no_models.stderr.strip() == "error: dvc.yaml: file not found (run from the project root)"
+    shutil.copy(PROJECT / "dvc.yaml", tmp_path)
+    no_models = classify(tmp_path, "--model", "breast-head", str(breast_project / "new"))
+    assert no_models.returncode == 2
     assert no_models.stderr.strip() == (
         "error: models/breast/backbone.json: not found; run `dvc repro extract_vgg_features` (or `dvc pull`) first"
     )
@@ -120,7 +126,8 @@ def test_digits_get_the_cnns_own_probabilities(tmp_path, monkeypatch):
     settings = yaml.safe_load((PROJECT / "params.yaml").read_text())["augment_train_mnist"]
     settings.update(data="data/local/mnist/tiny.npz", validation_size=40, epochs=1, batch_size=16, epoch_fraction=1.0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 0, "augment_train_mnist": settings}))
-    augment_train_mnist.main([])
+    shutil.copy(PROJECT / "dvc.yaml", tmp_path)
+    augment_train_mnist.main(stage_argv("augment_train_mnist"))
     save_images(tmp_path / "digits", arrays["x_test"][:10], "x_test_")
     result = classify(tmp_path, "--model", "mnist", "digits", "--batch-size", "4")
     assert result.returncode == 0, result.stderr

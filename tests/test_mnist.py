@@ -12,7 +12,7 @@ import yaml
 from stages import augment_train_mnist as mnist
 from stages import common
 from stages.predictions import read_predictions
-from tests.conftest import tiny_mnist
+from tests.conftest import stage_argv, tiny_mnist
 
 LOCAL_FILE = "data/local/mnist/tiny.npz"
 
@@ -98,7 +98,7 @@ def test_shift_moves_by_at_most_the_fraction():
 
 
 def test_one_short_run_writes_every_output(workdir):
-    mnist.main([])
+    mnist.main(stage_argv("augment_train_mnist"))
     predictions, class_names = read_predictions(workdir / "predictions/mnist/cnn.csv")
     assert class_names == tuple("0123456789")
     by_evaluation = predictions.groupby("evaluation")["id"].agg(list)
@@ -131,7 +131,7 @@ def test_mixed_precision_and_xla_options_run(workdir, capsys):
 
 
 def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, monkeypatch):
-    mnist.main([])
+    mnist.main(stage_argv("augment_train_mnist"))
     uninterrupted = (workdir / "predictions/mnist/cnn.csv").read_bytes()
     weights = [w.copy() for w in mnist.keras_load(workdir / "models/mnist/model.keras").get_weights()]
 
@@ -145,10 +145,10 @@ def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, mo
 
     monkeypatch.setattr(mnist.Checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        mnist.main([])
+        mnist.main(stage_argv("augment_train_mnist"))
     assert json.loads((workdir / "checkpoints/mnist/state.json").read_text())["epochs_done"] == 2
     monkeypatch.setattr(mnist.Checkpoint, "save", real_save)
-    mnist.main([])
+    mnist.main(stage_argv("augment_train_mnist"))
     assert (workdir / "predictions/mnist/cnn.csv").read_bytes() == uninterrupted
     history = (workdir / "plots/mnist/history.csv").read_text()
     assert len(history.splitlines()) == 4
@@ -180,7 +180,7 @@ def test_bad_files_are_named(workdir, spoil, message):
     spoil(arrays)
     np.savez(workdir / LOCAL_FILE, **arrays)
     with pytest.raises(common.StageError) as error:
-        mnist.main([])
+        mnist.main(stage_argv("augment_train_mnist"))
     assert str(error.value) == f"{LOCAL_FILE}: {message}"
     assert not (workdir / "predictions").exists() and not (workdir / "models").exists()
 
@@ -210,7 +210,7 @@ def test_unreadable_or_absent_file_and_path_outside_the_local_folder(workdir):
     params["augment_train_mnist"]["data"] = "/elsewhere/mnist.npz"
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(common.ParamsError, match=r"augment_train_mnist\.data: must be keras, or a path under data/local/mnist/"):
-        mnist.main([])
+        mnist.main(stage_argv("augment_train_mnist"))
 
 
 def test_xla_under_op_determinism_stops_before_any_work(workdir, monkeypatch):
@@ -219,4 +219,4 @@ def test_xla_under_op_determinism_stops_before_any_work(workdir, monkeypatch):
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setattr(mnist, "load_mnist", lambda data: pytest.fail("read the data before checking params"))
     with pytest.raises(common.ParamsError, match=r"augment_train_mnist\.jit_compile: Keras does not compile with XLA"):
-        mnist.main([])
+        mnist.main(stage_argv("augment_train_mnist"))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import dvc, edit_params, git, stages_run, toy_names
+from tests.conftest import dvc, edit_params, git, stage_paths, stages_run, toy_names
 
 TOY = toy_names()
 TOY_STAGES = [f"{stage}@{name}" for stage in ("generate_toy", "train_toy") for name in TOY]
@@ -29,10 +29,10 @@ def test_toy_pipeline_runs_caches_and_reruns_only_what_changed(project_repo):
     for name in TOY:
         assert heldout(project_repo, name)["n"] == 30
         assert 0 <= heldout(project_repo, name)["accuracy"] <= 1
-        for output in (f"data/toy/{name}.npz", f"models/toy/{name}.keras", f"plots/toy/{name}/boundary.png",
-                       f"predictions/toy/{name}.csv", f"plots/toy/evaluation/confusion/{name}.csv"):
+        outputs = {**stage_paths("generate_toy", name), **stage_paths("train_toy", name)}
+        for output in [*outputs.values(), stage_paths("evaluate", "toy")["plots"] / "confusion" / f"{name}.csv"]:
             assert (project_repo / output).is_file(), output
-        assert len((project_repo / f"plots/toy/{name}/history.csv").read_text().splitlines()) == 1 + 3
+        assert len((project_repo / outputs["history"]).read_text().splitlines()) == 1 + 3
     # Generated files are DVC's, ignored by git; the metrics JSON is git's, and so
     # is nothing else: how long each run took goes to runs/, which git ignores.
     ignored = git(project_repo, "status", "--porcelain", "--ignored").stdout

@@ -9,7 +9,7 @@ import pytest
 
 from stages import common, generate_toy, train_toy
 from stages.predictions import read_predictions
-from tests.conftest import project_params
+from tests.conftest import project_params, stage_argv, stage_paths
 
 
 @pytest.mark.parametrize("layout", generate_toy.LAYOUTS)
@@ -56,9 +56,10 @@ def write_params(path, **train_overrides):
 def test_stages_write_their_outputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path / "params.yaml")
-    generate_toy.main(["blop_circle"])
-    train_toy.main(["blop_circle"])
-    predictions, class_names = read_predictions(tmp_path / "predictions/toy/blop_circle.csv")
+    generate_toy.main(stage_argv("generate_toy", "blop_circle"))
+    train_toy.main(stage_argv("train_toy", "blop_circle"))
+    outputs = {**stage_paths("generate_toy", "blop_circle"), **stage_paths("train_toy", "blop_circle")}
+    predictions, class_names = read_predictions(outputs["predictions"])
     assert class_names == ("class_0", "class_1") and len(predictions) == 30  # the held-out quarter
     assert set(predictions["evaluation"]) == {"heldout"} and predictions["id"].nunique() == 30
     probabilities = predictions[["p_class_0", "p_class_1"]].to_numpy()
@@ -66,11 +67,11 @@ def test_stages_write_their_outputs(tmp_path, monkeypatch):
     assert (predictions["predicted"] == np.where(probabilities[:, 1] > 0.5, "class_1", "class_0")).all()
     facts = json.loads((tmp_path / "runs/train_toy@blop_circle.json").read_text())
     assert facts["params"] == 287 and facts["seconds"] > 0 and "tensorflow" in facts["versions"]
-    history = (tmp_path / "plots/toy/blop_circle/history.csv").read_text().splitlines()
+    history = outputs["history"].read_text().splitlines()
     assert history[0] == "epoch,accuracy,loss,val_accuracy,val_loss" and len(history) == 6
-    for png in ("data.png", "boundary.png"):
-        assert (tmp_path / "plots/toy/blop_circle" / png).read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "models/toy/blop_circle.keras").stat().st_size > 0
+    for png in ("scatter", "boundary"):
+        assert outputs[png].read_bytes()[:4] == b"\x89PNG"
+    assert outputs["model"].stat().st_size > 0
 
 
 @pytest.mark.parametrize(
@@ -87,7 +88,7 @@ def test_bad_params_stop_before_any_work(tmp_path, monkeypatch, overrides, messa
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path / "params.yaml", **overrides)
     with pytest.raises(common.ParamsError) as error:
-        train_toy.main(["blop_circle"])
+        train_toy.main(stage_argv("train_toy", "blop_circle"))
     assert str(error.value).startswith(f"params.yaml: {message}")
     assert not (tmp_path / "predictions").exists() and not (tmp_path / "models").exists()
 
@@ -96,14 +97,15 @@ def test_dataset_names_and_layouts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("seed: 0\ngenerate_toy: {3blop: {layout: xor_blobs, n_samples: 10, noise: 1}}\n")
     with pytest.raises(common.ParamsError, match=r"generate_toy\.3blop: a name must start with a letter"):
-        generate_toy.main(["3blop"])
+        generate_toy.main(stage_argv("generate_toy", "3blop"))
     (tmp_path / "params.yaml").write_text("seed: 0\ngenerate_toy: {b3: {layout: spiral, n_samples: 10, noise: 1}}\n")
     with pytest.raises(common.ParamsError, match=r"generate_toy\.b3\.layout: must be 'blob_pair', 'blob_in_ring' or 'xor_blobs'"):
-        generate_toy.main(["b3"])
+        generate_toy.main(stage_argv("generate_toy", "b3"))
     (tmp_path / "params.yaml").write_text("seed: 0\ngenerate_toy: {b3: {layout: xor_blobs, n_samples: 10, noise: 1}}\n")
-    with pytest.raises(common.StageError, match=r"usage: python -m stages.generate_toy NAME, NAME one of b3"):
-        generate_toy.main(["b4"])
-    generate_toy.main(["b3"])  # any identifier names a dataset
+    with pytest.raises(SystemExit) as usage:  # argparse: usage and the choices on stderr, exit status 2
+        generate_toy.main(stage_argv("generate_toy", "b4"))
+    assert usage.value.code == 2
+    generate_toy.main(stage_argv("generate_toy", "b3"))  # any identifier names a dataset
     assert (tmp_path / "data/toy/b3.npz").is_file()
 
 
@@ -111,4 +113,4 @@ def test_missing_input_names_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path / "params.yaml")
     with pytest.raises(common.StageError, match=r"data/toy/blop_circle\.npz: not found"):
-        train_toy.main(["blop_circle"])
+        train_toy.main(stage_argv("train_toy", "blop_circle"))
