@@ -5,7 +5,7 @@
 Trains the stage's CNN on batches of 64 from
   (a) the stage's tf.data pipeline with its ``RandomAffine`` augmentation layer,
   (b) the same pipeline with no augmentation at all,
-  (c) the seed's way: tf-keras's ImageDataGenerator feeding ``fit`` (pip install -e '.[bench]'),
+  (c) the original's way: tf-keras's ImageDataGenerator feeding ``fit`` (pip install -e '.[bench]'),
   (k) with --keras-layers, the same pipeline with Keras's RandomRotation,
       RandomTranslation and RandomZoom instead (what the stage used before),
 and prints images per second for each and the ratios a/b, a/c (and k/b). Training
@@ -96,10 +96,10 @@ def keras_stock_layers():
 
 
 def seed_generator(x, y, batch_size):
-    """The seed's ImageDataGenerator loop (tf-keras), fed as Keras 3's ``fit`` feeds a generator.
+    """The original's ImageDataGenerator loop (tf-keras), fed as Keras 3's ``fit`` feeds a generator.
 
     That is, through ``tf.data.Dataset.from_generator`` with prefetch: the generator runs
-    in a background thread, as the seed's ``fit_generator`` ran it.
+    in a background thread, as the original's ``fit_generator`` ran it.
     """
     import tensorflow as tf
     from tf_keras.preprocessing.image import ImageDataGenerator
@@ -114,7 +114,7 @@ def seed_generator(x, y, batch_size):
 VARIANTS = {
     "a": "stage pipeline (tf.data + RandomAffine layer)",
     "b": "same pipeline, no augmentation",
-    "c": "seed's ImageDataGenerator loop",
+    "c": "original's ImageDataGenerator loop",
     "k": "same pipeline, Keras's 3 stock random layers",
 }
 
@@ -179,7 +179,7 @@ def main(argv: list[str]) -> None:
               f"{args.rounds} rounds); the input alone: {feeds[key]:6.0f} images/s")
     print(f"{ratio('a', 'b')}  goal >= 0.95: augmentation costs under 5%")
     if "c" in keys:
-        print(f"{ratio('a', 'c')}  goal >= 1.0: at least as fast as the seed's loop")
+        print(f"{ratio('a', 'c')}  goal >= 1.0: at least as fast as the original's loop")
     if "k" in keys:
         print(f"{ratio('k', 'b')}  Keras's stock layers, for comparison")
 

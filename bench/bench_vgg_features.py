@@ -1,8 +1,8 @@
-"""Benchmark VGG feature extraction: the seed's way against the stage's way.
+"""Benchmark VGG feature extraction: the original's way against the stage's way.
 
     python bench/bench_vgg_features.py [--images 64] [--npz PATH] [--batch-size 16]
 
-(a) the seed's way: every image prepared up front into one float array, then one
+(a) the original's way: every image prepared up front into one float array, then one
     ``model.predict`` call per image;
 (b) ``extract_vgg_features``'s way: images decoded and resized a batch at a time and
     one ``predict_on_batch`` call per batch.
@@ -71,19 +71,20 @@ def load_images(npz: str | None, count: int) -> stage.ImageSet:
         split=np.array(["train"] * len(raw)),
         source=np.array([str(i) for i in range(len(raw))]),
         class_names=("unused",),
+        identity="bench",
     )
 
 
-def seed_way(model, preprocess, images: stage.ImageSet, image_size: int) -> np.ndarray:
-    """As the seed: the whole data set in memory as floats, then one predict per image."""
+def original_way(model, preprocess, images: stage.ImageSet, image_size: int) -> np.ndarray:
+    """As the original: the whole data set in memory as floats, then one predict per image."""
     prepared = np.stack([stage.prepare_image(images.read(i), image_size) for i in range(len(images))])
     rows = [model.predict(preprocess(image[np.newaxis]), verbose=0)[0] for image in prepared]
     return np.stack(rows)
 
 
 def stage_way(model, preprocess, images: stage.ImageSet, image_size: int, batch_size: int) -> np.ndarray:
-    batches = stage.iterate_batches(images, image_size, batch_size)
-    return stage.extract_features(model, preprocess, batches, len(images), progress_every=None)
+    forward = stage.make_forward_pass(model, preprocess)
+    return stage.extract_features(forward, model.output_shape[-1], images, image_size, batch_size, progress_every=None)
 
 
 def run_one_way(way: str, args: argparse.Namespace, results: multiprocessing.Queue) -> None:
@@ -93,14 +94,14 @@ def run_one_way(way: str, args: argparse.Namespace, results: multiprocessing.Que
     preprocess = stage.preprocess_function(args.backbone)
     images = load_images(args.npz, args.images)
     warm_up = np.zeros((args.batch_size, args.image_size, args.image_size, 3), "float32")
-    if way == "seed":
+    if way == "original":
         model.predict(preprocess(warm_up[:1]), verbose=0)
     else:
         model.predict_on_batch(preprocess(warm_up))
     with PeakRss() as memory:
         started = time.perf_counter()
-        if way == "seed":
-            features = seed_way(model, preprocess, images, args.image_size)
+        if way == "original":
+            features = original_way(model, preprocess, images, args.image_size)
         else:
             features = stage_way(model, preprocess, images, args.image_size, args.batch_size)
         seconds = time.perf_counter() - started
@@ -132,9 +133,9 @@ def main() -> None:
         f"random weights, {'from ' + args.npz if args.npz else 'random pixels'}",
         flush=True,
     )
-    seed = measure("seed", args)
+    original = measure("original", args)
     batched = measure("stage", args)
-    ways = (("seed: one predict per image", seed), (f"stage: batches of {args.batch_size}", batched))
+    ways = (("the original: one predict per image", original), (f"stage: batches of {args.batch_size}", batched))
     for name, result in ways:
         rate = len(result["features"]) / result["seconds"]
         print(
@@ -142,8 +143,8 @@ def main() -> None:
             f"peak RSS while extracting {result['peak_rss_mib']:.0f} MiB",
             flush=True,
         )
-    speedup = seed["seconds"] / batched["seconds"]
-    difference = np.abs(seed["features"] - batched["features"]).max() / np.abs(seed["features"]).max()
+    speedup = original["seconds"] / batched["seconds"]
+    difference = np.abs(original["features"] - batched["features"]).max() / np.abs(original["features"]).max()
     print(f"speed-up {speedup:.2f}x; largest feature difference {difference:.1e} of the largest feature")
 
 

@@ -1,4 +1,4 @@
-"""Stage ``augment_train_mnist``: the seed's batch-norm CNN on augmented MNIST.
+"""Stage ``augment_train_mnist``: the original's batch-norm CNN on augmented MNIST.
 
     python -m stages.augment_train_mnist --model MODEL.keras --history HISTORY.csv
         --predictions PREDICTIONS.csv --checkpoints FOLDER
@@ -35,7 +35,7 @@ IMAGE_SHAPE = (28, 28)
 LOCAL_DATA_DIR = Path("data/local/mnist")
 
 class Augmentation(common.Section):
-    """The seed's ImageDataGenerator settings."""
+    """The original's ImageDataGenerator settings."""
 
     rotation_degrees: float = Field(ge=0, le=180)
     shift: float = Field(ge=0, le=1)
@@ -126,7 +126,7 @@ def validation_split(y: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, n
 
 # --------------------------------------------------------------------------- model
 def make_model(dropout: float = 0.5):
-    """The seed's CNN: 727,530 parameters, of which 725,610 trainable.
+    """The original's CNN: 727,530 parameters, of which 725,610 trainable.
 
     Convolutions without padding, batch norm before every ReLU, dropout after the
     two dense blocks. The output layer stays float32 so that mixed precision keeps a
@@ -161,7 +161,7 @@ def make_model(dropout: float = 0.5):
 
 
 def make_augmentation(rotation_degrees: float, shift: float, zoom: float):
-    """The seed's ImageDataGenerator settings as one Keras layer, or None when all are 0.
+    """The original's ImageDataGenerator settings as one Keras layer, or None when all are 0.
 
     See ``stages.augmentation`` for why one ``RandomAffine`` rather than Keras's
     separate rotation, translation and zoom layers.
@@ -236,7 +236,7 @@ def eval_dataset(x, y, batch_size: int):
 
 
 def learning_rate(settings: MnistTraining, total_steps: int):
-    """Adam's step size: fixed, as in the seed, or decayed to zero along a cosine over the run.
+    """Adam's step size: fixed, as in the original, or decayed to zero along a cosine over the run.
 
     The schedule is a function of the optimizer's step count, which a checkpoint keeps,
     so a resumed run continues it where it stopped.
@@ -271,27 +271,6 @@ def keras_load(path: Path):
 
 def on_off(flag: bool) -> str:
     return "on" if flag else "off"
-
-
-def describe_device(strategy) -> str:
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        import os
-
-        return f"CPU ({os.cpu_count()} cores)"
-    names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
-    return f"{strategy.num_replicas_in_sync} x GPU ({', '.join(sorted(set(names)))})"
-
-
-def distribution_strategy():
-    """MirroredStrategy over all GPUs when there are several; else the default (one device)."""
-    import tensorflow as tf
-
-    if len(tf.config.list_physical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 # --------------------------------------------------------------------------- resumable training
@@ -406,8 +385,8 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
             "params.yaml: augment_train_mnist.batch_size: larger than the images in one epoch "
             f"({int(len(y_train) * settings.epoch_fraction)})"
         )
-    strategy = distribution_strategy()
-    device = describe_device(strategy)
+    strategy, devices = common.distribution_strategy()
+    device = common.describe_devices(devices)
 
     state = checkpoint.load() if checkpoint else None
     with strategy.scope():

@@ -1,11 +1,11 @@
-"""``RandomAffine``: the seed's rotation, shift and zoom as one Keras preprocessing layer.
+"""``RandomAffine``: the original's rotation, shift and zoom as one Keras preprocessing layer.
 
 Kept apart from the stage module because defining a Keras layer imports TensorFlow,
 and the stage checks its params before it pays for that import.
 
 Why not Keras's ``RandomRotation``, ``RandomTranslation`` and ``RandomZoom``:
   - each of them resamples the image, so the three blur it three times and cut off
-    corners that a later step would have brought back; the seed's ImageDataGenerator
+    corners that a later step would have brought back; the original's ImageDataGenerator
     composes one matrix and resamples once, as this layer does;
   - they draw from a seed-generator variable, a stateful op, and TensorFlow's op
     determinism then runs the whole ``tf.data`` map on one thread. This layer takes

@@ -91,7 +91,9 @@ def protocol_predictions(
 
     ``fit(indices)`` returns a classifier fitted on those images; ``predict_proba(model,
     indices)`` its class probabilities for others. Returns the classifier fitted on every
-    non-test image and the rows of its predictions file.
+    non-test image and the rows of its predictions file. (Not scikit-learn's
+    ``cross_val_predict``: the head is a Keras model, not an estimator, and the
+    predictions file records each image's fold; the metrics come from ``evaluate``.)
     """
     is_test = data.split == "test"
     rest = np.flatnonzero(~is_test)

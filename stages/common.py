@@ -269,6 +269,32 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         tf_config.disable_op_determinism()
 
 
+# --------------------------------------------------------------------------- devices
+def distribution_strategy() -> tuple[Any, list[str]]:
+    """Where a model runs, as ``(strategy, device names)``.
+
+    A MirroredStrategy over the GPUs when there are several, or over the CPU's logical
+    devices when the process split the CPU before TensorFlow started
+    (``tf.config.set_logical_device_configuration``: how the tests run the
+    several-device path without GPUs); else TensorFlow's default strategy, one device.
+    """
+    import tensorflow as tf
+
+    devices = [device.name for device in tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")]
+    if len(devices) > 1:
+        return tf.distribute.MirroredStrategy(devices), devices
+    return tf.distribute.get_strategy(), devices[:1]
+
+
+def describe_devices(devices: list[str]) -> str:
+    """The devices a model runs on, for a person: ``CPU:0 (2 cores)``, ``GPU:0, GPU:1 (NVIDIA A100)``."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    kinds = sorted({tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus})
+    return f"{', '.join(d.removeprefix('/device:') for d in devices)} ({', '.join(kinds) or f'{os.cpu_count()} cores'})"
+
+
 # --------------------------------------------------------------------------- outputs
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
@@ -378,7 +404,12 @@ def write_run_facts(stage: str, facts: dict[str, Any], folder: Path = Path("runs
 
 
 def write_history_csv(history: dict[str, list[float]], path: Path | str) -> None:
-    """Write Keras's ``History.history`` as a CSV with a 1-based ``epoch`` column (DVC plots' x)."""
+    """Write Keras's ``History.history`` as a CSV with a 1-based ``epoch`` column (DVC plots' x).
+
+    Not Keras's ``CSVLogger``: that one writes the file in place while training (a
+    killed run leaves a file that looks finished), numbers epochs from 0, and prints
+    floats at full repr, so this writes once, atomically, at a fixed precision.
+    """
     import pandas as pd
 
     frame = pd.DataFrame(history)
@@ -397,7 +428,8 @@ def keras_progress(epochs: int, every: int = 1) -> Any:
     """A Keras callback that prints one flushed line per ``every`` epochs.
 
     DVC captures a stage's output through a pipe, where Keras's progress bar turns
-    into a wall of carriage returns; one line per epoch is what a person can follow.
+    into a wall of carriage returns. Keras's ``verbose=2`` prints one line for every
+    epoch, hundreds for the toy MLPs, so this prints every ``every``-th, with its time.
     """
     import time
 

@@ -1,6 +1,7 @@
 """Stage ``extract_vgg_features``: one VGG feature vector per breast image.
 
     python -m stages.extract_vgg_features --features FEATURES.npz --backbone BACKBONE.json
+        --checkpoints FOLDER
 
 Reads ``extract_vgg_features`` from params.yaml and the images named by
 ``extract_vgg_features.data``: ``medmnist`` (BreastMNIST 224x224, downloaded once and
@@ -12,18 +13,32 @@ rebuild the frozen backbone for new images (``--backbone``, read by
 ``stages.classify``); the counts, seconds and speed go to the log and to
 ``runs/extract_vgg_features.json``.
 
-The defaults repeat the seed: ImageNet VGG19 up to ``fc1`` (4096-d), images resized to
-224x224, grey repeated to three channels, VGG's ``preprocess_input``. Unlike the seed,
-images are decoded, resized and run through the network a batch at a time, so memory
-holds one batch of float images rather than the whole data set.
+The defaults repeat the original: ImageNet VGG19 up to ``fc1`` (4096-d), images resized to
+224x224, grey repeated to three channels, VGG's ``preprocess_input``. Unlike the original,
+images are decoded and resized by ``workers`` threads a few batches ahead of the
+network, and run through it a batch at a time (split over the GPUs when there are
+several). Features are computed in chunks of ``chunk_size`` images, each saved to the
+``--checkpoints`` folder when done, so a killed run resumes from its last finished
+chunk; the folder is removed after a run succeeds.
+
+Memory does not grow with the number of images N except for: the (N, D) float32
+features; the labels, splits and names of the images (and, for a folder, its N paths);
+and, for a ``.npz``, its uint8 images, which NumPy reads whole. Decoded and prepared
+images are bounded by ``workers + PREFETCH_BATCHES + 1`` batches.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -52,6 +67,8 @@ TOP_LAYERS = ("fc1", "fc2")  # Dense layers of the classifier head: need include
 POOLED_LAYERS = ("avg", "max")  # global pooling of the last conv block: any size from 32
 TOP_IMAGE_SIZE = 224
 PROGRESS_EVERY = 5  # batches between progress lines
+CHUNK_SIZE = 1024  # images per checkpointed chunk: a killed run loses at most this many
+PREFETCH_BATCHES = 2  # prepared batches waiting for the network, beyond one per worker
 
 # Only `weights: none` draws anything at random. A fixed seed, rather than params'
 # `seed`, keeps a change of the KNN's fold seed from rerunning a long extraction.
@@ -65,6 +82,9 @@ class Extraction(common.Section):
     blocks: list[Annotated[int, Field(ge=1, le=5)]] = Field(min_length=1)
     image_size: int = Field(ge=32)
     batch_size: int = Field(ge=1)
+    workers: int = Field(default=2, ge=1)  # threads that decode and resize; the features do not depend on it
+    # Rounded up to whole batches, so that the batches are those of an unchunked run.
+    chunk_size: int = Field(default=CHUNK_SIZE, ge=1)
 
     @pydantic.model_validator(mode="after")
     def layer_fits_size_and_blocks(self) -> Extraction:
@@ -88,8 +108,11 @@ class Params(common.Section):
 class ImageSet:
     """Labelled images, read one at a time so that only a batch is ever decoded.
 
-    ``read(i)`` returns image ``i`` as uint8 (H, W) or (H, W, 3); ``split`` holds
-    ``train``/``val``/``test`` per image and ``source`` where each image came from.
+    ``read(i)`` returns image ``i`` as uint8 (H, W) or (H, W, 3), and may be called from
+    several threads at once; ``split`` holds ``train``/``val``/``test`` per image and
+    ``source`` where each image came from. ``identity`` is a digest of the images (a
+    .npz file's bytes, or a folder's file names, sizes and times), so that a checkpoint
+    of other images is not resumed.
     """
 
     read: Callable[[int], np.ndarray]
@@ -97,6 +120,7 @@ class ImageSet:
     split: np.ndarray
     source: np.ndarray
     class_names: tuple[str, ...]
+    identity: str
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -176,12 +200,15 @@ def load_npz_images(path: Path) -> ImageSet:
     labels = np.concatenate(label_parts)
     if len(np.unique(labels)) < 2:
         raise common.StageError(f"{path}: only one class (label {labels[0]}) in the labels; need both")
+    with open(path, "rb") as file:
+        identity = hashlib.file_digest(file, "sha256").hexdigest()
     return ImageSet(
         read=images.__getitem__,
         labels=labels,
         split=np.array(split_names),
         source=np.array(sources),
         class_names=BREASTMNIST_CLASSES,
+        identity=identity,
     )
 
 
@@ -206,6 +233,20 @@ def read_image_file(path: Path) -> np.ndarray:
         raise common.StageError(f"{path}: cannot read image ({common.one_line(err)})") from None
 
 
+def check_image_header(path: Path) -> None:
+    """Stop on a file that is not an image, from its header alone: ``Image.open`` reads
+    the format, size and mode but no pixels, so every file is checked in a fraction of
+    a decode. A file cut short after a valid header passes here and is named when the
+    extraction decodes it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            pass
+    except OSError as err:  # PIL's UnidentifiedImageError is one
+        raise common.StageError(f"{path}: cannot read image ({common.one_line(err)})") from None
+
+
 def is_skipped(name: str) -> bool:
     """Whether a file or folder name is one that a folder of images collects by itself."""
     return name.startswith(".") or name.lower() in SYSTEM_FILES
@@ -218,9 +259,9 @@ def load_image_folder(root: Path) -> ImageSet:
     folders (such as ``.DS_Store``) and what Windows and macOS leave behind
     (``Thumbs.db``, ``desktop.ini``, ``__MACOSX/``) are skipped; any other file that is
     not a PNG, JPEG, BMP or TIFF stops the stage, as does a file outside the class
-    folders, an empty class folder or a single class. Every image is decoded once up
-    front, so that a bad file stops the stage before the long extraction rather than
-    in the middle of it.
+    folders, an empty class folder or a single class. Every image's header is checked
+    up front (``check_image_header``), so that a file that is no image stops the stage
+    before the long extraction rather than in the middle of it.
     """
     entries = sorted(entry for entry in root.iterdir() if not is_skipped(entry.name))
     for entry in entries:
@@ -245,14 +286,18 @@ def load_image_folder(root: Path) -> ImageSet:
             raise common.StageError(f"{class_dir}: empty class folder (no images)")
         paths += files
         labels += [label] * len(files)
+    listing = hashlib.sha256()
     for path in paths:
-        read_image_file(path)
+        check_image_header(path)
+        stat = path.stat()
+        listing.update(f"{path.relative_to(root).as_posix()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return ImageSet(
         read=lambda i: read_image_file(paths[i]),
         labels=np.array(labels, dtype=np.int64),
         split=np.array(["train"] * len(paths)),
         source=np.array([p.relative_to(root).as_posix() for p in paths]),
         class_names=class_names,
+        identity=listing.hexdigest(),
     )
 
 
@@ -281,11 +326,38 @@ def prepare_image(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(picture, dtype=np.float32)
 
 
-def iterate_batches(images: ImageSet, image_size: int, batch_size: int) -> Iterator[np.ndarray]:
-    """Yield float32 (B, size, size, 3) batches in order, decoding each image only when needed."""
-    for start in range(0, len(images), batch_size):
-        stop = min(start + batch_size, len(images))
-        yield np.stack([prepare_image(images.read(i), image_size) for i in range(start, stop)])
+def iterate_batches(
+    images: ImageSet, image_size: int, batch_size: int, workers: int = 1, start: int = 0, stop: int | None = None
+) -> Iterator[np.ndarray]:
+    """Yield float32 (B, size, size, 3) batches of images ``start`` to ``stop`` in order.
+
+    ``workers`` threads read and prepare (``prepare_image``) a batch each, ahead of the
+    caller: at most ``workers + PREFETCH_BATCHES`` batches are being prepared or wait,
+    so memory is bounded whatever the number of images. A file that does not decode
+    raises StageError naming it when its batch is reached.
+    """
+    # Threads rather than tf.data: PIL releases the GIL while it decodes and resizes, so
+    # threads run in parallel, and prepare_image stays the one preparation (classify
+    # uses it too); a tf.data map would resize with TensorFlow's kernels (other
+    # numbers) or call back into Python through py_function, under the GIL.
+    stop = len(images) if stop is None else stop
+
+    def prepare_batch(first: int) -> np.ndarray:
+        last = min(first + batch_size, stop)
+        return np.stack([prepare_image(images.read(i), image_size) for i in range(first, last)])
+
+    firsts = iter(range(start, stop, batch_size))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="prepare_batch")
+    try:
+        pending = deque(pool.submit(prepare_batch, first) for first in islice(firsts, workers + PREFETCH_BATCHES))
+        while pending:
+            batch = pending.popleft().result()  # in submission order, whichever finished first
+            following = next(firsts, None)
+            if following is not None:
+                pending.append(pool.submit(prepare_batch, following))
+            yield batch
+    finally:  # also when the caller stops early or a file fails: drop the batches not begun
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- model
@@ -353,29 +425,125 @@ def load_backbone(recipe: dict):
                            recipe["blocks"])
 
 
+def make_forward_pass(model, preprocess: Callable[[np.ndarray], np.ndarray], strategy=None):
+    """A function from a float32 batch of prepared images to its float32 features.
+
+    On one device, ``model.predict_on_batch``. Under a ``strategy`` of several replicas
+    (``model`` built in its scope), each batch is split evenly among them and the rows
+    gathered back in order; Keras's ``predict_on_batch`` would give every replica the
+    whole batch. A batch is padded with copies of its last image to a multiple of the
+    replicas, because TensorFlow's CPU convolutions fail on an empty share.
+    """
+    if strategy is None or strategy.num_replicas_in_sync == 1:
+        return lambda batch: np.asarray(model.predict_on_batch(preprocess(batch)))
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+
+    @tf.function(reduce_retracing=True)  # one graph for full batches, few for the last ones
+    def run_replicas(shares):
+        return strategy.gather(strategy.run(model, args=(shares,), kwargs={"training": False}), axis=0)
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        padded = np.concatenate([batch, np.repeat(batch[-1:], -len(batch) % replicas, axis=0)])
+        shares = np.split(preprocess(padded), replicas)
+        per_replica = strategy.experimental_distribute_values_from_function(
+            lambda context: shares[context.replica_id_in_sync_group]
+        )
+        return run_replicas(per_replica).numpy()[: len(batch)]
+
+    return forward
+
+
+# --------------------------------------------------------------------------- resumable extraction
+def checkpoint_key(settings: Extraction, images: ImageSet, n_devices: int) -> dict:
+    """What finished chunks depend on: every setting but ``workers`` (which changes the
+    speed alone), the images, and how many devices share each batch."""
+    return {**settings.model_dump(exclude={"workers"}), "images": images.identity, "devices": n_devices}
+
+
+class ChunkCheckpoint:
+    """Finished chunks of features in a folder that is not a DVC output (git ignores it).
+
+    ``key.json`` holds what the chunks were computed from (``checkpoint_key``); a folder
+    with another key is emptied, so chunks of other settings, images or devices are
+    never mixed in. Each chunk is an .npy written atomically: one that is there is whole.
+    """
+
+    def __init__(self, folder: Path, key: dict):
+        self.folder, self.key_path = folder, folder / "key.json"
+        self.rows_loaded = 0
+        try:
+            saved_key = json.loads(self.key_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            saved_key = None
+        if saved_key != key:
+            if saved_key is not None:
+                print(f"extract_vgg_features: {folder} is from other settings or images: starting afresh", flush=True)
+            self.clear()
+            common.write_json(self.key_path, key)
+
+    def chunk_path(self, start: int) -> Path:
+        return self.folder / f"chunk-{start:09d}.npy"
+
+    def load(self, start: int) -> np.ndarray | None:
+        """The features of the chunk that begins at image ``start``, or None if not finished."""
+        path = self.chunk_path(start)
+        if not path.is_file():
+            return None
+        chunk = np.load(path)
+        self.rows_loaded += len(chunk)
+        return chunk
+
+    def save(self, start: int, features: np.ndarray) -> None:
+        with common.atomic_path(self.chunk_path(start)) as tmp:
+            np.save(tmp, features)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def extract_features(
-    model,
-    preprocess: Callable[[np.ndarray], np.ndarray],
-    batches: Iterator[np.ndarray],
-    n_images: int,
+    forward: Callable[[np.ndarray], np.ndarray],
+    n_features: int,
+    images: ImageSet,
+    image_size: int,
+    batch_size: int,
+    workers: int = 1,
+    chunk_size: int = CHUNK_SIZE,
+    checkpoint: ChunkCheckpoint | None = None,
     progress_every: int | None = PROGRESS_EVERY,
 ) -> np.ndarray:
-    """Run ``model`` over ``batches`` and return float32 (n_images, D) features.
+    """float32 (len(images), n_features) features: ``forward`` over the prepared images.
 
-    Prints a flushed progress line every ``progress_every`` batches and after the
-    last, or none if ``progress_every`` is None.
+    Images go in chunks of ``chunk_size`` rounded up to whole batches. Finished chunks
+    that ``checkpoint`` holds are read from it, and the rest computed in one stream of
+    batches (``iterate_batches`` with ``workers``), each chunk saved to ``checkpoint``
+    as soon as its last batch is through. Prints a flushed progress line every
+    ``progress_every`` batches computed and after the last, or none if it is None.
     """
-    features = np.empty((n_images, model.output_shape[-1]), dtype=np.float32)
-    done, started = 0, time.perf_counter()
+    features = np.empty((len(images), n_features), dtype=np.float32)
+    chunk_size = -(-chunk_size // batch_size) * batch_size
+    resumed = 0
+    while checkpoint and resumed < len(images) and (chunk := checkpoint.load(resumed)) is not None:
+        features[resumed : resumed + len(chunk)] = chunk
+        resumed += len(chunk)
+    if resumed:
+        print(f"extract_vgg_features: resuming after {resumed} images from {checkpoint.folder}", flush=True)
+    done, started = resumed, time.perf_counter()
+    batches = iterate_batches(images, image_size, batch_size, workers, start=resumed)
     for number, batch in enumerate(batches, start=1):
-        features[done : done + len(batch)] = model.predict_on_batch(preprocess(batch))
+        features[done : done + len(batch)] = forward(batch)
         done += len(batch)
-        if progress_every and (number % progress_every == 0 or done == n_images):
+        if checkpoint and (done % chunk_size == 0 or done == len(images)):
+            chunk_start = (done - 1) // chunk_size * chunk_size
+            checkpoint.save(chunk_start, features[chunk_start:done])
+        if progress_every and (number % progress_every == 0 or done == len(images)):
             elapsed = time.perf_counter() - started
-            rate = done / elapsed
+            rate = (done - resumed) / elapsed
             print(
-                f"extract_vgg_features: {done}/{n_images} images, {rate:.1f} images/s, "
-                f"{elapsed:.0f}s elapsed, about {(n_images - done) / rate:.0f}s left",
+                f"extract_vgg_features: {done}/{len(images)} images, {rate:.1f} images/s, "
+                f"{elapsed:.0f}s elapsed, about {(len(images) - done) / rate:.0f}s left",
                 flush=True,
             )
     return features
@@ -392,21 +560,29 @@ def image_counts(images: ImageSet) -> dict[str, int]:
 
 def main(argv: list[str]) -> None:
     settings = common.read_params(Params).extract_vgg_features
-    args = common.stage_args("extract_vgg_features", argv, "features", "backbone")
+    args = common.stage_args("extract_vgg_features", argv, "features", "backbone", "checkpoints")
     images = open_data(settings.data)
+    strategy, devices = common.distribution_strategy()
     print(
         f"extract_vgg_features: {len(images)} images, classes {', '.join(images.class_names)}; "
-        f"{settings.backbone} {settings.layer} of blocks {settings.blocks}, weights {settings.weights}",
+        f"{settings.backbone} {settings.layer} of blocks {settings.blocks}, weights {settings.weights}; "
+        f"on {common.describe_devices(devices)}, {settings.workers} input worker(s)",
         flush=True,
     )
     recipe = settings.model_dump(include=set(RECIPE_KEYS))
-    model = load_backbone(recipe)
+    with strategy.scope():
+        model = load_backbone(recipe)
+    checkpoint = ChunkCheckpoint(args.checkpoints, checkpoint_key(settings, images, len(devices)))
     started = time.perf_counter()
     features = extract_features(
-        model,
-        preprocess_function(settings.backbone),
-        iterate_batches(images, settings.image_size, settings.batch_size),
-        len(images),
+        make_forward_pass(model, preprocess_function(settings.backbone), strategy),
+        model.output_shape[-1],
+        images,
+        settings.image_size,
+        settings.batch_size,
+        settings.workers,
+        settings.chunk_size,
+        checkpoint,
     )
     seconds = time.perf_counter() - started
     common.save_npz(
@@ -418,10 +594,13 @@ def main(argv: list[str]) -> None:
         class_names=np.array(images.class_names),
     )
     common.write_json(args.backbone, {**recipe, "class_names": list(images.class_names)})
+    checkpoint.clear()
     counts = image_counts(images)
+    computed = len(images) - checkpoint.rows_loaded
     common.write_run_facts("extract_vgg_features", {
-        **counts, "feature_dim": int(features.shape[1]), "seconds": round(seconds, 1),
-        "images_per_second": round(len(images) / seconds, 2),
+        **counts, "feature_dim": int(features.shape[1]), "devices": devices, "workers": settings.workers,
+        "resumed_images": checkpoint.rows_loaded, "seconds": round(seconds, 1),
+        "images_per_second": round(computed / seconds, 2),
     })
     print(f"extract_vgg_features: wrote {args.features} {features.shape} in {seconds:.0f}s; {counts}")
 

@@ -6,8 +6,8 @@ Reads ``seed``, ``breast_cv_folds`` and ``fit_knn`` from params.yaml and the fea
 that ``extract_vgg_features`` wrote; writes the pipeline fitted on every non-test image
 (``--model``) and its predictions (``--predictions``), which ``evaluate@breast`` scores: ``heldout`` and ``cv``
 by the protocol it shares with ``train_head`` (see ``stages.breast``), and
-``resubstitution``: fitted on all the images and predicting them, the way the seed got
-its 88%. That one measures memory, not generalisation. (The seed also scored raw
+``resubstitution``: fitted on all the images and predicting them, the way the original got
+its 88%. That one measures memory, not generalisation. (The original also scored raw
 features against a fit on normalised ones; the pipeline here normalises both.)
 """
 
@@ -34,7 +34,7 @@ class Params(FoldParams):
 
 
 def make_knn_pipeline(k: int, metric: str = "euclidean", weights: str = "uniform"):
-    """Each feature vector scaled to unit length, as in the seed, then k-nearest neighbours."""
+    """Each feature vector scaled to unit length, as in the original, then k-nearest neighbours."""
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import Normalizer
@@ -77,7 +77,7 @@ def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed:
     )
     everything = knn_for(settings).fit(x, y)
     frames.append(prediction_frame(data.source, y, everything.predict_proba(x), data.class_names,
-                                   "resubstitution", "fitted and scored on the same images, as the seed's 88%"))
+                                   "resubstitution", "fitted and scored on the same images, as the original's 88%"))
     return model, frames
 
 

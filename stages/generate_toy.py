@@ -3,7 +3,7 @@
     python -m stages.generate_toy NAME --data DATA.npz --scatter SCATTER.png
 
 Reads ``seed`` and ``generate_toy.<name>`` from params.yaml, where every dataset is
-named (dvc.yaml runs this stage once per name) and has a ``layout``: the seed's three
+named (dvc.yaml runs this stage once per name) and has a ``layout``: the original's three
 are ``blob_pair`` ("2blop"), ``blob_in_ring`` ("blop_circle") and ``xor_blobs``
 ("4blop"). Writes the points (``--data``: arrays ``x`` (N, 2) float32 and ``y`` (N,)
 int64) and a scatter plot of them (``--scatter``).

@@ -1,10 +1,10 @@
-"""Stage ``train_head``: the seed's transfer learning, a classifier trained on the frozen
+"""Stage ``train_head``: the original's transfer learning, a classifier trained on the frozen
 backbone's features.
 
     python -m stages.train_head --features FEATURES.npz --model HEAD.keras --predictions PREDICTIONS.csv
         --history HISTORY.csv
 
-The seed names it without doing it: "freezing all the CNN layers and defining our own
+The original names it without doing it: "freezing all the CNN layers and defining our own
 output layer and training this with our data". The backbone is ``extract_vgg_features``'s,
 frozen by construction: this stage reads its features, so a change to the head never
 reruns the backbone.
@@ -55,7 +55,7 @@ class Params(FoldParams):
 
 def make_model(n_features: int, n_classes: int, hidden_units: int, dropout: float, l2: float):
     """Dropout on the (standardised) features, an optional hidden ReLU layer, and a softmax
-    over the classes: the seed's "own output layer"."""
+    over the classes: the original's "own output layer"."""
     import keras
 
     regulariser = keras.regularizers.L2(l2) if l2 else None

@@ -37,9 +37,9 @@ class Params(common.Section):
 
 
 def make_model(hidden_layers: list[int], activation: str = "relu"):
-    """An MLP from 2-D points to two class probabilities, as in the seed.
+    """An MLP from 2-D points to two class probabilities, as in the original.
 
-    ``[3, 5]`` gives the seed's 41-parameter ``2blop`` network, ``[5, 15, 10]`` its
+    ``[3, 5]`` gives the original's 41-parameter ``2blop`` network, ``[5, 15, 10]`` its
     287-parameter networks for ``blop_circle`` and ``4blop``.
     """
     import keras

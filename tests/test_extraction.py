@@ -1,0 +1,264 @@
+"""extract_vgg_features on many images: input prepared in parallel and in order, bad files
+named before any output, chunks that a killed run resumes from, several devices.
+
+Every test makes its own tiny images; the network is VGG16 with random weights at 32x32.
+The stage runs in this process where it can, and in a child process where it must: to
+be killed, or to split the CPU into two devices before TensorFlow starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages import common
+from stages import extract_vgg_features as extract
+from tests.conftest import PROJECT, stage_argv, tool_env
+
+STAGE = "extract_vgg_features"
+FEATURES = Path("data/breast/features.npz")  # as the project's dvc.yaml names them, relative to the stage's folder
+CHECKPOINTS = Path("checkpoints/extract_vgg_features")
+
+
+def write_lab_folder(root: Path, per_class: int = 9) -> Path:
+    """Two class folders of PNG and JPEG files, grey and colour, of differing sizes."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("benign", "malignant")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            grey = (rng.integers(0, 80, (24 + i, 30)) + 150 * label).astype(np.uint8)
+            if i % 2:
+                Image.fromarray(np.stack([grey, grey // 2, 255 - grey], axis=-1)).save(root / name / f"{i:03d}.jpg")
+            else:
+                Image.fromarray(grey).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def write_many_npz(path: Path, n: int) -> Path:
+    rng = np.random.default_rng(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, train_images=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+             train_labels=(np.arange(n) % 2).astype(np.uint8))
+    return path
+
+
+def write_params(folder: Path, data: str, **overrides) -> None:
+    settings = {"data": data, "backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [5],
+                "image_size": 32, "batch_size": 4, "workers": 2, **overrides}
+    (folder / "params.yaml").write_text(json.dumps({STAGE: settings}))  # JSON is YAML
+
+
+def run_here(folder: Path, monkeypatch) -> bytes:
+    """Run the stage in this process from ``folder``; return the bytes of its features file."""
+    monkeypatch.chdir(folder)
+    extract.main(stage_argv(STAGE))
+    return (folder / FEATURES).read_bytes()
+
+
+def stage_child(folder: Path, *python: str) -> subprocess.Popen:
+    """The stage in a child process (``python`` replaces ``-m stages.extract_vgg_features``)."""
+    command = [sys.executable, *(python or ("-m", f"stages.{STAGE}")), *stage_argv(STAGE)]
+    return subprocess.Popen(command, cwd=folder, env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def slow_image_set(n: int, batch_size: int, delay_s: float) -> tuple[extract.ImageSet, list[int]]:
+    """``n`` distinct grey images, the even batches slow to read, so that a later batch
+    finishes first; also the list of the indices read, in the order they were."""
+    pixels = np.random.default_rng(2).integers(0, 256, (n, 20, 30), dtype=np.uint8)
+    reads, lock = [], threading.Lock()
+
+    def read(i: int) -> np.ndarray:
+        with lock:
+            reads.append(i)
+        if (i // batch_size) % 2 == 0:
+            time.sleep(delay_s)
+        return pixels[i]
+
+    images = extract.ImageSet(read=read, labels=np.zeros(n, np.int64), split=np.full(n, "train"),
+                              source=np.arange(n).astype(str), class_names=("a",), identity="slow")
+    return images, reads
+
+
+# --------------------------------------------------------------------------- the input
+def test_batches_come_in_order_whichever_finishes_first():
+    images, _ = slow_image_set(30, batch_size=4, delay_s=0.01)
+    sequential = np.stack([extract.prepare_image(images.read(i), 32) for i in range(30)])
+    for workers in (1, 3):
+        batches = list(extract.iterate_batches(images, 32, batch_size=4, workers=workers))
+        assert [len(b) for b in batches] == [4] * 7 + [2]
+        assert np.array_equal(np.concatenate(batches), sequential)  # same bytes as one image at a time
+    middle = list(extract.iterate_batches(images, 32, batch_size=4, workers=2, start=8, stop=19))
+    assert np.array_equal(np.concatenate(middle), sequential[8:19])
+
+
+def test_input_runs_a_bounded_number_of_batches_ahead():
+    images, reads = slow_image_set(400, batch_size=4, delay_s=0.0)
+    batches = extract.iterate_batches(images, 32, batch_size=4, workers=2)
+    next(batches)
+    time.sleep(0.5)  # time enough to read all 400 images, were the input unbounded
+    ahead = 1 + 2 + extract.PREFETCH_BATCHES  # the batch taken, one per worker, the prefetched
+    assert len(reads) <= ahead * 4
+    batches.close()
+
+
+# --------------------------------------------------------------------------- the stage
+def test_one_or_two_workers_and_any_chunk_size_give_the_same_bytes(tmp_path, monkeypatch):
+    write_lab_folder(tmp_path / "data/local/breast/lab")
+    write_params(tmp_path, "data/local/breast/lab", workers=1)
+    one_worker = run_here(tmp_path, monkeypatch)
+    write_params(tmp_path, "data/local/breast/lab", workers=2, chunk_size=5)  # chunks of 8, two batches
+    assert run_here(tmp_path, monkeypatch) == one_worker
+    with np.load(tmp_path / FEATURES) as saved:
+        assert saved["features"].shape == (18, 512)
+        assert saved["source"][:2].tolist() == ["benign/000.png", "benign/001.jpg"]
+    facts = json.loads((tmp_path / "runs/extract_vgg_features.json").read_text())
+    assert facts["workers"] == 2 and facts["devices"] == ["/device:CPU:0"] and facts["resumed_images"] == 0
+    assert not (tmp_path / CHECKPOINTS).exists()  # removed after success
+
+
+def test_workers_must_be_at_least_one(tmp_path, monkeypatch):
+    write_params(tmp_path, "data/local/breast/lab", workers=0)
+    with pytest.raises(common.ParamsError, match=r"^params.yaml: extract_vgg_features.workers: must be greater"):
+        run_here(tmp_path, monkeypatch)
+
+
+def spoil(path: Path, how: str) -> None:
+    if how == "not an image":
+        path.write_text("a note saved with an image's name")
+    else:  # the header stays whole, the pixels are cut short: a few bytes into the compressed data
+        data = path.read_bytes()
+        pixels_begin = data.index(b"IDAT" if how == "truncated png" else b"\xff\xda")
+        path.write_bytes(data[: pixels_begin + 40])
+
+
+@pytest.mark.parametrize(("how", "name"), [
+    ("truncated png", "malignant/008.png"), ("truncated jpeg", "malignant/007.jpg"), ("not an image", "benign/004.png"),
+])
+def test_a_bad_image_stops_the_stage_naming_it_with_no_output(tmp_path, monkeypatch, how, name):
+    lab = write_lab_folder(tmp_path / "data/local/breast/lab")
+    spoil(lab / name, how)
+    write_params(tmp_path, "data/local/breast/lab", chunk_size=4)
+    with pytest.raises(common.StageError) as error:
+        run_here(tmp_path, monkeypatch)
+    assert str(error.value).startswith(f"data/local/breast/lab/{name}: cannot read image")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / FEATURES).exists() and not (tmp_path / "models/breast/backbone.json").exists()
+    # The header check stops a non-image before the network; a truncated body is found
+    # in its batch, after the chunks before it were saved to resume from.
+    chunks = sorted(p.name for p in (tmp_path / CHECKPOINTS).glob("chunk-*.npy"))
+    assert chunks == ([] if how == "not an image" else [f"chunk-{i:09d}.npy" for i in range(0, 16, 4)])
+
+
+def test_a_killed_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    write_many_npz(tmp_path / "data/local/breast/many.npz", 400)
+    write_params(tmp_path, "data/local/breast/many.npz", batch_size=8, chunk_size=16)
+    child = stage_child(tmp_path)
+    chunks = tmp_path / CHECKPOINTS
+    while len(list(chunks.glob("chunk-*.npy"))) < 2 and child.poll() is None:
+        time.sleep(0.01)
+    assert child.poll() is None, child.communicate()[0]
+    os.kill(child.pid, signal.SIGKILL)
+    child.communicate()
+    assert child.returncode == -signal.SIGKILL and not (tmp_path / FEATURES).exists()
+    finished = len(list(chunks.glob("chunk-*.npy")))
+    assert 2 <= finished < 400 // 16
+
+    rerun = stage_child(tmp_path)
+    log = rerun.communicate()[0]
+    assert rerun.returncode == 0, log
+    resumed = int(log.split("resuming after ")[1].split()[0])
+    assert resumed == 16 * finished
+    assert not chunks.exists()
+    resumed_bytes = (tmp_path / FEATURES).read_bytes()
+    (tmp_path / FEATURES).unlink()
+    assert run_here(tmp_path, monkeypatch) == resumed_bytes  # uninterrupted, from nothing
+
+
+class Interrupted(Exception):
+    """Stands for a kill in this process: the stage stops between two batches."""
+
+
+def forward_stopping_after(batches: int):
+    """A ``make_forward_pass`` whose forward pass raises Interrupted after ``batches`` batches."""
+    real_make_forward_pass = extract.make_forward_pass
+
+    def make_forward_pass(*args):
+        forward, calls = real_make_forward_pass(*args), []
+
+        def stopping(batch: np.ndarray) -> np.ndarray:
+            calls.append(len(batch))
+            if len(calls) > batches:
+                raise Interrupted
+            return forward(batch)
+
+        return stopping
+
+    return make_forward_pass
+
+
+def test_chunks_of_other_settings_or_images_are_not_reused(tmp_path, monkeypatch, capsys):
+    lab = write_lab_folder(tmp_path / "data/local/breast/lab")
+
+    def run(stop_after: int | None = None, **settings) -> bytes | None:
+        """A run over the 18 images in chunks of 8 (two batches); interrupted, it leaves two chunks."""
+        write_params(tmp_path, "data/local/breast/lab", chunk_size=8, **settings)
+        if stop_after is None:
+            return run_here(tmp_path, monkeypatch)
+        with monkeypatch.context() as patch, pytest.raises(Interrupted):
+            patch.setattr(extract, "make_forward_pass", forward_stopping_after(stop_after))
+            run_here(tmp_path, monkeypatch)
+        assert len(list((tmp_path / CHECKPOINTS).glob("chunk-*.npy"))) == 2
+        capsys.readouterr()
+        return None
+
+    max_pooled = run(layer="max")
+    run(stop_after=4, layer="avg")  # chunks of the same shape as max pooling's, other numbers
+    assert run(layer="max") == max_pooled
+    assert "from other settings or images: starting afresh" in capsys.readouterr().out
+
+    run(stop_after=4, layer="max", workers=1)  # workers change the speed alone: its chunks are resumed
+    assert run(layer="max", workers=2) == max_pooled
+    assert "resuming after 16 images" in capsys.readouterr().out
+
+    run(stop_after=4, layer="max")
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(lab / "benign" / "new.png")  # other images now
+    run(layer="max")
+    assert "starting afresh" in capsys.readouterr().out
+
+
+TWO_CPU_DEVICES = """
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from stages import common, extract_vgg_features
+
+common.run_stage(extract_vgg_features.main)
+"""
+
+
+def test_two_devices_give_the_features_of_one(tmp_path, monkeypatch):
+    write_many_npz(tmp_path / "data/local/breast/few.npz", 23)
+    write_params(tmp_path, "data/local/breast/few.npz", batch_size=5, chunk_size=10)  # last batch: 3 images
+    child = stage_child(tmp_path, "-c", TWO_CPU_DEVICES)
+    log = child.communicate()[0]
+    assert child.returncode == 0, log
+    facts = json.loads((tmp_path / "runs/extract_vgg_features.json").read_text())
+    assert facts["devices"] == ["/device:CPU:0", "/device:CPU:1"]
+    with np.load(tmp_path / FEATURES) as saved:
+        two_devices = saved["features"]
+    run_here(tmp_path, monkeypatch)
+    with np.load(tmp_path / FEATURES) as saved:
+        one_device = saved["features"]
+    np.testing.assert_allclose(two_devices, one_device, rtol=1e-6, atol=1e-6)
