@@ -125,6 +125,19 @@ def stage_paths(stage: str, item: str | None = None) -> dict[str, Path]:
     return paths(stage, item, PROJECT / "dvc.yaml")
 
 
+def two_cpu_devices_script(stage: str) -> str:
+    """Python source (for ``python -c``) that splits the CPU into two logical devices
+    before TensorFlow starts, then runs ``stages.<stage>`` with the rest of the command
+    line: the several-device code paths, on a machine without GPUs."""
+    return (
+        "import tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        f"from stages import common, {stage}\n"
+        f"common.run_stage({stage}.main)\n"
+    )
+
+
 def project_params() -> dict:
     return yaml.safe_load((PROJECT / "params.yaml").read_text())
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from stages import common
 from stages import extract_vgg_features as extract
-from tests.conftest import PROJECT, stage_argv, tool_env
+from tests.conftest import PROJECT, stage_argv, tool_env, two_cpu_devices_script
 
 STAGE = "extract_vgg_features"
 FEATURES = Path("data/breast/features.npz")  # as the project's dvc.yaml names them, relative to the stage's folder
@@ -237,21 +237,10 @@ def test_chunks_of_other_settings_or_images_are_not_reused(tmp_path, monkeypatch
     assert "starting afresh" in capsys.readouterr().out
 
 
-TWO_CPU_DEVICES = """
-import tensorflow as tf
-
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from stages import common, extract_vgg_features
-
-common.run_stage(extract_vgg_features.main)
-"""
-
-
 def test_two_devices_give_the_features_of_one(tmp_path, monkeypatch):
     write_many_npz(tmp_path / "data/local/breast/few.npz", 23)
     write_params(tmp_path, "data/local/breast/few.npz", batch_size=5, chunk_size=10)  # last batch: 3 images
-    child = stage_child(tmp_path, "-c", TWO_CPU_DEVICES)
+    child = stage_child(tmp_path, "-c", two_cpu_devices_script(STAGE))
     log = child.communicate()[0]
     assert child.returncode == 0, log
     facts = json.loads((tmp_path / "runs/extract_vgg_features.json").read_text())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import yaml
 from stages import augment_train_mnist as mnist
 from stages import common
 from stages.predictions import read_predictions
-from tests.conftest import stage_argv, tiny_mnist
+from tests.conftest import PROJECT, stage_argv, tiny_mnist, tool_env, two_cpu_devices_script
 
 LOCAL_FILE = "data/local/mnist/tiny.npz"
 
@@ -111,6 +113,18 @@ def test_one_short_run_writes_every_output(workdir):
     assert history[0] == "epoch,accuracy,loss,val_accuracy,val_loss" and len(history) == 4
     assert (workdir / "models/mnist/model.keras").is_file()
     assert not (workdir / "checkpoints/mnist").exists()  # cleared once the run is complete
+
+
+def test_training_mirrored_over_two_devices(workdir):
+    # The MirroredStrategy path a machine with several GPUs takes, on two logical CPUs.
+    command = [sys.executable, "-c", two_cpu_devices_script("augment_train_mnist"), *stage_argv("augment_train_mnist")]
+    result = subprocess.run(command, cwd=workdir, env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    facts = json.loads((workdir / "runs/augment_train_mnist.json").read_text())
+    assert facts["device"].startswith("CPU:0, CPU:1") and 1 <= facts["best_epoch"] <= 3
+    assert "training on CPU:0, CPU:1" in result.stdout
+    assert len(read_predictions(workdir / "predictions/mnist/cnn.csv")[0]) == 40 + 40
 
 
 def test_mixed_precision_and_xla_options_run(workdir, capsys):
