@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -283,36 +282,27 @@ def run_fingerprint(params: dict, arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-class Checkpoint:
-    """The state of a run after its last finished epoch, in a folder that DVC keeps (``persist``).
+class Checkpoint(common.ResumeFolder):
+    """The state of a run after its last finished epoch, for the run whose fingerprint
+    (``run_fingerprint``) is the folder's key.
 
     ``state.json`` is written last and atomically, so a run killed while saving
     resumes from the epoch before.
     """
 
-    def __init__(self, folder: Path, fingerprint: str):
-        self.folder, self.fingerprint = folder, fingerprint
-        self.state_path = folder / "state.json"
-
     def load(self) -> dict | None:
-        """The saved state, or None (and a clean folder) when there is none for this run."""
+        """The saved state, or None when no epoch has finished."""
         try:
-            state = json.loads(self.state_path.read_text())
+            return json.loads((self.folder / "state.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            state = None
-        if state is None or state.get("fingerprint") != self.fingerprint:
-            if state is not None:
-                print("checkpoint is from other params or data: starting afresh", flush=True)
-            shutil.rmtree(self.folder, ignore_errors=True)
             return None
-        return state
 
     def save(self, model, best_model, state: dict) -> None:
         # Files named by epoch, so the state written last always points at complete files.
         epoch = state["epochs_done"]
         common.save_keras_model(model, self.folder / f"last-{epoch}.keras")
         common.save_keras_model(best_model, self.folder / f"best-{epoch}.keras")
-        common.write_json(self.state_path, {**state, "fingerprint": self.fingerprint})
+        common.write_json(self.folder / "state.json", state)
         for old in self.folder.glob("*.keras"):
             if not old.stem.endswith(f"-{epoch}"):
                 old.unlink()
@@ -320,9 +310,6 @@ class Checkpoint:
     def models(self, state: dict):
         epoch = state["epochs_done"]
         return (keras_load(self.folder / f"last-{epoch}.keras"), keras_load(self.folder / f"best-{epoch}.keras"))
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def epoch_bookkeeping(best_model, state: dict, seed: int, images_per_epoch: int, checkpoint: Checkpoint | None):

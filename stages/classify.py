@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from stages import common
-from stages.extract_vgg_features import IMAGE_SUFFIXES, is_skipped, read_image_file
+from stages.extract_vgg_features import IMAGE_SUFFIXES, is_skipped, prepare_image, read_image_file
 
 BREAST_MODELS = {"breast-knn": "fit_knn", "breast-head": "train_head"}  # the stage that trains each
 PROGRESS_EVERY = 10  # batches between progress lines
@@ -139,16 +139,6 @@ def mnist_classifier() -> tuple[str, Callable, tuple, int]:
     return "mnist", lambda batch: np.asarray(model.predict_on_batch(to_model_input(batch))), CLASS_NAMES, IMAGE_SHAPE[0]
 
 
-def prepare_digit(image: np.ndarray, size: int) -> np.ndarray:
-    """Any image -> uint8 (size, size) grey, as MNIST's arrays hold the digits."""
-    from PIL import Image
-
-    picture = Image.fromarray(image).convert("L")
-    if picture.size != (size, size):
-        picture = picture.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(picture)
-
-
 def required(path: Path, stage: str) -> Path:
     if not path.is_file():
         raise common.StageError(f"{path}: not found; run `dvc repro {stage}` (or `dvc pull`) first")
@@ -189,12 +179,11 @@ def run(args: argparse.Namespace) -> None:
         files = find_images(args.paths)
         if args.model == "mnist":
             name, probabilities, class_names, size = mnist_classifier()
-            prepare = lambda image: prepare_digit(image, size)  # noqa: E731
+            mode = "L"  # grey, as MNIST's arrays hold the digits
         else:
-            from stages.extract_vgg_features import prepare_image
-
             name, probabilities, class_names, size = breast_classifier(args.model)
-            prepare = lambda image: prepare_image(image, size)  # noqa: E731
+            mode = "RGB"
+        prepare = lambda image: prepare_image(image, size, mode)  # noqa: E731
         print(f"classifying {len(files)} images with {name}", file=sys.stderr, flush=True)
         table, skipped = classify(files, probabilities, prepare, class_names, args.batch_size)
     except common.StageError as err:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -267,6 +268,34 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         tf.config.experimental.enable_op_determinism()
     else:
         tf_config.disable_op_determinism()
+
+
+# --------------------------------------------------------------------------- resuming
+class ResumeFolder:
+    """A folder that holds what a killed run of a stage needs to resume (git-ignored, not a
+    DVC output), valid only for the run that ``key`` (any JSON value) describes.
+
+    ``key.json`` is written when the folder is opened; a folder that holds another key
+    (other params, data or devices) is emptied first, so nothing of another run is ever
+    resumed. Stages write its files atomically, so a file that is there is whole, and
+    ``clear()`` it once their outputs are written.
+    """
+
+    def __init__(self, folder: Path, key: Any):
+        self.folder = folder
+        key_path = folder / "key.json"
+        try:
+            saved_key = json.loads(key_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            saved_key = None
+        if saved_key != key:
+            if saved_key is not None:
+                print(f"{folder} is from other params or data: starting afresh", flush=True)
+            self.clear()
+            write_json(key_path, key)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- devices

@@ -30,8 +30,6 @@ images are bounded by ``workers + PREFETCH_BATCHES + 1`` batches.
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 import time
 import warnings
 from collections import deque
@@ -316,11 +314,12 @@ def open_data(data: str) -> ImageSet:
     raise common.StageError(f"{path}: extract_vgg_features.data not found (nor is it '{MEDMNIST}')")
 
 
-def prepare_image(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 grey or RGB image -> float32 (size, size, 3) in 0..255, grey repeated to RGB."""
+def prepare_image(image: np.ndarray, size: int, mode: str = "RGB") -> np.ndarray:
+    """uint8 grey or RGB image -> float32 in 0..255, resized bilinearly to (size, size):
+    (size, size, 3) with grey repeated to RGB, or, for ``mode`` ``"L"``, (size, size) grey."""
     from PIL import Image
 
-    picture = Image.fromarray(image).convert("RGB")
+    picture = Image.fromarray(image).convert(mode)
     if picture.size != (size, size):
         picture = picture.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(picture, dtype=np.float32)
@@ -462,26 +461,13 @@ def checkpoint_key(settings: Extraction, images: ImageSet, n_devices: int) -> di
     return {**settings.model_dump(exclude={"workers"}), "images": images.identity, "devices": n_devices}
 
 
-class ChunkCheckpoint:
-    """Finished chunks of features in a folder that is not a DVC output (git ignores it).
-
-    ``key.json`` holds what the chunks were computed from (``checkpoint_key``); a folder
-    with another key is emptied, so chunks of other settings, images or devices are
-    never mixed in. Each chunk is an .npy written atomically: one that is there is whole.
-    """
+class ChunkCheckpoint(common.ResumeFolder):
+    """Finished chunks of features, for the run that ``checkpoint_key`` describes. Each
+    chunk is an .npy written atomically: one that is there is whole."""
 
     def __init__(self, folder: Path, key: dict):
-        self.folder, self.key_path = folder, folder / "key.json"
+        super().__init__(folder, key)
         self.rows_loaded = 0
-        try:
-            saved_key = json.loads(self.key_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            saved_key = None
-        if saved_key != key:
-            if saved_key is not None:
-                print(f"extract_vgg_features: {folder} is from other settings or images: starting afresh", flush=True)
-            self.clear()
-            common.write_json(self.key_path, key)
 
     def chunk_path(self, start: int) -> Path:
         return self.folder / f"chunk-{start:09d}.npy"
@@ -498,9 +484,6 @@ class ChunkCheckpoint:
     def save(self, start: int, features: np.ndarray) -> None:
         with common.atomic_path(self.chunk_path(start)) as tmp:
             np.save(tmp, features)
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def extract_features(

@@ -225,7 +225,7 @@ def test_chunks_of_other_settings_or_images_are_not_reused(tmp_path, monkeypatch
     max_pooled = run(layer="max")
     run(stop_after=4, layer="avg")  # chunks of the same shape as max pooling's, other numbers
     assert run(layer="max") == max_pooled
-    assert "from other settings or images: starting afresh" in capsys.readouterr().out
+    assert "is from other params or data: starting afresh" in capsys.readouterr().out
 
     run(stop_after=4, layer="max", workers=1)  # workers change the speed alone: its chunks are resumed
     assert run(layer="max", workers=2) == max_pooled

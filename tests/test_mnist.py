@@ -171,12 +171,14 @@ def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, mo
 
 
 def test_a_checkpoint_from_other_params_is_not_resumed(workdir, capsys):
-    fingerprint = mnist.run_fingerprint({"seed": 1}, {})
-    checkpoint = mnist.Checkpoint(workdir / "checkpoints/mnist", fingerprint)
-    common.write_json(checkpoint.state_path, {"epochs_done": 2, "fingerprint": "other"})
+    folder = workdir / "checkpoints/mnist"
+    other = mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 2}, {}))
+    common.write_json(folder / "state.json", {"epochs_done": 2})
+    (folder / "last-2.keras").write_bytes(b"a model of other params")
+    checkpoint = mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 1}, {}))
     assert checkpoint.load() is None
     assert "starting afresh" in capsys.readouterr().out
-    assert not checkpoint.folder.exists()
+    assert sorted(path.name for path in folder.iterdir()) == ["key.json"]  # nothing of the other run is left
 
 
 @pytest.mark.parametrize(
