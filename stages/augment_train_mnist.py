@@ -72,10 +72,7 @@ class Params(common.Section):
 
 # --------------------------------------------------------------------------- data
 def check_mnist_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
-    """Stop with a message naming ``source`` unless ``arrays`` look like Keras's mnist.npz."""
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
-    if missing:
-        raise common.StageError(f"{source}: missing key(s) {', '.join(missing)}")
+    """Stop with a message naming ``source`` unless Keras's four arrays in ``arrays`` look like MNIST."""
     for part in ("train", "test"):
         x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
@@ -103,11 +100,8 @@ def load_mnist(data: str) -> dict[str, np.ndarray]:
                 f"augment_train_mnist.data to a local .npz under {LOCAL_DATA_DIR}/"
             ) from None
         return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-    path = Path(data)
-    if not path.is_file():
-        raise common.StageError(f"{path}: file not found (augment_train_mnist.data)")
-    arrays = common.read_npz(path)
-    check_mnist_arrays(arrays, str(path))
+    arrays = common.read_npz(Path(data), ("x_train", "y_train", "x_test", "y_test"))
+    check_mnist_arrays(arrays, data)
     return arrays
 
 
@@ -190,6 +184,11 @@ def train_dataset(x, y, batch_size: int, steps: int, augmentation, seed: int):
     """
     import tensorflow as tf
 
+    # Each op of the pipeline on one thread: otherwise its ops may borrow TensorFlow's
+    # shared intra-op thread pool, which the training step needs.
+    options = tf.data.Options()
+    options.threading.max_intra_op_parallelism = 1
+
     def prepare(index, batch):
         images, labels = batch
         images = to_model_input(images)
@@ -205,22 +204,8 @@ def train_dataset(x, y, batch_size: int, steps: int, augmentation, seed: int):
         .enumerate()
         .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
-        .with_options(single_threaded_ops())
+        .with_options(options)
     )
-
-
-def single_threaded_ops():
-    """tf.data options that run each op of the input pipeline on one thread.
-
-    Otherwise its ops may borrow TensorFlow's shared intra-op thread pool, which the
-    training step needs. (Epochs at exactly half speed, once blamed on that, turned out
-    to be this development machine's own speed levels: they happen with it too.)
-    """
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.threading.max_intra_op_parallelism = 1
-    return options
 
 
 def eval_dataset(x, y, batch_size: int):
@@ -232,19 +217,6 @@ def eval_dataset(x, y, batch_size: int):
         .map(lambda images, labels: (to_model_input(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
-
-
-def learning_rate(settings: MnistTraining, total_steps: int):
-    """Adam's step size: fixed, as in the original, or decayed to zero along a cosine over the run.
-
-    The schedule is a function of the optimizer's step count, which a checkpoint keeps,
-    so a resumed run continues it where it stopped.
-    """
-    import keras
-
-    if settings.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(settings.learning_rate, decay_steps=total_steps)
-    return settings.learning_rate
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -260,12 +232,6 @@ def reseed_dropout(model, seed: int) -> None:
     """
     for i, variable in enumerate(v for v in model.variables if v.path.endswith("seed_generator_state")):
         variable.assign(np.array([seed + i, 0], dtype=variable.dtype))
-
-
-def keras_load(path: Path):
-    import keras
-
-    return keras.models.load_model(path)
 
 
 def on_off(flag: bool) -> str:
@@ -308,8 +274,9 @@ class Checkpoint(common.ResumeFolder):
                 old.unlink()
 
     def models(self, state: dict):
-        epoch = state["epochs_done"]
-        return (keras_load(self.folder / f"last-{epoch}.keras"), keras_load(self.folder / f"best-{epoch}.keras"))
+        import keras
+
+        return [keras.models.load_model(self.folder / f"{kind}-{state['epochs_done']}.keras") for kind in ("last", "best")]
 
 
 def epoch_bookkeeping(best_model, state: dict, seed: int, images_per_epoch: int, checkpoint: Checkpoint | None):
@@ -382,8 +349,13 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
             print(f"resuming after epoch {state['epochs_done']} from {checkpoint.folder}", flush=True)
         else:
             model = make_model(settings.dropout)
+            # A cosine schedule is a function of the optimizer's step count, which the
+            # checkpoint keeps, so a resumed run continues it where it stopped.
+            rate = settings.learning_rate
+            if settings.lr_schedule == "cosine":
+                rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=steps * epochs)
             model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate(settings, steps * epochs)),
+                optimizer=keras.optimizers.Adam(rate),
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"],
                 jit_compile=settings.jit_compile,

@@ -50,19 +50,9 @@ class FeatureSet:
 
 
 def load_features(path: Path) -> FeatureSet:
-    try:
-        with np.load(path) as data:
-            return FeatureSet(
-                features=data["features"],
-                labels=data["labels"],
-                split=data["split"],
-                source=data["source"],
-                class_names=tuple(data["class_names"].tolist()),
-            )
-    except FileNotFoundError:
-        raise common.StageError(f"{path}: not found; run `dvc repro extract_vgg_features` first") from None
-    except KeyError as err:
-        raise common.StageError(f"{path}: missing array {err}; rerun extract_vgg_features") from None
+    arrays = common.read_npz(path, ("features", "labels", "split", "source", "class_names"), "extract_vgg_features")
+    return FeatureSet(arrays["features"], arrays["labels"], arrays["split"], arrays["source"],
+                      tuple(arrays["class_names"].tolist()))
 
 
 def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

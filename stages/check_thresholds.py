@@ -14,48 +14,46 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from stages.common import StageError, read_yaml
+import pydantic
 
-BOUNDS = ("min", "max")
-
-
-@dataclass(frozen=True)
-class Check:
-    file: str
-    key: str
-    minimum: float | None
-    maximum: float | None
-
-    @property
-    def bound_text(self) -> str:
-        parts = []
-        if self.minimum is not None:
-            parts.append(f">= {self.minimum:g}")
-        if self.maximum is not None:
-            parts.append(f"<= {self.maximum:g}")
-        return " and ".join(parts)
+from stages.common import Section, StageError, describe_error, read_yaml
 
 
-def parse_thresholds(raw: object, source: str) -> list[Check]:
-    """Turn ``{file: {dotted.key: {min: x, max: y}}}`` into checks, naming any bad entry."""
-    if not isinstance(raw, dict) or not raw:
-        raise StageError(f"{source}: must map metrics files to their bounds")
-    checks = []
-    for file, keys in raw.items():
-        if not isinstance(keys, dict) or not keys:
-            raise StageError(f"{source}: {file}: must map metric keys to bounds")
-        for key, bound in keys.items():
-            where = f"{source}: {file}: {key}"
-            if not isinstance(bound, dict) or not bound or set(bound) - set(BOUNDS):
-                raise StageError(f"{where}: must be {{min: x}}, {{max: y}} or both, got {bound!r}")
-            for name, value in bound.items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise StageError(f"{where}: {name} must be a number, got {value!r}")
-            checks.append(Check(str(file), str(key), bound.get("min"), bound.get("max")))
-    return checks
+class Bound(Section):
+    """The bound on one metric: ``{min: x}``, ``{max: y}`` or both."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @pydantic.model_validator(mode="after")
+    def one_or_both(self) -> Bound:
+        if self.min is None and self.max is None:
+            raise ValueError("must be {min: x}, {max: y} or both")
+        return self
+
+    def __str__(self) -> str:
+        return " and ".join(f"{sign} {value:g}" for sign, value in ((">=", self.min), ("<=", self.max))
+                            if value is not None)
+
+    def holds(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+# metrics file -> dotted key in that file -> bound
+THRESHOLDS = pydantic.TypeAdapter(
+    Annotated[dict[str, Annotated[dict[str, Bound], pydantic.Field(min_length=1)]], pydantic.Field(min_length=1)]
+)
+
+
+def read_thresholds(path: Path) -> dict[str, dict[str, Bound]]:
+    """The bounds of a thresholds file; a wrong entry raises StageError naming it."""
+    try:
+        return THRESHOLDS.validate_python(read_yaml(path), strict=True)
+    except pydantic.ValidationError as err:
+        raise StageError(f"{path}: {describe_error(err.errors()[0], separator=': ')}") from None
 
 
 def lookup(metrics: dict, dotted: str) -> object:
@@ -68,39 +66,35 @@ def lookup(metrics: dict, dotted: str) -> object:
     return node
 
 
-def apply_bounds(checks: list[Check], metrics_by_file: dict[str, dict | None]) -> list[tuple[Check, str, str]]:
-    """Each check with the value found (as text) and its status: ok, FAIL or MISSING."""
+def read_metrics(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        raise StageError(f"{path}: not valid JSON ({err})") from None
+
+
+def apply_bounds(thresholds: dict[str, dict[str, Bound]], root: Path) -> list[tuple[str, str, str, str]]:
+    """A row per bound: the metric, the bound, the value found, and ok, FAIL or MISSING."""
     rows = []
-    for check in checks:
-        metrics = metrics_by_file.get(check.file)
-        value = None if metrics is None else lookup(metrics, check.key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            rows.append((check, "-" if value is None else repr(value), "MISSING"))
-            continue
-        ok = (check.minimum is None or value >= check.minimum) and (check.maximum is None or value <= check.maximum)
-        rows.append((check, f"{value:g}", "ok" if ok else "FAIL"))
+    for file, bounds in thresholds.items():
+        metrics = read_metrics(root / file)
+        for key, bound in bounds.items():
+            value = None if metrics is None else lookup(metrics, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                shown, status = "-" if value is None else repr(value), "MISSING"
+            else:
+                shown, status = f"{value:g}", "ok" if bound.holds(value) else "FAIL"
+            rows.append((f"{file}:{key}", str(bound), shown, status))
     return rows
 
 
-def format_table(rows: list[tuple[Check, str, str]]) -> str:
+def format_table(rows: list[tuple[str, ...]]) -> str:
     header = ("metric", "bound", "value", "status")
-    lines = [(f"{c.file}:{c.key}", c.bound_text, value, status) for c, value, status in rows]
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    table = [header, tuple("-" * w for w in widths), *lines]
-    return "\n".join(fmt.format(*row).rstrip() for row in table)
-
-
-def load_metrics(files: set[str], root: Path) -> dict[str, dict | None]:
-    loaded: dict[str, dict | None] = {}
-    for file in sorted(files):
-        try:
-            loaded[file] = json.loads((root / file).read_text())
-        except FileNotFoundError:
-            loaded[file] = None
-        except json.JSONDecodeError as err:
-            raise StageError(f"{root / file}: not valid JSON ({err})") from None
-    return loaded
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(f"{{:<{width}}}" for width in widths)
+    return "\n".join(line.format(*row).rstrip() for row in [header, tuple("-" * w for w in widths), *rows])
 
 
 def is_under(file: str, folder_or_file: str) -> bool:
@@ -112,17 +106,16 @@ def is_under(file: str, folder_or_file: str) -> bool:
 def check(thresholds_path: Path, root: Path, only: list[str] | None = None) -> tuple[bool, str]:
     """Whether every bound holds, and the table that shows it; ``only`` keeps the bounds
     on those metrics files or on the files in those folders."""
-    checks = parse_thresholds(read_yaml(thresholds_path), str(thresholds_path))
+    thresholds = read_thresholds(thresholds_path)
     if only:
-        unknown = [path for path in only if not any(is_under(c.file, path) for c in checks)]
+        unknown = [path for path in only if not any(is_under(file, path) for file in thresholds)]
         if unknown:
             raise StageError(f"{thresholds_path}: no bounds for {', '.join(unknown)} (--only)")
-        checks = [c for c in checks if any(is_under(c.file, path) for path in only)]
-    rows = apply_bounds(checks, load_metrics({c.file for c in checks}, root))
-    passed = all(status == "ok" for _, _, status in rows)
-    failed = sum(status != "ok" for _, _, status in rows)
-    summary = "all thresholds met" if passed else f"{failed} of {len(rows)} thresholds not met"
-    return passed, f"{format_table(rows)}\n\n{summary}"
+        thresholds = {file: bounds for file, bounds in thresholds.items() if any(is_under(file, p) for p in only)}
+    rows = apply_bounds(thresholds, root)
+    failed = sum(status != "ok" for *_, status in rows)
+    summary = f"{failed} of {len(rows)} thresholds not met" if failed else "all thresholds met"
+    return not failed, f"{format_table(rows)}\n\n{summary}"
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from stages import common
-from stages.extract_vgg_features import IMAGE_SUFFIXES, is_skipped, prepare_image, read_image_file
+from stages.extract_vgg_features import IMAGE_SUFFIXES, files_under, prepare_image, read_image_file
 
 BREAST_MODELS = {"breast-knn": "fit_knn", "breast-head": "train_head"}  # the stage that trains each
 PROGRESS_EVERY = 10  # batches between progress lines
@@ -50,11 +50,7 @@ def find_images(paths: list[Path]) -> list[Path]:
     found = []
     for path in paths:
         if path.is_dir():
-            found += sorted(
-                file for file in path.rglob("*")
-                if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES
-                and not any(is_skipped(part) for part in file.relative_to(path).parts)
-            )
+            found += [file for file in files_under(path) if file.suffix.lower() in IMAGE_SUFFIXES]
         elif path.is_file():
             found.append(path)
         else:

@@ -74,26 +74,26 @@ Name = Annotated[str, pydantic.AfterValidator(_identifier)]
 _P = TypeVar("_P", bound=Section)
 
 
-def describe_error(error: Mapping[str, Any]) -> str:
-    """One pydantic error as ``key: problem, got value``, the key dotted as in params.yaml."""
+def describe_error(error: Mapping[str, Any], separator: str = ".") -> str:
+    """One pydantic error as ``key: problem, got value``, the key dotted as in params.yaml
+    (or its parts joined by ``separator``, for keys that hold dots themselves)."""
     location = [part for part in error["loc"] if part != "[key]"]
-    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
+    key = "".join(f"[{part}]" if isinstance(part, int) else f"{separator}{part}" for part in location)
+    key = key.removeprefix(separator)
     kind, message = error["type"], error["msg"]
-    if kind == "missing":
-        return f"{key}: missing key"
-    if kind == "extra_forbidden":
-        return f"{key}: unknown key"
-    if kind == "value_error":  # our own validators: the message names its key
-        text = message.removeprefix("Value error, ")
-        blamed, _, problem = text.partition(": ")
+    if kind == "value_error":  # our own validators: the message may start with the key it blames
+        message = message.removeprefix("Value error, ")
+        blamed, _, problem = message.partition(": ")
         if problem and re.fullmatch(r"\w+", blamed):
-            return f"{key}.{blamed}: {problem}" if key else f"{blamed}: {problem}"
-        return f"{key}: {text}"
+            key, message = f"{key}{separator}{blamed}".removeprefix(separator), problem
+        return f"{key}: {message}" if key else message
+    if kind in ("missing", "extra_forbidden"):
+        return f"{key}: {'missing' if kind == 'missing' else 'unknown'} key"
     if kind == "too_short":
         message = f"must hold at least {error['ctx']['min_length']} item(s)"
     else:
         message = message.replace("Input should be", "must be")
-    return f"{key}: {message}, got {error['input']!r}"
+    return f"{key}: {message}, got {error['input']!r}" if key else f"{message}, got {error['input']!r}"
 
 
 def read_params(model: type[_P], path: Path | str = PARAMS_FILE) -> _P:
@@ -180,18 +180,32 @@ def one_line(err: BaseException, limit: int = 200) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
-def read_npz(path: Path) -> dict[str, Any]:
-    """Every named array of a .npz file; one that cannot be read raises StageError naming it."""
+def read_npz(path: Path, keys: Iterable[str] = (), stage: str | None = None) -> dict[str, Any]:
+    """Every named array of a .npz file, which must hold ``keys``. A file that is missing,
+    unreadable or short of a key raises StageError naming it, and the stage to run when
+    ``stage`` writes it."""
     import numpy as np
 
+    rerun = f"; run `dvc repro {stage}` first" if stage else ""
     try:
         loaded = np.load(path)  # no pickles: allow_pickle is off by default
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise ValueError("a single .npy array, not named arrays")
         with loaded as archive:
-            return {key: archive[key] for key in archive.files}
+            arrays = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found{rerun}") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise StageError(f"{path}: not a readable .npz file ({one_line(err)})") from None
+    require_keys(path, arrays, keys, rerun)
+    return arrays
+
+
+def require_keys(path: Path, arrays: Mapping[str, Any], keys: Iterable[str], hint: str = "") -> None:
+    missing = [key for key in keys if key not in arrays]
+    if missing:
+        has = ", ".join(sorted(arrays)) or "no arrays"
+        raise StageError(f"{path}: missing key(s) {', '.join(missing)} (has {has}){hint}")
 
 
 # TensorFlow's C++ libraries print these at start-up, before they read

@@ -180,12 +180,8 @@ def load_npz_images(path: Path) -> ImageSet:
     """
     arrays = common.read_npz(path)
     present = [s for s in SPLITS if f"{s}_images" in arrays or f"{s}_labels" in arrays]
-    for split in dict.fromkeys(["train", *present]):
-        for key in (f"{split}_images", f"{split}_labels"):
-            if key not in arrays:
-                raise common.StageError(
-                    f"{path}: missing key {key} (has {', '.join(sorted(arrays)) or 'no arrays'})"
-                )
+    splits = dict.fromkeys(["train", *present])
+    common.require_keys(path, arrays, [f"{split}_{part}" for split in splits for part in ("images", "labels")])
     images, label_parts, split_names, sources = [], [], [], []
     for split in present:
         split_images = arrays[f"{split}_images"]
@@ -210,16 +206,20 @@ def load_npz_images(path: Path) -> ImageSet:
     )
 
 
-def read_image_file(path: Path) -> np.ndarray:
+def read_image_file(path: Path, header_only: bool = False) -> np.ndarray | None:
     """Decode one image file to uint8 (H, W) grey or (H, W, 3) colour.
 
     16-bit grey (common in lab TIFF and PNG) is scaled from its full range to 8 bits;
-    palette, alpha and CMYK images become RGB.
+    palette, alpha and CMYK images become RGB. With ``header_only``, read the format,
+    size and mode but no pixels, a fraction of a decode, and return None: a file that
+    is no image stops there, one cut short after a valid header only when decoded.
     """
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            if header_only:
+                return None
             image.load()  # Image.open only reads the header; this finds truncation
             if image.mode.startswith("I"):
                 pixels = np.asarray(image, dtype=np.float64) * (255 / 65535)
@@ -231,23 +231,15 @@ def read_image_file(path: Path) -> np.ndarray:
         raise common.StageError(f"{path}: cannot read image ({common.one_line(err)})") from None
 
 
-def check_image_header(path: Path) -> None:
-    """Stop on a file that is not an image, from its header alone: ``Image.open`` reads
-    the format, size and mode but no pixels, so every file is checked in a fraction of
-    a decode. A file cut short after a valid header passes here and is named when the
-    extraction decodes it."""
-    from PIL import Image
-
-    try:
-        with Image.open(path):
-            pass
-    except OSError as err:  # PIL's UnidentifiedImageError is one
-        raise common.StageError(f"{path}: cannot read image ({common.one_line(err)})") from None
-
-
 def is_skipped(name: str) -> bool:
     """Whether a file or folder name is one that a folder of images collects by itself."""
     return name.startswith(".") or name.lower() in SYSTEM_FILES
+
+
+def files_under(folder: Path) -> list[Path]:
+    """The files in ``folder`` and its subfolders, sorted, but those ``is_skipped`` names."""
+    return sorted(path for path in folder.rglob("*")
+                  if path.is_file() and not any(is_skipped(part) for part in path.relative_to(folder).parts))
 
 
 def load_image_folder(root: Path) -> ImageSet:
@@ -258,7 +250,7 @@ def load_image_folder(root: Path) -> ImageSet:
     (``Thumbs.db``, ``desktop.ini``, ``__MACOSX/``) are skipped; any other file that is
     not a PNG, JPEG, BMP or TIFF stops the stage, as does a file outside the class
     folders, an empty class folder or a single class. Every image's header is checked
-    up front (``check_image_header``), so that a file that is no image stops the stage
+    up front (``read_image_file`` of its header), so that a file that is no image stops the stage
     before the long extraction rather than in the middle of it.
     """
     entries = sorted(entry for entry in root.iterdir() if not is_skipped(entry.name))
@@ -271,11 +263,7 @@ def load_image_folder(root: Path) -> ImageSet:
         raise common.StageError(f"{root}: only {len(class_names)} class folder(s) ({found}); need 2 or more")
     paths, labels = [], []
     for label, class_dir in enumerate(entries):
-        files = sorted(
-            path
-            for path in class_dir.rglob("*")
-            if path.is_file() and not any(is_skipped(part) for part in path.relative_to(class_dir).parts)
-        )
+        files = files_under(class_dir)
         for file in files:
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 expected = ", ".join(IMAGE_SUFFIXES)
@@ -286,7 +274,7 @@ def load_image_folder(root: Path) -> ImageSet:
         labels += [label] * len(files)
     listing = hashlib.sha256()
     for path in paths:
-        check_image_header(path)
+        read_image_file(path, header_only=True)
         stat = path.stat()
         listing.update(f"{path.relative_to(root).as_posix()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return ImageSet(

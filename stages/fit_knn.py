@@ -13,7 +13,6 @@ features against a fit on normalised ones; the pipeline here normalises both.)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -44,11 +43,6 @@ def make_knn_pipeline(k: int, metric: str = "euclidean", weights: str = "uniform
     )
 
 
-def knn_for(settings: KnnSettings):
-    """``make_knn_pipeline`` with the ``fit_knn`` section's settings."""
-    return make_knn_pipeline(settings.k, settings.metric, settings.weights)
-
-
 def check_k(k: int, data: FeatureSet, n_folds: int, seed: int) -> None:
     """Every cross-validation fold must leave at least ``k`` images to vote."""
     folds = stratified_folds(data.labels[data.split != "test"], n_folds, seed)
@@ -70,25 +64,20 @@ def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed:
     check_k(settings.k, data, n_folds, seed)
     model, frames = protocol_predictions(
         data,
-        fit=lambda indices: knn_for(settings).fit(x[indices], y[indices]),
+        fit=lambda indices: make_knn_pipeline(**settings.model_dump()).fit(x[indices], y[indices]),
         predict_proba=lambda knn, indices: knn.predict_proba(x[indices]),
         n_folds=n_folds,
         seed=seed,
     )
-    everything = knn_for(settings).fit(x, y)
+    everything = make_knn_pipeline(**settings.model_dump()).fit(x, y)
     frames.append(prediction_frame(data.source, y, everything.predict_proba(x), data.class_names,
                                    "resubstitution", "fitted and scored on the same images, as the original's 88%"))
     return model, frames
 
 
-def save_model(model, path: Path | str) -> None:
+def main(argv: list[str]) -> None:
     import joblib
 
-    with common.atomic_path(path) as tmp:
-        joblib.dump(model, tmp)
-
-
-def main(argv: list[str]) -> None:
     params = common.read_params(Params)
     args = common.stage_args("fit_knn", argv, "features", "model", "predictions")
     settings = params.fit_knn
@@ -99,7 +88,8 @@ def main(argv: list[str]) -> None:
         flush=True,
     )
     model, frames = fit_and_predict(data, settings, params.breast_cv_folds, params.seed)
-    save_model(model, args.model)
+    with common.atomic_path(args.model) as tmp:
+        joblib.dump(model, tmp)
     write_predictions(args.predictions, frames)
     print(f"fit_knn: wrote {args.model} and {args.predictions}")
 

@@ -11,6 +11,7 @@ int64) and a scatter plot of them (``--scatter``).
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -25,13 +26,16 @@ def _split_counts(n_samples: int, n_parts: int) -> list[int]:
     return [base + (i < extra) for i in range(n_parts)]
 
 
-def blob_pair(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two Gaussian blobs of standard deviation ``noise`` centred at (-2, 0) and (2, 0)."""
-    centres = np.array([[-2.0, 0.0], [2.0, 0.0]])
-    counts = _split_counts(n_samples, 2)
-    x = np.concatenate([rng.normal(c, noise, size=(n, 2)) for c, n in zip(centres, counts)])
-    y = np.repeat([0, 1], counts)
-    return x, y
+def gaussian_blobs(centres: list, classes: list, n_samples: int, noise: float, rng: np.random.Generator):
+    """Gaussian blobs of standard deviation ``noise`` around ``centres``, blob ``i`` of class ``classes[i]``."""
+    counts = _split_counts(n_samples, len(centres))
+    x = np.concatenate([rng.normal(c, noise, size=(n, 2)) for c, n in zip(np.asarray(centres, float), counts)])
+    return x, np.repeat(classes, counts)
+
+
+# Two blobs side by side; four in an XOR layout, where diagonal corners share a class.
+blob_pair = functools.partial(gaussian_blobs, [[-2, 0], [2, 0]], [0, 1])
+xor_blobs = functools.partial(gaussian_blobs, [[-2, -2], [2, 2], [-2, 2], [2, -2]], [0, 0, 1, 1])
 
 
 def blob_in_ring(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -45,15 +49,6 @@ def blob_in_ring(n_samples: int, noise: float, rng: np.random.Generator) -> tupl
     radius = 3.0 + rng.normal(0.0, noise, size=n_ring)
     ring = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
     return np.concatenate([blob, ring]), np.repeat([0, 1], [n_blob, n_ring])
-
-
-def xor_blobs(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Four blobs at (+-2, +-2) in an XOR layout: diagonal corners share a class."""
-    centres = np.array([[-2.0, -2.0], [2.0, 2.0], [-2.0, 2.0], [2.0, -2.0]])
-    counts = _split_counts(n_samples, 4)
-    x = np.concatenate([rng.normal(c, noise, size=(n, 2)) for c, n in zip(centres, counts)])
-    y = np.repeat([0, 0, 1, 1], counts)
-    return x, y
 
 
 LAYOUTS = {"blob_pair": blob_pair, "blob_in_ring": blob_in_ring, "xor_blobs": xor_blobs}

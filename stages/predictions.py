@@ -39,19 +39,12 @@ def prediction_frame(
     evaluation: str,
     protocol: str,
     fold: np.ndarray | None = None,
-    predicted: np.ndarray | None = None,
 ):
-    """Rows of the predictions file for one evaluation.
-
-    ``actual`` holds class indices, ``probabilities`` is (N, classes). ``predicted``
-    defaults to the most probable class; a classifier whose own decision differs
-    (e.g. on a tie) passes its decision.
-    """
+    """Rows of the predictions file for one evaluation: ``actual`` holds class indices,
+    ``probabilities`` is (N, classes), and the predicted class is the most probable."""
     import pandas as pd
 
     names = np.asarray(class_names, dtype=object)
-    if predicted is None:
-        predicted = probabilities.argmax(axis=1)
     frame = pd.DataFrame(
         {
             "id": ids,
@@ -59,7 +52,7 @@ def prediction_frame(
             "protocol": protocol,
             "fold": pd.array(fold if fold is not None else [None] * len(actual), dtype="Int64"),
             "actual": names[actual],
-            "predicted": names[predicted],
+            "predicted": names[probabilities.argmax(axis=1)],
         }
     )
     for index, name in enumerate(class_names):

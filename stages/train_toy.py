@@ -11,7 +11,6 @@ plot and its predictions on the stratified held-out share, which ``evaluate@toy`
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
@@ -109,21 +108,14 @@ def boundary_figure(model, x: np.ndarray, y: np.ndarray, title: str, resolution:
     return fig
 
 
-def load_dataset(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with np.load(path) as data:
-            return data["x"], data["y"]
-    except FileNotFoundError:
-        raise common.StageError(f"{path}: not found; run `dvc repro generate_toy@{name}` first") from None
-
-
 def main(argv: list[str]) -> None:
     params = common.read_params(Params)
     args = common.stage_args("train_toy", argv, "data", "model", "history", "boundary", "predictions",
                              items=params.train_toy)
     name = args.name
     settings = params.train_toy[name]
-    x, y = load_dataset(args.data, name)
+    arrays = common.read_npz(args.data, ("x", "y"), f"generate_toy@{name}")
+    x, y = arrays["x"], arrays["y"]
     fit, held = holdout_split(len(y), y, settings.holdout_fraction, params.seed)
     print(f"train_toy {name}: {len(fit)} points to fit, {len(held)} held out; "
           f"hidden layers {settings.hidden_layers}", flush=True)

@@ -128,7 +128,7 @@ def test_npz_without_val_and_test_is_all_train(tmp_path):
 @pytest.mark.parametrize(
     ("replace", "message"),
     [
-        ({"test_labels": None}, "missing key test_labels"),
+        ({"test_labels": None}, "missing key(s) test_labels"),
         ({"train_images": np.zeros((12, 28, 28), np.float32)}, "train_images must be uint8 (N, H, W) or"),
         ({"val_images": np.zeros((4, 28, 28, 2), np.uint8)}, "val_images must be uint8"),
         ({"val_labels": np.zeros((4, 2), np.uint8)}, "val_labels must be integers of shape (N,) or (N, 1)"),

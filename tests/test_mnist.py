@@ -145,9 +145,11 @@ def test_mixed_precision_and_xla_options_run(workdir, capsys):
 
 
 def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, monkeypatch):
+    import keras
+
     mnist.main(stage_argv("augment_train_mnist"))
     uninterrupted = (workdir / "predictions/mnist/cnn.csv").read_bytes()
-    weights = [w.copy() for w in mnist.keras_load(workdir / "models/mnist/model.keras").get_weights()]
+    weights = [w.copy() for w in keras.models.load_model(workdir / "models/mnist/model.keras").get_weights()]
 
     # Kill the run right after epoch 2 was checkpointed, then start it again.
     real_save = mnist.Checkpoint.save
@@ -166,13 +168,13 @@ def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, mo
     assert (workdir / "predictions/mnist/cnn.csv").read_bytes() == uninterrupted
     history = (workdir / "plots/mnist/history.csv").read_text()
     assert len(history.splitlines()) == 4
-    resumed_weights = mnist.keras_load(workdir / "models/mnist/model.keras").get_weights()
+    resumed_weights = keras.models.load_model(workdir / "models/mnist/model.keras").get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(weights, resumed_weights))
 
 
 def test_a_checkpoint_from_other_params_is_not_resumed(workdir, capsys):
     folder = workdir / "checkpoints/mnist"
-    other = mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 2}, {}))
+    mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 2}, {}))
     common.write_json(folder / "state.json", {"epochs_done": 2})
     (folder / "last-2.keras").write_bytes(b"a model of other params")
     checkpoint = mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 1}, {}))
@@ -184,7 +186,7 @@ def test_a_checkpoint_from_other_params_is_not_resumed(workdir, capsys):
 @pytest.mark.parametrize(
     ("spoil", "message"),
     [
-        (lambda a: a.pop("y_test"), "missing key(s) y_test"),
+        (lambda a: a.pop("y_test"), "missing key(s) y_test (has x_test, x_train, y_train)"),
         (lambda a: a.update(x_train=a["x_train"][:, :27]), "x_train must have shape (N, 28, 28), got (160, 27, 28)"),
         (lambda a: a.update(x_test=a["x_test"].astype(np.float32)), "x_test must be uint8 pixels 0-255, got float32"),
         (lambda a: a.update(y_train=a["y_train"][:-1]), "y_train must have shape (160,), got (159,)"),
@@ -220,7 +222,7 @@ def test_unreadable_or_absent_file_and_path_outside_the_local_folder(workdir):
     (workdir / LOCAL_FILE).write_text("not an npz")
     with pytest.raises(common.StageError, match=rf"^{LOCAL_FILE}: not a readable \.npz file"):
         mnist.load_mnist(LOCAL_FILE)
-    with pytest.raises(common.StageError, match=r"^data/local/mnist/absent\.npz: file not found"):
+    with pytest.raises(common.StageError, match=r"^data/local/mnist/absent\.npz: not found"):
         mnist.load_mnist("data/local/mnist/absent.npz")
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     params["augment_train_mnist"]["data"] = "/elsewhere/mnist.npz"

@@ -77,10 +77,12 @@ def test_only_keeps_the_bounds_on_one_folder_or_file(metrics_root, only):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("metrics/a.json: {x: {min: high}}", "metrics/a.json: x: min must be a number, got 'high'"),
-        ("metrics/a.json: {x: {least: 1}}", "metrics/a.json: x: must be {min: x}, {max: y} or both"),
-        ("metrics/a.json: []", "metrics/a.json: must map metric keys to bounds"),
-        ("[]", "must map metrics files to their bounds"),
+        ("metrics/a.json: {x: {min: high}}", "metrics/a.json: x: min: must be a valid number, got 'high'"),
+        ("metrics/a.json: {x: {min: true}}", "metrics/a.json: x: min: must be a valid number, got True"),
+        ("metrics/a.json: {x: {least: 1}}", "metrics/a.json: x: least: unknown key"),
+        ("metrics/a.json: {x: {}}", "metrics/a.json: x: must be {min: x}, {max: y} or both"),
+        ("metrics/a.json: []", "metrics/a.json: must be a valid dictionary, got []"),
+        ("[]", "must be a valid dictionary, got []"),
     ],
 )
 def test_a_bad_thresholds_file_is_named(metrics_root, text, message):
