@@ -208,17 +208,6 @@ def train_dataset(x, y, batch_size: int, steps: int, augmentation, seed: int):
     )
 
 
-def eval_dataset(x, y, batch_size: int):
-    import tensorflow as tf
-
-    return (
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .batch(batch_size)
-        .map(lambda images, labels: (to_model_input(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """A seed for one epoch, derived from the run's seed so that it does not depend on history."""
     return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
@@ -376,7 +365,8 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
             for epoch in remaining
         ])
         model.fit(batches, epochs=epochs, initial_epoch=remaining.start, steps_per_epoch=steps,
-                  validation_data=eval_dataset(x_val, y_val, batch_size), shuffle=False, verbose=0,
+                  validation_data=(to_model_input(x_val), y_val), validation_batch_size=batch_size,
+                  shuffle=False, verbose=0,
                   callbacks=[epoch_bookkeeping(best_model, state, seed, steps * batch_size, checkpoint)])
 
     summary = {
@@ -400,13 +390,13 @@ def main(argv: list[str]) -> None:
     checkpoint = Checkpoint(args.checkpoints, run_fingerprint(params.model_dump(), arrays))
     model, history, summary = train(x_fit, y_fit, x_val, y_val, settings, params.seed, checkpoint)
 
-    def probabilities(x, y):
-        return model.predict(eval_dataset(x, y, settings.batch_size), verbose=0)
+    def probabilities(x):
+        return model.predict(to_model_input(x), batch_size=settings.batch_size, verbose=0)
 
     predictions = [
-        prediction_frame([f"x_train[{i}]" for i in val], y_val, probabilities(x_val, y_val), CLASS_NAMES,
+        prediction_frame([f"x_train[{i}]" for i in val], y_val, probabilities(x_val), CLASS_NAMES,
                          "validation", f"{len(val)} training images held out to choose the epoch"),
-        prediction_frame([f"x_test[{i}]" for i in range(len(y_test))], y_test, probabilities(x_test, y_test),
+        prediction_frame([f"x_test[{i}]" for i in range(len(y_test))], y_test, probabilities(x_test),
                          CLASS_NAMES, "heldout", "test set"),
     ]
     common.save_keras_model(model, args.model)
