@@ -97,21 +97,16 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(line.format(*row).rstrip() for row in [header, tuple("-" * w for w in widths), *rows])
 
 
-def is_under(file: str, folder_or_file: str) -> bool:
-    """Whether metrics file ``file`` is ``folder_or_file`` or lies in that folder."""
-    wanted = Path(folder_or_file)
-    return Path(file) == wanted or wanted in Path(file).parents
-
-
 def check(thresholds_path: Path, root: Path, only: list[str] | None = None) -> tuple[bool, str]:
     """Whether every bound holds, and the table that shows it; ``only`` keeps the bounds
     on those metrics files or on the files in those folders."""
     thresholds = read_thresholds(thresholds_path)
     if only:
-        unknown = [path for path in only if not any(is_under(file, path) for file in thresholds)]
+        unknown = [path for path in only if not any(Path(file).is_relative_to(path) for file in thresholds)]
         if unknown:
             raise StageError(f"{thresholds_path}: no bounds for {', '.join(unknown)} (--only)")
-        thresholds = {file: bounds for file, bounds in thresholds.items() if any(is_under(file, p) for p in only)}
+        thresholds = {file: bounds for file, bounds in thresholds.items()
+                      if any(Path(file).is_relative_to(path) for path in only)}
     rows = apply_bounds(thresholds, root)
     failed = sum(status != "ok" for *_, status in rows)
     summary = f"{failed} of {len(rows)} thresholds not met" if failed else "all thresholds met"

@@ -158,7 +158,7 @@ def classify(files: list[Path], probabilities: Callable, prepare: Callable, clas
     return (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)), skipped
 
 
-def cli(argv: list[str] | None = None) -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="classify-images", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
     parser.add_argument("--model", choices=["breast", *BREAST_MODELS, "mnist"], default="breast",
@@ -166,25 +166,16 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--output", type=Path, help="CSV file to write (default: standard output)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     args = parser.parse_args(argv)
-    with common.quiet_tensorflow_stderr():
-        run(args)
-
-
-def run(args: argparse.Namespace) -> None:
-    try:
-        files = find_images(args.paths)
-        if args.model == "mnist":
-            name, probabilities, class_names, size = mnist_classifier()
-            mode = "L"  # grey, as MNIST's arrays hold the digits
-        else:
-            name, probabilities, class_names, size = breast_classifier(args.model)
-            mode = "RGB"
-        prepare = lambda image: prepare_image(image, size, mode)  # noqa: E731
-        print(f"classifying {len(files)} images with {name}", file=sys.stderr, flush=True)
-        table, skipped = classify(files, probabilities, prepare, class_names, args.batch_size)
-    except common.StageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    files = find_images(args.paths)
+    if args.model == "mnist":
+        name, probabilities, class_names, size = mnist_classifier()
+        mode = "L"  # grey, as MNIST's arrays hold the digits
+    else:
+        name, probabilities, class_names, size = breast_classifier(args.model)
+        mode = "RGB"
+    prepare = lambda image: prepare_image(image, size, mode)  # noqa: E731
+    print(f"classifying {len(files)} images with {name}", file=sys.stderr, flush=True)
+    table, skipped = classify(files, probabilities, prepare, class_names, args.batch_size)
     if args.output:
         with common.atomic_path(args.output) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
@@ -193,6 +184,10 @@ def run(args: argparse.Namespace) -> None:
     print(f"classified {len(table)} images" + (f"; skipped {len(skipped)} that could not be read" if skipped else ""),
           file=sys.stderr)
     sys.exit(1 if skipped else 0)
+
+
+def cli() -> None:
+    common.run_stage(main)  # a StageError: one line and exit status 2
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import threading
 import zipfile
 import zlib
@@ -28,8 +27,6 @@ import yaml
 from stages import TF_LOG_LEVEL_FROM_USER
 
 PARAMS_FILE = Path("params.yaml")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class StageError(Exception):
@@ -154,7 +151,7 @@ def local_or(folder: Path, *keywords: str):
 
     def check(value: str) -> str:
         path = Path(value)
-        if value not in keywords and path != folder and folder not in path.parents:
+        if value not in keywords and not path.is_relative_to(folder):
             raise ValueError(
                 f"must be {' or '.join(keywords)}, or a path under {folder}/ "
                 f"(copy or link it there, so that DVC tracks it), got {value!r}"
@@ -348,10 +345,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")  # created by the writer, umask applied
     try:
         yield tmp
         os.replace(tmp, path)
@@ -365,12 +359,9 @@ def write_json(path: Path | str, data: Any) -> None:
 
 
 def save_figure(fig: Any, path: Path | str) -> None:
-    """Save a Matplotlib figure atomically and release its memory."""
-    import matplotlib.pyplot as plt
-
+    """Save a Matplotlib figure atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 # Zip entries carry a modification time; outputs get this fixed one, so that the same

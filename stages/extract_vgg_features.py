@@ -134,9 +134,7 @@ def download_breastmnist() -> Path:
             keras.utils.get_file(
                 "breastmnist_224.npz",
                 BREASTMNIST_URL,
-                file_hash=BREASTMNIST_MD5,
-                hash_algorithm="md5",
-                cache_subdir="datasets",
+                file_hash=BREASTMNIST_MD5,  # Keras tells MD5 by its length; cached in datasets/
             )
         )
     except Exception as err:  # get_file raises a bare Exception on network failure
@@ -443,14 +441,8 @@ def make_forward_pass(model, preprocess: Callable[[np.ndarray], np.ndarray], str
 
 
 # --------------------------------------------------------------------------- resumable extraction
-def checkpoint_key(settings: Extraction, images: ImageSet, n_devices: int) -> dict:
-    """What finished chunks depend on: every setting but ``workers`` (which changes the
-    speed alone), the images, and how many devices share each batch."""
-    return {**settings.model_dump(exclude={"workers"}), "images": images.identity, "devices": n_devices}
-
-
 class ChunkCheckpoint(common.ResumeFolder):
-    """Finished chunks of features, for the run that ``checkpoint_key`` describes. Each
+    """Finished chunks of features, for the run that ``key`` describes (see ``main``). Each
     chunk is an .npy written atomically: one that is there is whole."""
 
     def __init__(self, folder: Path, key: dict):
@@ -543,7 +535,10 @@ def main(argv: list[str]) -> None:
     recipe = settings.model_dump(include=set(RECIPE_KEYS))
     with strategy.scope():
         model = load_backbone(recipe)
-    checkpoint = ChunkCheckpoint(args.checkpoints, checkpoint_key(settings, images, len(devices)))
+    # Finished chunks depend on every setting but workers (which changes the speed alone),
+    # the images, and how many devices share each batch.
+    key = {**settings.model_dump(exclude={"workers"}), "images": images.identity, "devices": len(devices)}
+    checkpoint = ChunkCheckpoint(args.checkpoints, key)
     started = time.perf_counter()
     features = extract_features(
         make_forward_pass(model, preprocess_function(settings.backbone), strategy),

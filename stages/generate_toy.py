@@ -73,12 +73,10 @@ def generate(layout: str, n_samples: int, noise: float, seed: int) -> tuple[np.n
 
 
 def scatter_figure(x: np.ndarray, y: np.ndarray, title: str):
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no figure to close
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     for label, colour in ((0, "tab:red"), (1, "tab:blue")):
         ax.scatter(*x[y == label].T, s=8, c=colour, label=f"class {label}", alpha=0.7)
     ax.set(title=title, xlabel="x1", ylabel="x2", aspect="equal")

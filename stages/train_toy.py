@@ -51,13 +51,6 @@ def make_model(hidden_layers: list[int], activation: str = "relu"):
     return keras.Model(inputs, outputs, name="toy_mlp")
 
 
-def holdout_split(n: int, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a stratified split: both classes keep their share in the held-out part."""
-    from sklearn.model_selection import train_test_split
-
-    return train_test_split(np.arange(n), test_size=fraction, stratify=labels, random_state=seed)
-
-
 def train(x, y, fit: np.ndarray, held: np.ndarray, settings: ToyTraining, seed: int, verbose_every: int = 10):
     """Fit the MLP on the points ``fit`` (indices), watching the loss on ``held``.
 
@@ -88,10 +81,7 @@ def train(x, y, fit: np.ndarray, held: np.ndarray, settings: ToyTraining, seed: 
 
 def boundary_figure(model, x: np.ndarray, y: np.ndarray, title: str, resolution: int = 200):
     """The model's P(class 1) over a grid around the data, with the points on top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no figure to close
 
     margin = 1.0
     (x_min, y_min), (x_max, y_max) = x.min(axis=0) - margin, x.max(axis=0) + margin
@@ -99,7 +89,8 @@ def boundary_figure(model, x: np.ndarray, y: np.ndarray, title: str, resolution:
     grid = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.float32)
     prob = model.predict(grid, batch_size=8192, verbose=0)[:, 1].reshape(gx.shape)
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     filled = ax.contourf(gx, gy, prob, levels=np.linspace(0, 1, 11), cmap="RdBu", alpha=0.8)
     ax.contour(gx, gy, prob, levels=[0.5], colors="k", linewidths=1)
     ax.scatter(*x.T, c=y, cmap="RdBu", edgecolors="k", linewidths=0.3, s=10)
@@ -109,6 +100,8 @@ def boundary_figure(model, x: np.ndarray, y: np.ndarray, title: str, resolution:
 
 
 def main(argv: list[str]) -> None:
+    from sklearn.model_selection import train_test_split
+
     params = common.read_params(Params)
     args = common.stage_args("train_toy", argv, "data", "model", "history", "boundary", "predictions",
                              items=params.train_toy)
@@ -116,7 +109,9 @@ def main(argv: list[str]) -> None:
     settings = params.train_toy[name]
     arrays = common.read_npz(args.data, ("x", "y"), f"generate_toy@{name}")
     x, y = arrays["x"], arrays["y"]
-    fit, held = holdout_split(len(y), y, settings.holdout_fraction, params.seed)
+    # A stratified split: both classes keep their share in the held-out part.
+    fit, held = train_test_split(np.arange(len(y)), test_size=settings.holdout_fraction, stratify=y,
+                                 random_state=params.seed)
     print(f"train_toy {name}: {len(fit)} points to fit, {len(held)} held out; "
           f"hidden layers {settings.hidden_layers}", flush=True)
     started = time.perf_counter()
