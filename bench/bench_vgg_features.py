@@ -84,7 +84,9 @@ def original_way(model, preprocess, images: stage.ImageSet, image_size: int) -> 
 
 def stage_way(model, preprocess, images: stage.ImageSet, image_size: int, batch_size: int) -> np.ndarray:
     forward = stage.make_forward_pass(model, preprocess)
-    return stage.extract_features(forward, model.output_shape[-1], images, image_size, batch_size, progress_every=None)
+    features, _ = stage.extract_features(forward, model.output_shape[-1], images, image_size, batch_size,
+                                         progress_every=None)
+    return features
 
 
 def run_one_way(way: str, args: argparse.Namespace, results: multiprocessing.Queue) -> None:

@@ -265,7 +265,8 @@ class Checkpoint(common.ResumeFolder):
     def models(self, state: dict):
         import keras
 
-        return [keras.models.load_model(self.folder / f"{kind}-{state['epochs_done']}.keras") for kind in ("last", "best")]
+        epoch = state["epochs_done"]
+        return [keras.models.load_model(self.folder / f"{kind}-{epoch}.keras") for kind in ("last", "best")]
 
 
 def epoch_bookkeeping(best_model, state: dict, seed: int, images_per_epoch: int, checkpoint: Checkpoint | None):

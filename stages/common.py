@@ -83,14 +83,13 @@ def describe_error(error: Mapping[str, Any], separator: str = ".") -> str:
         blamed, _, problem = message.partition(": ")
         if problem and re.fullmatch(r"\w+", blamed):
             key, message = f"{key}{separator}{blamed}".removeprefix(separator), problem
-        return f"{key}: {message}" if key else message
-    if kind in ("missing", "extra_forbidden"):
-        return f"{key}: {'missing' if kind == 'missing' else 'unknown'} key"
-    if kind == "too_short":
-        message = f"must hold at least {error['ctx']['min_length']} item(s)"
+    elif kind in ("missing", "extra_forbidden"):
+        message = f"{'missing' if kind == 'missing' else 'unknown'} key"
     else:
-        message = message.replace("Input should be", "must be")
-    return f"{key}: {message}, got {error['input']!r}" if key else f"{message}, got {error['input']!r}"
+        if kind == "too_short":
+            message = f"must hold at least {error['ctx']['min_length']} item(s)"
+        message = f"{message.replace('Input should be', 'must be')}, got {error['input']!r}"
+    return f"{key}: {message}" if key else message
 
 
 def read_params(model: type[_P], path: Path | str = PARAMS_FILE) -> _P:

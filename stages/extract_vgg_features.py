@@ -445,10 +445,6 @@ class ChunkCheckpoint(common.ResumeFolder):
     """Finished chunks of features, for the run that ``key`` describes (see ``main``). Each
     chunk is an .npy written atomically: one that is there is whole."""
 
-    def __init__(self, folder: Path, key: dict):
-        super().__init__(folder, key)
-        self.rows_loaded = 0
-
     def chunk_path(self, start: int) -> Path:
         return self.folder / f"chunk-{start:09d}.npy"
 
@@ -457,9 +453,7 @@ class ChunkCheckpoint(common.ResumeFolder):
         path = self.chunk_path(start)
         if not path.is_file():
             return None
-        chunk = np.load(path)
-        self.rows_loaded += len(chunk)
-        return chunk
+        return np.load(path)
 
     def save(self, start: int, features: np.ndarray) -> None:
         with common.atomic_path(self.chunk_path(start)) as tmp:
@@ -476,8 +470,9 @@ def extract_features(
     chunk_size: int = CHUNK_SIZE,
     checkpoint: ChunkCheckpoint | None = None,
     progress_every: int | None = PROGRESS_EVERY,
-) -> np.ndarray:
-    """float32 (len(images), n_features) features: ``forward`` over the prepared images.
+) -> tuple[np.ndarray, int]:
+    """float32 (len(images), n_features) features: ``forward`` over the prepared images,
+    and how many of them came from ``checkpoint`` rather than the network.
 
     Images go in chunks of ``chunk_size`` rounded up to whole batches. Finished chunks
     that ``checkpoint`` holds are read from it, and the rest computed in one stream of
@@ -509,7 +504,7 @@ def extract_features(
                 f"{elapsed:.0f}s elapsed, about {(len(images) - done) / rate:.0f}s left",
                 flush=True,
             )
-    return features
+    return features, resumed
 
 
 def image_counts(images: ImageSet) -> dict[str, int]:
@@ -540,7 +535,7 @@ def main(argv: list[str]) -> None:
     key = {**settings.model_dump(exclude={"workers"}), "images": images.identity, "devices": len(devices)}
     checkpoint = ChunkCheckpoint(args.checkpoints, key)
     started = time.perf_counter()
-    features = extract_features(
+    features, resumed = extract_features(
         make_forward_pass(model, preprocess_function(settings.backbone), strategy),
         model.output_shape[-1],
         images,
@@ -562,11 +557,10 @@ def main(argv: list[str]) -> None:
     common.write_json(args.backbone, {**recipe, "class_names": list(images.class_names)})
     checkpoint.clear()
     counts = image_counts(images)
-    computed = len(images) - checkpoint.rows_loaded
     common.write_run_facts("extract_vgg_features", {
         **counts, "feature_dim": int(features.shape[1]), "devices": devices, "workers": settings.workers,
-        "resumed_images": checkpoint.rows_loaded, "seconds": round(seconds, 1),
-        "images_per_second": round(computed / seconds, 2),
+        "resumed_images": resumed, "seconds": round(seconds, 1),
+        "images_per_second": round((len(images) - resumed) / seconds, 2),
     })
     print(f"extract_vgg_features: wrote {args.features} {features.shape} in {seconds:.0f}s; {counts}")
 

@@ -251,7 +251,7 @@ def test_pooled_features_stream_through_in_batches(breast_npz, backbone, layer, 
     images = extract.load_npz_images(breast_npz)
     model = extract.build_extractor(backbone, "none", layer, 32)
     forward = extract.make_forward_pass(model, extract.preprocess_function(backbone))
-    features = extract.extract_features(forward, 512, images, 32, batch_size=4, progress_every=2)
+    features, _ = extract.extract_features(forward, 512, images, 32, batch_size=4, progress_every=2)
     assert features.shape == (22, 512) and features.dtype == np.float32 and np.isfinite(features).all()
     progress = capsys.readouterr().out.splitlines()
     assert len(progress) == 3 and progress[0].startswith("extract_vgg_features: 8/22 images")
