@@ -92,13 +92,9 @@ def load_mnist(data: str) -> dict[str, np.ndarray]:
     if data == "keras":
         import keras
 
-        try:
+        with common.download_or_stop("MNIST through Keras", "augment_train_mnist.data",
+                                     f"a local .npz under {LOCAL_DATA_DIR}/"):
             (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
-        except Exception as err:  # Keras's get_file raises a bare Exception when offline
-            raise common.StageError(
-                f"could not download MNIST through Keras ({common.one_line(err)}); set "
-                f"augment_train_mnist.data to a local .npz under {LOCAL_DATA_DIR}/"
-            ) from None
         return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     arrays = common.read_npz(Path(data), ("x_train", "y_train", "x_test", "y_test"))
     check_mnist_arrays(arrays, data)
@@ -403,7 +399,9 @@ def main(argv: list[str]) -> None:
     common.save_keras_model(model, args.model)
     common.write_history_csv(history, args.history)
     write_predictions(args.predictions, predictions)
-    common.write_run_facts("augment_train_mnist", {**summary, **common.count_params(model)})
+    trainable = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
+    common.write_run_facts("augment_train_mnist", {**summary, "params_total": model.count_params(),
+                                                   "params_trainable": trainable})
     checkpoint.clear()
     print(f"augment_train_mnist: {summary}")
 

@@ -19,7 +19,7 @@ from typing import Annotated
 
 import pydantic
 
-from stages.common import Section, StageError, describe_error, read_yaml
+from stages.common import Section, StageError, describe_error, read_yaml, run_stage
 
 
 class Bound(Section):
@@ -113,20 +113,20 @@ def check(thresholds_path: Path, root: Path, only: list[str] | None = None) -> t
     return not failed, f"{format_table(rows)}\n\n{summary}"
 
 
-def cli(argv: list[str] | None = None) -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="check-thresholds", description=__doc__.split("\n\n")[0])
     parser.add_argument("--thresholds", type=Path, default=Path("thresholds.yaml"), help="bounds file")
     parser.add_argument("--root", type=Path, default=Path("."), help="where the metrics paths start")
     parser.add_argument("--only", action="append", metavar="PATH",
                         help="check only the bounds on this metrics file or folder (repeatable), e.g. metrics/toy")
     args = parser.parse_args(argv)
-    try:
-        passed, report = check(args.thresholds, args.root, args.only)
-    except StageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    passed, report = check(args.thresholds, args.root, args.only)
     print(report)
     sys.exit(0 if passed else 1)
+
+
+def cli() -> None:
+    run_stage(main)  # a StageError: one line and exit status 2
 
 
 if __name__ == "__main__":

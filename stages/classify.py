@@ -94,13 +94,11 @@ def breast_classifier(model: str) -> tuple[str, Callable, tuple, int]:
     if model == "breast-knn":
         import joblib
 
-        classifier = joblib.load(path)
-        predict_features = classifier.predict_proba
+        predict_features = joblib.load(path).predict_proba
     else:
         import keras
 
-        classifier = keras.models.load_model(path)
-        predict_features = lambda features: classifier.predict_on_batch(features)  # noqa: E731
+        predict_features = keras.models.load_model(path).predict_on_batch
     backbone, preprocess = load_backbone(recipe), preprocess_function(recipe["backbone"])
 
     def probabilities(batch: np.ndarray) -> np.ndarray:

@@ -176,6 +176,16 @@ def one_line(err: BaseException, limit: int = 200) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
+@contextlib.contextmanager
+def download_or_stop(what: str, key: str, instead: str) -> Iterator[None]:
+    """Turn a failed Keras download into a StageError that names the params ``key`` to set
+    to ``instead`` (a local file). Keras raises a bare Exception when the network fails."""
+    try:
+        yield
+    except Exception as err:
+        raise StageError(f"could not download {what} ({one_line(err)}); set {key} to {instead}") from None
+
+
 def read_npz(path: Path, keys: Iterable[str] = (), stage: str | None = None) -> dict[str, Any]:
     """Every named array of a .npz file, which must hold ``keys``. A file that is missing,
     unreadable or short of a key raises StageError naming it, and the stage to run when
@@ -425,14 +435,9 @@ def write_run_facts(stage: str, facts: dict[str, Any], folder: Path = Path("runs
     nor DVC outputs: a hashed file that holds a time would change dvc.lock on every
     rerun. The folder is git-ignored; the stage's log prints the same figures.
     """
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import version
 
-    versions = {}
-    for package in ("tensorflow", "keras", "scikit-learn", "numpy", "dvc"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            continue
+    versions = {package: version(package) for package in ("tensorflow", "keras", "scikit-learn", "numpy", "dvc")}
     write_json(folder / f"{stage}.json", {**facts, "python": sys.version.split()[0], "versions": versions})
 
 
@@ -449,12 +454,6 @@ def write_history_csv(history: dict[str, list[float]], path: Path | str) -> None
     frame.insert(0, "epoch", range(1, len(frame) + 1))
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, float_format="%.6g")
-
-
-def count_params(model: Any) -> dict[str, int]:
-    trainable = int(sum(w.numpy().size for w in model.trainable_weights))
-    total = int(model.count_params())
-    return {"params_total": total, "params_trainable": trainable}
 
 
 def keras_progress(epochs: int, every: int = 1) -> Any:

@@ -129,19 +129,10 @@ def download_breastmnist() -> Path:
     """BreastMNIST 224x224 from Zenodo, cached by Keras and checked against its MD5."""
     import keras
 
-    try:
-        return Path(
-            keras.utils.get_file(
-                "breastmnist_224.npz",
-                BREASTMNIST_URL,
-                file_hash=BREASTMNIST_MD5,  # Keras tells MD5 by its length; cached in datasets/
-            )
-        )
-    except Exception as err:  # get_file raises a bare Exception on network failure
-        raise common.StageError(
-            f"{BREASTMNIST_URL}: could not download BreastMNIST ({common.one_line(err)}); "
-            "set extract_vgg_features.data to a local .npz or image folder"
-        ) from None
+    with common.download_or_stop(f"BreastMNIST from {BREASTMNIST_URL}", "extract_vgg_features.data",
+                                 f"a .npz or an image folder under {LOCAL_DATA_DIR}/"):
+        # Keras tells an MD5 by its length, and caches the file in ~/.keras/datasets.
+        return Path(keras.utils.get_file("breastmnist_224.npz", BREASTMNIST_URL, file_hash=BREASTMNIST_MD5))
 
 
 def _check_npz_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -369,13 +360,9 @@ def build_extractor(backbone: str, weights: str, layer: str, image_size: int, bl
     architecture = {"vgg19": keras.applications.VGG19, "vgg16": keras.applications.VGG16}[backbone]
     shape = {"include_top": top, "input_shape": (image_size, image_size, 3)}
     if weights == "imagenet":
-        try:
+        with common.download_or_stop(f"the ImageNet weights of {backbone}", "extract_vgg_features.weights",
+                                     f"a weights file under {LOCAL_WEIGHTS_DIR}/"):
             model = architecture(weights="imagenet", **shape)
-        except Exception as err:  # Keras raises a bare Exception when the download fails
-            raise common.StageError(
-                f"could not get the ImageNet weights of {backbone} ({common.one_line(err)}); "
-                "set extract_vgg_features.weights to a local weights file"
-            ) from None
     elif weights == "none":
         model = architecture(weights=None, **shape)
     else:
@@ -451,9 +438,7 @@ class ChunkCheckpoint(common.ResumeFolder):
     def load(self, start: int) -> np.ndarray | None:
         """The features of the chunk that begins at image ``start``, or None if not finished."""
         path = self.chunk_path(start)
-        if not path.is_file():
-            return None
-        return np.load(path)
+        return np.load(path) if path.is_file() else None
 
     def save(self, start: int, features: np.ndarray) -> None:
         with common.atomic_path(self.chunk_path(start)) as tmp:

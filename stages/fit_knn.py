@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field
 
 from stages import common
-from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions, stratified_folds
+from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions
 from stages.predictions import prediction_frame, write_predictions
 
 
@@ -43,17 +43,6 @@ def make_knn_pipeline(k: int, metric: str = "euclidean", weights: str = "uniform
     )
 
 
-def check_k(k: int, data: FeatureSet, n_folds: int, seed: int) -> None:
-    """Every cross-validation fold must leave at least ``k`` images to vote."""
-    folds = stratified_folds(data.labels[data.split != "test"], n_folds, seed)
-    smallest = min(len(fold_fit) for fold_fit, _ in folds)
-    if k > smallest:
-        raise common.ParamsError(
-            f"params.yaml: fit_knn.k: {k} neighbours is more than the {smallest} images "
-            f"of the smallest cross-validation training fold"
-        )
-
-
 def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed: int):
     """Fit the pipeline and predict every evaluation (see the module docstring).
 
@@ -61,10 +50,17 @@ def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed:
     rows of the predictions file.
     """
     x, y = data.features, data.labels
-    check_k(settings.k, data, n_folds, seed)
+
+    def fit(indices):
+        # Checked here, where the images of each fold are known; fitting a KNN only stores them.
+        if settings.k > len(indices):
+            raise common.ParamsError(f"params.yaml: fit_knn.k: {settings.k} neighbours is more than the "
+                                     f"{len(indices)} images of a fit (the whole or a cross-validation fold)")
+        return make_knn_pipeline(**settings.model_dump()).fit(x[indices], y[indices])
+
     model, frames = protocol_predictions(
         data,
-        fit=lambda indices: make_knn_pipeline(**settings.model_dump()).fit(x[indices], y[indices]),
+        fit=fit,
         predict_proba=lambda knn, indices: knn.predict_proba(x[indices]),
         n_folds=n_folds,
         seed=seed,

@@ -74,7 +74,8 @@ def read_predictions(path: Path):
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, dtype={"id": str, "fold": str, "actual": str, "predicted": str}, keep_default_na=False)
+        frame = pd.read_csv(path, dtype={"id": str, "fold": str, "actual": str, "predicted": str},
+                            keep_default_na=False)
     except FileNotFoundError:
         raise common.StageError(f"{path}: not found; its stage has not run") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:

@@ -138,7 +138,7 @@ class HeadTrainer:
         import keras
 
         common.seed_everything(seed)
-        self.settings, self.seed, self.n_classes = settings, seed, len(class_names)
+        self.settings, self.seed = settings, seed
         self.model = make_model(n_features, len(class_names), settings.hidden_units, settings.dropout,
                                 settings.l2)
         # Up to 32 steps per call into TensorFlow: Keras's per-step Python cost was about
@@ -154,6 +154,7 @@ class HeadTrainer:
         weights of the epoch with the best ROC AUC on those."""
         import keras
         import tensorflow as tf
+        from sklearn.utils.class_weight import compute_class_weight
 
         for variable, value in zip(self.state, self.initial):
             variable.assign(value)
@@ -168,9 +169,9 @@ class HeadTrainer:
             .batch(settings.batch_size)
         )
         class_weight = None
-        if settings.class_weight == "balanced":
-            counts = np.bincount(y[fit], minlength=self.n_classes)
-            class_weight = {c: len(fit) / (len(counts) * n) for c, n in enumerate(counts) if n}
+        if settings.class_weight == "balanced":  # n / (classes * count), scikit-learn's weights
+            classes = np.unique(y[fit])
+            class_weight = dict(zip(classes.tolist(), compute_class_weight("balanced", classes=classes, y=y[fit])))
         history = self.model.fit(
             batches,
             epochs=settings.max_epochs,

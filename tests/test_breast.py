@@ -234,6 +234,27 @@ def test_data_that_is_not_there_or_not_tracked(tmp_path, monkeypatch, data, mess
         extract.open_data(data)
 
 
+def offline(*args, **kwargs):
+    raise Exception("URL fetch failure on https://example/x: None -- [Errno -2] Name or service not known")
+
+
+def test_failed_downloads_name_the_key_to_set(monkeypatch):
+    import keras
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(common.StageError) as error:
+        extract.open_data("medmnist")
+    assert str(error.value) == (
+        f"could not download BreastMNIST from {extract.BREASTMNIST_URL} (URL fetch failure on https://example/x: "
+        "None -- [Errno -2] Name or service not known); set extract_vgg_features.data to a .npz or an image "
+        "folder under data/local/breast/"
+    )
+    monkeypatch.setattr(keras.applications, "VGG16", offline)
+    with pytest.raises(common.StageError, match=r"^could not download the ImageNet weights of vgg16 \(URL fetch "
+                       r"failure .*\); set extract_vgg_features.weights to a weights file under data/local/weights/$"):
+        extract.build_extractor("vgg16", "imagenet", "avg", 32)
+
+
 def test_images_become_rgb_batches_of_the_chosen_size(breast_npz, image_folder):
     grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
     prepared = extract.prepare_image(grey, 8)
