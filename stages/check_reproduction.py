@@ -1,0 +1,156 @@
+"""Reproduce pipeline stages and check the two promises that hold on any machine.
+
+    check-reproduction [TARGET ...] [--tolerance 0.01]
+    python -m stages.check_reproduction evaluate@toy
+
+1. **Same params, same bytes on this machine.** ``dvc repro TARGET`` runs what is out of
+   date, then ``dvc repro -f TARGET`` runs every stage again: each output must come out
+   byte for byte as the first run wrote it. A time stamp, an unseeded draw or an
+   unordered listing in an output fails here, on whatever machine runs it.
+2. **The committed metrics, on any machine.** Every metrics file that git tracks must
+   agree with the committed one: the same keys, the same strings and whole numbers, and
+   fractional numbers within ``--tolerance``. TensorFlow's CPU kernels round differently
+   on other instruction sets (AVX-512, AVX2, SSE4.1) and in other releases, so the
+   trained models' bytes are only comparable on one machine with one set of versions;
+   what they score is comparable everywhere.
+
+It also says whether the outputs match the committed ``dvc.lock`` byte for byte (they do
+on a CPU like the one that wrote it, with the versions of ``constraints.txt``), but that
+is information, not a verdict. Afterwards ``dvc.lock`` and ``metrics/`` are restored to
+the commit, so ``git status`` is as before (the workspace keeps this machine's outputs,
+which ``dvc status`` then lists as modified). Exit status 0 when both promises hold, 1
+when one does not, 2 when the check cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import yaml
+
+from stages.common import StageError, run_stage
+
+LOCK_FILE = Path("dvc.lock")
+METRICS_DIR = Path("metrics")
+
+
+def run(args: list[str], capture: bool = False) -> str:
+    """Run a command in the repository; its output goes to the user unless ``capture``."""
+    result = subprocess.run(args, stdout=subprocess.PIPE if capture else None, text=True)
+    if result.returncode != 0:
+        raise StageError(f"{' '.join(args)} exited with {result.returncode}")
+    return result.stdout or ""
+
+
+def dvc(*args: str) -> None:
+    print(f"$ dvc {' '.join(args)}", flush=True)
+    run([sys.executable, "-m", "dvc", *args])
+
+
+def committed(path: Path) -> str | None:
+    """A file's text at HEAD, or None when git does not track it there."""
+    result = subprocess.run(["git", "show", f"HEAD:{path.as_posix()}"], capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def output_hashes(lock_text: str | None) -> dict[str, str]:
+    """``{output path: md5}`` of every output in a dvc.lock's text."""
+    stages = (yaml.safe_load(lock_text) or {}).get("stages", {}) if lock_text else {}
+    return {out["path"]: out.get("md5", "") for stage in stages.values() for out in stage.get("outs", [])}
+
+
+def leaves(data: object, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """``(dotted key, value)`` for every leaf of a JSON document."""
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            yield from leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip("."), data
+
+
+def metric_differences(old: object, new: object, tolerance: float) -> list[str]:
+    """What differs between two metrics documents beyond ``tolerance``, one line each.
+    Keys, strings, booleans and whole numbers must be equal; other numbers within it."""
+    old_leaves, new_leaves = dict(leaves(old)), dict(leaves(new))
+    lines = [f"{key}: missing" for key in sorted(old_leaves.keys() - new_leaves.keys())]
+    lines += [f"{key}: not in the commit" for key in sorted(new_leaves.keys() - old_leaves.keys())]
+    for key in sorted(old_leaves.keys() & new_leaves.keys()):
+        was, now = old_leaves[key], new_leaves[key]
+        fractional = isinstance(was, float) or isinstance(now, float)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (was, now))
+        if numbers and fractional:
+            if abs(now - was) > tolerance:
+                lines.append(f"{key}: {was} committed, {now} now (more than {tolerance:g} apart)")
+        elif was != now:
+            lines.append(f"{key}: {was!r} committed, {now!r} now")
+    return lines
+
+
+def compare_metrics(tolerance: float) -> tuple[int, list[str]]:
+    """The number of git-tracked metrics files, and what in them moved from the commit."""
+    tracked = run(["git", "ls-files", "--", str(METRICS_DIR)], capture=True).split()
+    problems = []
+    for name in tracked:
+        path = Path(name)
+        if not path.is_file():
+            problems.append(f"{path}: not written")
+            continue
+        old, new = json.loads(committed(path) or "{}"), json.loads(path.read_text())
+        problems += [f"{path}: {line}" for line in metric_differences(old, new, tolerance)]
+    return len(tracked), problems
+
+
+def changed_outputs(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
+    return sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="check-reproduction", description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="*", help="stages to reproduce, as for dvc repro (default: all)")
+    parser.add_argument("--tolerance", type=float, default=0.01,
+                        help="how far a fractional metric may be from the committed one (default 0.01)")
+    args = parser.parse_args(argv)
+    if not LOCK_FILE.is_file() and committed(LOCK_FILE) is None:
+        raise StageError(f"{LOCK_FILE}: not found (run from the project root)")
+    committed_lock = committed(LOCK_FILE)
+    try:
+        dvc("repro", *args.targets)
+        first = output_hashes(LOCK_FILE.read_text())
+        dvc("repro", "--force", *args.targets)
+        second = output_hashes(LOCK_FILE.read_text())
+        n_files, moved = compare_metrics(args.tolerance)
+    finally:  # leave git's files as they were, whatever happened
+        subprocess.run(["git", "checkout", "HEAD", "--", str(LOCK_FILE), str(METRICS_DIR)], capture_output=True)
+
+    rerun_changed = changed_outputs(first, second)
+    print(f"\nsame machine: {len(first) - len(rerun_changed)} of {len(first)} outputs came out "
+          "byte-identical when every stage ran again")
+    for path in rerun_changed:
+        print(f"  DIFFERS {path}: {first.get(path)} then {second.get(path)}")
+    against_commit = changed_outputs(output_hashes(committed_lock), first)
+    against_commit = [path for path in against_commit if path in first]
+    print(f"committed dvc.lock: {len(first) - len(against_commit)} of {len(first)} outputs byte-identical"
+          + (" (another CPU or other library versions wrote the rest: only their metrics are compared)"
+             if against_commit else ""))
+    print(f"metrics: {n_files} committed files, "
+          + (f"{len(moved)} values moved by more than {args.tolerance:g}:" if moved
+             else f"every value within {args.tolerance:g} of the commit"))
+    for line in moved:
+        print(f"  MOVED {line}")
+    if rerun_changed or moved:
+        print("check-reproduction: FAILED")
+        sys.exit(1)
+    print("check-reproduction: passed")
+
+
+def cli() -> None:
+    run_stage(main)
+
+
+if __name__ == "__main__":
+    cli()
