@@ -41,6 +41,10 @@ class ParamsError(StageError):
     """A key in params.yaml is missing, unknown, of the wrong type or out of range."""
 
 
+class DownloadError(StageError):
+    """A download failed (no network, say); the message names the params key for a local copy."""
+
+
 # --------------------------------------------------------------------------- params
 class Section(pydantic.BaseModel):
     """Keys of params.yaml as a pydantic model: a stage's sections (one field a section),
@@ -178,12 +182,12 @@ def one_line(err: BaseException, limit: int = 200) -> str:
 
 @contextlib.contextmanager
 def download_or_stop(what: str, key: str, instead: str) -> Iterator[None]:
-    """Turn a failed Keras download into a StageError that names the params ``key`` to set
-    to ``instead`` (a local file). Keras raises a bare Exception when the network fails."""
+    """Turn a failed Keras download into a DownloadError that names the params ``key`` to
+    set to ``instead`` (a local file). Keras raises a bare Exception when the network fails."""
     try:
         yield
     except Exception as err:
-        raise StageError(f"could not download {what} ({one_line(err)}); set {key} to {instead}") from None
+        raise DownloadError(f"could not download {what} ({one_line(err)}); set {key} to {instead}") from None
 
 
 def read_npz(path: Path, keys: Iterable[str] = (), stage: str | None = None) -> dict[str, Any]:

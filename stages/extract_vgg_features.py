@@ -504,7 +504,17 @@ def image_counts(images: ImageSet) -> dict[str, int]:
 def main(argv: list[str]) -> None:
     settings = common.read_params(Params).extract_vgg_features
     args = common.stage_args("extract_vgg_features", argv, "features", "backbone", "checkpoints")
-    images = open_data(settings.data)
+    recipe = settings.model_dump(include=set(RECIPE_KEYS))
+    try:
+        images = open_data(settings.data)
+    except common.DownloadError as data_error:
+        # Offline, name every download this stage needs at once, not one per attempt.
+        if settings.weights == "imagenet":
+            try:
+                load_backbone(recipe)
+            except common.DownloadError as weights_error:
+                raise common.DownloadError(f"{data_error}; and {weights_error}") from None
+        raise
     strategy, devices = common.distribution_strategy()
     print(
         f"extract_vgg_features: {len(images)} images, classes {', '.join(images.class_names)}; "
@@ -512,7 +522,6 @@ def main(argv: list[str]) -> None:
         f"on {common.describe_devices(devices)}, {settings.workers} input worker(s)",
         flush=True,
     )
-    recipe = settings.model_dump(include=set(RECIPE_KEYS))
     with strategy.scope():
         model = load_backbone(recipe)
     # Finished chunks depend on every setting but workers (which changes the speed alone),

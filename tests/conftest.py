@@ -23,6 +23,21 @@ PROJECT_FILES = [
 ]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--all-tiers", action="store_true",
+                     help="also run the second tier: the end-to-end dvc runs, marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The first tier alone unless --all-tiers (or a -m expression of the caller's own)."""
+    if config.getoption("--all-tiers") or config.getoption("markexpr"):
+        return
+    second_tier = [item for item in items if item.get_closest_marker("slow")]
+    if second_tier:
+        config.hook.pytest_deselected(items=second_tier)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 def tool_env() -> dict[str, str]:
     """The environment for dvc and the stages: this interpreter's bin first on PATH, so
     that the stages' `python -m ...` runs with the same packages as the tests."""
@@ -66,10 +81,8 @@ def edit_params(repo: Path, changes: dict[str, object]) -> None:
     apply_overrides(repo / "params.yaml", [f"{key}={typed(value)}" for key, value in changes.items()])
 
 
-@pytest.fixture
-def project_repo(tmp_path: Path) -> Path:
-    """A copy of the project's pipeline files in a new git repository, committed."""
-    repo = tmp_path / "project"
+def make_project_repo(repo: Path) -> Path:
+    """A copy of the project's pipeline files in a new git repository at ``repo``, committed."""
     repo.mkdir()
     for name in PROJECT_FILES:
         if (PROJECT / name).exists():
@@ -79,6 +92,33 @@ def project_repo(tmp_path: Path) -> Path:
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "project")
+    return repo
+
+
+@pytest.fixture
+def project_repo(tmp_path: Path) -> Path:
+    """A copy of the project's pipeline files in a new git repository, committed."""
+    return make_project_repo(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory) -> tuple[Path, str]:
+    """The project with small toy params (``small_toy_params``) after one
+    ``dvc repro evaluate@toy``, committed, and what that repro printed. Run once a session:
+    tests take a copy (``toy_repo``), whose DVC cache also holds the run cache of these runs."""
+    repo = make_project_repo(tmp_path_factory.mktemp("toy_run") / "project")
+    edit_params(repo, small_toy_params())
+    first = dvc(repo, "repro", "evaluate@toy")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "small toy run")
+    return repo, first.stdout + first.stderr
+
+
+@pytest.fixture
+def toy_repo(toy_run, tmp_path: Path) -> Path:
+    """A copy of ``toy_run``'s repository, to change as a test likes."""
+    repo = tmp_path / "project"
+    shutil.copytree(toy_run[0], repo, symlinks=True)
     return repo
 
 
@@ -147,13 +187,21 @@ def toy_names() -> list[str]:
     return list(project_params()["generate_toy"])
 
 
-def small_pipeline_params() -> dict[str, object]:
-    """Params that run the whole pipeline in a minute or two on 2 cores, on tiny local data
-    that `write_tiny_inputs` puts in place."""
+def small_toy_params() -> dict[str, object]:
+    """The toy sections at an eighth of their size and 3 epochs: the toy stages in seconds."""
     toy = toy_names()
     return {
         **{f"generate_toy.{name}.n_samples": 120 for name in toy},
         **{f"train_toy.{name}.epochs": 3 for name in toy},
+    }
+
+
+def small_pipeline_params() -> dict[str, object]:
+    """Params that run the whole pipeline in a minute or two on 2 cores, on tiny local data
+    that `write_tiny_inputs` puts in place; the toy stages as in ``toy_run``, so that its
+    run cache serves them."""
+    return {
+        **small_toy_params(),
         "augment_train_mnist.data": "data/local/mnist/tiny.npz",
         "augment_train_mnist.validation_size": 40,
         "augment_train_mnist.epochs": 2,

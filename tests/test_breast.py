@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import common, evaluate, fit_knn, train_head
+from stages import check_thresholds, common, evaluate, fit_knn, train_head
 from stages import extract_vgg_features as extract
 from stages.breast import FeatureSet, protocol_predictions
 from stages.predictions import read_predictions
-from tests.conftest import SHARED_DATA, stage_argv
+from tests.conftest import PROJECT, SHARED_DATA, stage_argv
 
 LOCAL = Path("data/local/breast")  # relative: the main() tests chdir into tmp_path
 
@@ -255,6 +255,20 @@ def test_failed_downloads_name_the_key_to_set(monkeypatch):
         extract.build_extractor("vgg16", "imagenet", "avg", 32)
 
 
+def test_offline_the_stage_names_both_downloads_at_once(tmp_path, monkeypatch):
+    import keras
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setattr(keras.applications, "VGG16", offline)
+    write_params(tmp_path, "medmnist", backbone="vgg16", weights="imagenet")
+    with pytest.raises(common.DownloadError, match=r"^could not download BreastMNIST .*; set "
+                       r"extract_vgg_features\.data to .*; and could not download the ImageNet weights of vgg16 "
+                       r".*; set extract_vgg_features\.weights to a weights file under data/local/weights/$"):
+        extract.main(stage_argv("extract_vgg_features"))
+    assert not (tmp_path / "data/breast").exists()
+
+
 def test_images_become_rgb_batches_of_the_chosen_size(breast_npz, image_folder):
     grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
     prepared = extract.prepare_image(grey, 8)
@@ -476,12 +490,18 @@ def test_both_stages_and_evaluate_on_a_folder(tmp_path, monkeypatch, image_folde
     write_params(tmp_path, "data/local/breast/lab")
     extract.main(stage_argv("extract_vgg_features"))
     fit_knn.main(stage_argv("fit_knn"))
+    train_head.main(stage_argv("train_head"))
     evaluate.main(stage_argv("evaluate", "breast"))
     metrics = json.loads((tmp_path / "metrics/breast/knn.json").read_text())
     assert list(metrics) == ["heldout", "resubstitution"]
-    assert metrics["heldout"]["protocol"] == "3-fold stratified cross-validation" and metrics["heldout"]["n"] == 12
+    for classifier in ("knn", "head"):
+        heldout = json.loads((tmp_path / f"metrics/breast/{classifier}.json").read_text())["heldout"]
+        assert heldout["protocol"] == "3-fold stratified cross-validation" and heldout["n"] == 12
     confusion = (tmp_path / "plots/breast/evaluation/confusion/knn.csv").read_text().splitlines()
     assert len(confusion) == 1 + 12 and set(",".join(confusion[1:]).split(",")) <= {"benign", "malignant"}
+    # The project's breast bounds find their metrics in a folder's layout too (from cross-validation).
+    _, table = check_thresholds.check(PROJECT / "thresholds.yaml", tmp_path, only=["metrics/breast"])
+    assert "MISSING" not in table and "metrics/breast/knn.json:heldout." in table
 
 
 def test_fit_knn_without_features_says_what_to_run(tmp_path, monkeypatch):

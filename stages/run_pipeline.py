@@ -1,0 +1,72 @@
+"""Run the pipeline as far as it can go, then say what could not run and why.
+
+    run-pipeline [dvc repro options and targets]
+
+This is ``dvc repro --keep-going``: a stage that fails stops only the stages that need
+its outputs. Offline, the downloads of MNIST, BreastMNIST and the ImageNet weights fail,
+and the toy exercise still runs to its metrics and plots. It ends with one line per
+stage that could not run, the reason that stage gave (for a download, the params key to
+point at a local copy), and the stages skipped because of it. The exit status is dvc
+repro's: 0 when every stage ran or was up to date, non-zero (255) when one could not.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+RUNNING = re.compile(r"^Running stage '(?P<stage>[^']+)'")
+STAGE_ERROR = re.compile(r"^error: (?P<reason>.+)")  # what stages.common.run_stage prints
+FAILED_RUN = re.compile(r"failed to run: .*, exited with (?P<status>-?\d+)$")  # DVC's, for any failure
+SKIPPED = re.compile(r"Stage '(?P<stage>[^']+)' will be skipped")
+
+
+@dataclass
+class ReproLog:
+    """What a ``dvc repro --keep-going`` said, read line by line."""
+
+    failed: dict[str, list[str]] = field(default_factory=dict)  # stage -> its error lines
+    skipped: list[str] = field(default_factory=list)
+    _stage: str | None = None
+
+    def read(self, line: str) -> None:
+        if match := RUNNING.match(line):
+            self._stage = match["stage"]
+        elif (match := STAGE_ERROR.match(line)) and self._stage:
+            self.failed.setdefault(self._stage, []).append(match["reason"])
+        elif (match := FAILED_RUN.search(line)) and self._stage and self._stage not in self.failed:
+            self.failed[self._stage] = [f"exited with {match['status']} (its output is above)"]
+        elif match := SKIPPED.search(line):
+            self.skipped.append(match["stage"])
+
+    def summary(self) -> list[str]:
+        lines = [f"run-pipeline: {len(self.failed)} stage(s) could not run:"]
+        lines += [f"  {stage}: {' '.join(reasons)}" for stage, reasons in self.failed.items()]
+        if self.skipped:
+            lines.append(f"  skipped, as they need those: {', '.join(self.skipped)}")
+        lines.append("Every other stage ran or was up to date; see docs/offline.md for local copies of the data.")
+        return lines
+
+
+def main(argv: list[str]) -> int:
+    log = ReproLog()
+    # One stream for DVC's lines and the stages' own, so an error follows its stage.
+    with subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--keep-going", *argv], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as dvc:
+        for line in dvc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            log.read(line.rstrip("\n"))
+    if log.failed:
+        print("\n" + "\n".join(log.summary()))
+    return dvc.returncode
+
+
+def cli() -> None:
+    sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    cli()
