@@ -1,21 +1,32 @@
-"""Every command the README prints in a ```bash block works as printed.
+"""Every command the README and the pages under docs/ print in a ```bash block works as printed.
 
-Each command is either run here, in README order, in a temporary copy of the project
-on small toy data, or listed in NOT_RUN with the reason and the test that covers it.
-A command added to the README without either fails `test_every_command_is_run_or_accounted_for`.
+The commands are collected from README.md first, then from docs/ in DOC_PAGES order (any
+other page after those, sorted by name), which is the order a reader meets them. Each
+command is either run here, in that order, in one temporary copy of the project on small
+toy data, or listed in NOT_RUN with the reason and the test that covers it. A command
+added to the README or a docs page without either fails
+`test_every_command_is_run_or_accounted_for`.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import PROJECT, tool_env, toy_names
 
+# The docs pages in the order their commands run: a page whose commands need an earlier
+# page's (the worked example's edits, its metrics) comes after it.
+DOC_PAGES = [
+    "docs/pipeline.md", "docs/experiments.md", "docs/ci.md", "docs/offline.md", "docs/gpu-and-scale.md",
+    "docs/results.md", "docs/breast.md", "docs/classify.md", "docs/benchmarks.md",
+]
+
 NOT_RUN = {
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[dev]' && dvc repro":
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -c constraints.txt -e '.[dev]' && dvc repro":
         "installs the project and downloads MNIST, BreastMNIST and ImageNet weights (.ci/run installs)",
     ". .venv/bin/activate && python -m pytest": "the test suite itself (.ci/run runs it)",
     ". .venv/bin/activate": "the tests already run in the project's environment",
@@ -28,12 +39,17 @@ NOT_RUN = {
     "dvc remote add -d storage s3://my-bucket/image-analysis": "needs a bucket; test_pipeline_full uses a folder remote",
     'git add .dvc/config && git commit -m "Add DVC remote"': "follows the remote above",
     "dvc push": "test_pipeline_full pushes to a folder remote",
-    "git clone ... && cd ... && pip install -e '.[dev]'": "placeholders; test_pipeline_full clones",
+    "git clone ... && cd ... && pip install -c constraints.txt -e '.[dev]'": "placeholders; test_pipeline_full clones",
     "dvc pull": "test_pipeline_full pulls from a folder remote",
     "classify-images data/local/breast/lab -o breast_predictions.csv":
         "needs trained breast models; test_classify trains tiny ones and classifies with them",
     "classify-images --model breast-head scan_0412.png scan_0413.png": "as above",
     "classify-images --model mnist digits/ > digits.csv": "as above, with a tiny digit CNN",
+    "pip install -c constraints.txt -e '.[dev,bench]'": "installs packages; the benchmarks are not tests",
+    "python bench/bench_mnist_pipeline.py --npz data/local/mnist/mnist.npz --keras-layers":
+        "a benchmark of minutes on the full MNIST; its figures are measurements, not checks",
+    "python bench/bench_vgg_features.py --images 48": "a benchmark of minutes with a full-size VGG19",
+    "python bench/bench_extraction_input.py": "a benchmark of minutes over 2,000 generated images",
 }
 # Commands that exit non-zero on purpose, with the status they must give.
 EXIT_STATUS = {"check-thresholds": 1}  # here the MNIST and breast metrics are missing: reported, exit 1
@@ -45,23 +61,45 @@ PRINTS = {
 }
 
 
-def readme_commands() -> list[str]:
-    """The commands of the README's ```bash blocks, without comments, in order."""
-    text = (PROJECT / "README.md").read_text()
+def documented_pages() -> list[Path]:
+    """README.md, then the docs pages in DOC_PAGES order, then any other docs page, sorted."""
+    listed = [PROJECT / page for page in DOC_PAGES]
+    others = sorted(set((PROJECT / "docs").glob("*.md")) - set(listed))
+    return [PROJECT / "README.md", *listed, *others]
+
+
+def page_commands() -> list[tuple[str, str]]:
+    """(page, command) for every command of the pages' ```bash blocks, without comments, in order."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for line in block.splitlines():
-            command = re.sub(r"\s+#\s.*$", "", line).strip()
-            if command and not command.startswith("#"):
-                commands.append(command)
+    for page in documented_pages():
+        text = page.read_text()
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            for line in block.splitlines():
+                command = re.sub(r"\s+#\s.*$", "", line).strip()
+                if command and not command.startswith("#"):
+                    commands.append((str(page.relative_to(PROJECT)), command))
     return commands
 
 
+def readme_commands() -> list[str]:
+    """The commands of the README's and the docs pages' ```bash blocks, in order."""
+    return [command for _, command in page_commands()]
+
+
 def test_every_command_is_run_or_accounted_for():
+    assert all((PROJECT / page).is_file() for page in DOC_PAGES), "DOC_PAGES names a page that is not there"
     commands = readme_commands()
     assert len(commands) > 20
-    assert not set(NOT_RUN) - set(commands), "NOT_RUN lists commands the README no longer prints"
+    assert not set(NOT_RUN) - set(commands), "NOT_RUN lists commands the README and docs/ no longer print"
     assert set(EXIT_STATUS) <= set(commands)
+    assert set(PRINTS) <= set(commands)
+    # The order the slow test relies on: the worked example's edits come after its first
+    # run and before the commands that read them.
+    def first(start: str) -> int:
+        return next(i for i, command in enumerate(commands) if command.startswith(start))
+
+    assert first("dvc repro evaluate@toy") < first("sed -i 's/hidden_layers") < first("dvc params diff")
+    assert first("dvc params diff") < first("sed -i '0,/heldout.accuracy") < first("check-thresholds --only")
 
 
 def small_toy(params_text: str) -> str:
@@ -76,15 +114,16 @@ def test_readme_commands_work_as_printed(project_repo):
     repo = project_repo
     (repo / "params.yaml").write_text(small_toy((repo / "params.yaml").read_text()))
     ran = []
-    for command in readme_commands():
+    for page, command in page_commands():
         if command in NOT_RUN:
             continue
         before = (repo / "params.yaml").read_text(), (repo / "thresholds.yaml").read_text()
         result = subprocess.run(["bash", "-c", command], cwd=repo, env=tool_env(), capture_output=True, text=True)
-        assert result.returncode == EXIT_STATUS.get(command, 0), f"{command}\n{result.stdout}\n{result.stderr}"
-        assert re.search(PRINTS.get(command, ""), result.stdout), f"{command}\n{result.stdout}"
+        assert result.returncode == EXIT_STATUS.get(command, 0), f"{page}: {command}\n{result.stdout}\n{result.stderr}"
+        assert re.search(PRINTS.get(command, ""), result.stdout), f"{page}: {command}\n{result.stdout}"
         if command.startswith("sed -i"):  # an edit must find what it edits
-            assert ((repo / "params.yaml").read_text(), (repo / "thresholds.yaml").read_text()) != before, command
+            assert ((repo / "params.yaml").read_text(), (repo / "thresholds.yaml").read_text()) != before, \
+                f"{page}: {command}"
         ran.append(command)
     assert set(PRINTS) | set(EXIT_STATUS) <= set(ran)
     assert "dvc exp run -S train_toy.two_blops.epochs=200 evaluate@toy" in ran and len(ran) >= 15
