@@ -73,36 +73,42 @@ def leaves(data: object, prefix: str = "") -> Iterator[tuple[str, object]]:
         yield prefix.rstrip("."), data
 
 
-def metric_differences(old: object, new: object, tolerance: float) -> list[str]:
-    """What differs between two metrics documents beyond ``tolerance``, one line each.
-    Keys, strings, booleans and whole numbers must be equal; other numbers within it."""
+def metric_differences(old: object, new: object, tolerance: float) -> tuple[list[str], float]:
+    """What differs between two metrics documents beyond ``tolerance``, one line each, and
+    the largest difference of a fractional number. Keys, strings, booleans and whole
+    numbers must be equal; fractional numbers within ``tolerance``."""
     old_leaves, new_leaves = dict(leaves(old)), dict(leaves(new))
     lines = [f"{key}: missing" for key in sorted(old_leaves.keys() - new_leaves.keys())]
     lines += [f"{key}: not in the commit" for key in sorted(new_leaves.keys() - old_leaves.keys())]
+    largest = 0.0
     for key in sorted(old_leaves.keys() & new_leaves.keys()):
         was, now = old_leaves[key], new_leaves[key]
         fractional = isinstance(was, float) or isinstance(now, float)
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (was, now))
         if numbers and fractional:
+            largest = max(largest, abs(now - was))
             if abs(now - was) > tolerance:
                 lines.append(f"{key}: {was} committed, {now} now (more than {tolerance:g} apart)")
         elif was != now:
             lines.append(f"{key}: {was!r} committed, {now!r} now")
-    return lines
+    return lines, largest
 
 
-def compare_metrics(tolerance: float) -> tuple[int, list[str]]:
-    """The number of git-tracked metrics files, and what in them moved from the commit."""
+def compare_metrics(tolerance: float) -> tuple[int, list[str], float]:
+    """The number of git-tracked metrics files, what in them moved from the commit, and the
+    largest difference of a fractional metric."""
     tracked = run(["git", "ls-files", "--", str(METRICS_DIR)], capture=True).split()
-    problems = []
+    problems, largest = [], 0.0
     for name in tracked:
         path = Path(name)
         if not path.is_file():
             problems.append(f"{path}: not written")
             continue
-        old, new = json.loads(committed(path) or "{}"), json.loads(path.read_text())
-        problems += [f"{path}: {line}" for line in metric_differences(old, new, tolerance)]
-    return len(tracked), problems
+        lines, difference = metric_differences(json.loads(committed(path) or "{}"), json.loads(path.read_text()),
+                                               tolerance)
+        problems += [f"{path}: {line}" for line in lines]
+        largest = max(largest, difference)
+    return len(tracked), problems, largest
 
 
 def changed_outputs(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
@@ -123,7 +129,7 @@ def main(argv: list[str]) -> None:
         first = output_hashes(LOCK_FILE.read_text())
         dvc("repro", "--force", *args.targets)
         second = output_hashes(LOCK_FILE.read_text())
-        n_files, moved = compare_metrics(args.tolerance)
+        n_files, moved, largest = compare_metrics(args.tolerance)
     finally:  # leave git's files as they were, whatever happened
         subprocess.run(["git", "checkout", "HEAD", "--", str(LOCK_FILE), str(METRICS_DIR)], capture_output=True)
 
@@ -139,7 +145,8 @@ def main(argv: list[str]) -> None:
              if against_commit else ""))
     print(f"metrics: {n_files} committed files, "
           + (f"{len(moved)} values moved by more than {args.tolerance:g}:" if moved
-             else f"every value within {args.tolerance:g} of the commit"))
+             else f"every value within {args.tolerance:g} of the commit")
+          + f" (largest difference {largest:.4g})")
     for line in moved:
         print(f"  MOVED {line}")
     if rerun_changed or moved:

@@ -75,13 +75,14 @@ def test_a_metric_that_moved_fails(tmp_path):
     assert git(repo, "status", "--porcelain").stdout == ""
 
 
-@pytest.mark.parametrize(("old", "new", "expected"), [
-    ({"a": 0.9}, {"a": 0.905}, []),
-    ({"a": 0.9}, {"a": 0.92}, ["a: 0.9 committed, 0.92 now (more than 0.01 apart)"]),
-    ({"a": {"n": 30}}, {"a": {"n": 31}}, ["a.n: 30 committed, 31 now"]),
-    ({"a": {"protocol": "test split"}}, {"a": {"protocol": "cv"}}, ["a.protocol: 'test split' committed, 'cv' now"]),
-    ({"a": 1, "b": 0.5}, {"a": 1}, ["b: missing"]),
-    ({"a": 1}, {"a": 1, "c": 2}, ["c: not in the commit"]),
+@pytest.mark.parametrize(("old", "new", "expected", "largest"), [
+    ({"a": 0.9}, {"a": 0.905}, [], 0.005),
+    ({"a": 0.9}, {"a": 0.92}, ["a: 0.9 committed, 0.92 now (more than 0.01 apart)"], 0.02),
+    ({"a": {"n": 30}}, {"a": {"n": 31}}, ["a.n: 30 committed, 31 now"], 0),
+    ({"a": {"protocol": "test split"}}, {"a": {"protocol": "cv"}}, ["a.protocol: 'test split' committed, 'cv' now"], 0),
+    ({"a": 1, "b": 0.5}, {"a": 1}, ["b: missing"], 0),
+    ({"a": 1}, {"a": 1, "c": 2}, ["c: not in the commit"], 0),
 ])
-def test_metric_differences(old, new, expected):
-    assert metric_differences(old, new, tolerance=0.01) == expected
+def test_metric_differences(old, new, expected, largest):
+    lines, difference = metric_differences(old, new, tolerance=0.01)
+    assert lines == expected and difference == pytest.approx(largest)

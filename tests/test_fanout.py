@@ -57,9 +57,9 @@ def machine(tmp_path: Path, origin: Path, name: str) -> Path:
     return clone
 
 
-def test_experiments_run_on_two_clones_are_gathered_on_a_third(project_repo, tmp_path):
-    origin = share(project_repo, tmp_path, run_baseline=True)
-    baseline = git(project_repo, "rev-parse", "HEAD").stdout.strip()
+def test_experiments_run_on_two_clones_are_gathered_on_a_third(toy_repo, tmp_path):
+    origin = share(toy_repo, tmp_path, run_baseline=True)
+    baseline = git(toy_repo, "rev-parse", "HEAD").stdout.strip()
 
     # Machine a, like a GitHub Actions job: the branch checked out, the Git remote by name.
     a = machine(tmp_path, origin, "a")

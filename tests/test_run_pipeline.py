@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 
+import pytest
 import yaml
 
 from stages.run_pipeline import ReproLog
-from tests.conftest import dvc, git, run
+from tests.conftest import dvc, edit_params, git, run, stages_run, tool_env
 
 FAIL = "import sys; print('error: could not download X (no network); set section.key to a local file', file=sys.stderr); sys.exit(2)"
 
@@ -38,3 +41,25 @@ def test_a_failure_without_an_error_line_is_still_named():
                  "WARNING: failed to run: python -m stages.a, exited with 1", "Running stage 'b':"]:
         log.read(line)
     assert log.failed == {"a": ["exited with 1 (its output is above)"]}
+
+
+@pytest.mark.slow
+def test_offline_the_quick_start_finishes_the_toy_exercise_and_names_each_download(toy_repo):
+    repo = toy_repo
+    edit_params(repo, {"train_toy.two_blops.epochs": 2})  # so that train_toy and evaluate@toy run here
+    # No network: every download fails at once (a proxy that refuses), as on a machine offline.
+    env = {**tool_env(), "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    result = subprocess.run(["run-pipeline"], cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 255, result.stdout + result.stderr
+    summary = result.stdout[result.stdout.index("run-pipeline: 2 stage(s) could not run:"):].splitlines()
+    assert re.fullmatch(r"  augment_train_mnist: could not download MNIST .*; set augment_train_mnist\.data to "
+                        r"a local \.npz under data/local/mnist/", summary[1])
+    assert re.fullmatch(r"  extract_vgg_features: could not download BreastMNIST .*; set extract_vgg_features\.data"
+                        r" to .*; and could not download the ImageNet weights of vgg19 .*; set "
+                        r"extract_vgg_features\.weights to a weights file under data/local/weights/", summary[2])
+    assert summary[3] == "  skipped, as they need those: evaluate@mnist, fit_knn, train_head, evaluate@breast"
+    assert stages_run(result.stdout) == ["augment_train_mnist", "evaluate@toy", "extract_vgg_features",
+                                         "train_toy@two_blops"]
+    assert "Data and pipelines are up to date." in dvc(repo, "status", "evaluate@toy").stdout
+    # The toy metrics are this run's: two_blops's changed with its epochs, the others are as committed.
+    assert git(repo, "status", "--porcelain", "metrics").stdout.split() == ["M", "metrics/toy/two_blops.json"]
