@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages import common
 from stages import extract_vgg_features as extract
+from stages.errors import ParamsError, StageError
 from tests.conftest import PROJECT, stage_argv, tool_env, two_cpu_devices_script
 
 STAGE = "extract_vgg_features"
@@ -129,7 +129,7 @@ def test_one_or_two_workers_and_any_chunk_size_give_the_same_bytes(tmp_path, mon
 
 def test_workers_must_be_at_least_one(tmp_path, monkeypatch):
     write_params(tmp_path, "data/local/breast/lab", workers=0)
-    with pytest.raises(common.ParamsError, match=r"^params.yaml: extract_vgg_features.workers: must be greater"):
+    with pytest.raises(ParamsError, match=r"^params.yaml: extract_vgg_features.workers: must be greater"):
         run_here(tmp_path, monkeypatch)
 
 
@@ -149,7 +149,7 @@ def test_a_bad_image_stops_the_stage_naming_it_with_no_output(tmp_path, monkeypa
     lab = write_lab_folder(tmp_path / "data/local/breast/lab")
     spoil(lab / name, how)
     write_params(tmp_path, "data/local/breast/lab", chunk_size=4)
-    with pytest.raises(common.StageError) as error:
+    with pytest.raises(StageError) as error:
         run_here(tmp_path, monkeypatch)
     assert str(error.value).startswith(f"data/local/breast/lab/{name}: cannot read image")
     assert "\n" not in str(error.value)

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from stages import augment_train_mnist as mnist
-from stages import common
+from stages.errors import ParamsError, StageError
+from stages.outputs import write_json
 from stages.predictions import read_predictions
 from tests.conftest import PROJECT, stage_argv, tiny_mnist, tool_env, two_cpu_devices_script
 
@@ -176,12 +177,13 @@ def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, mo
 def test_a_checkpoint_from_other_params_is_not_resumed(workdir, capsys):
     folder = workdir / "checkpoints/mnist"
     mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 2}, {}))
-    common.write_json(folder / "state.json", {"epochs_done": 2})
+    write_json(folder / "state.json", {"epochs_done": 2})
     (folder / "last-2.keras").write_bytes(b"a model of other params")
     checkpoint = mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 1}, {}))
     assert checkpoint.load() is None
     assert "starting afresh" in capsys.readouterr().out
     assert sorted(path.name for path in folder.iterdir()) == ["key.json"]  # nothing of the other run is left
+
 
 
 @pytest.mark.parametrize(
@@ -198,7 +200,7 @@ def test_bad_files_are_named(workdir, spoil, message):
     arrays = tiny_mnist()
     spoil(arrays)
     np.savez(workdir / LOCAL_FILE, **arrays)
-    with pytest.raises(common.StageError) as error:
+    with pytest.raises(StageError) as error:
         mnist.main(stage_argv("augment_train_mnist"))
     assert str(error.value) == f"{LOCAL_FILE}: {message}"
     assert not (workdir / "predictions").exists() and not (workdir / "models").exists()
@@ -211,7 +213,7 @@ def test_failed_download_says_what_to_do(monkeypatch):
         raise Exception("URL fetch failure on https://example/mnist.npz: None -- [Errno -2] Name or service not known")
 
     monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
-    with pytest.raises(common.StageError) as error:
+    with pytest.raises(StageError) as error:
         mnist.load_mnist("keras")
     assert str(error.value) == (
         "could not download MNIST through Keras (URL fetch failure on https://example/mnist.npz: None -- "
@@ -221,14 +223,14 @@ def test_failed_download_says_what_to_do(monkeypatch):
 
 def test_unreadable_or_absent_file_and_path_outside_the_local_folder(workdir):
     (workdir / LOCAL_FILE).write_text("not an npz")
-    with pytest.raises(common.StageError, match=rf"^{LOCAL_FILE}: not a readable \.npz file"):
+    with pytest.raises(StageError, match=rf"^{LOCAL_FILE}: not a readable \.npz file"):
         mnist.load_mnist(LOCAL_FILE)
-    with pytest.raises(common.StageError, match=r"^data/local/mnist/absent\.npz: not found"):
+    with pytest.raises(StageError, match=r"^data/local/mnist/absent\.npz: not found"):
         mnist.load_mnist("data/local/mnist/absent.npz")
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     params["augment_train_mnist"]["data"] = "/elsewhere/mnist.npz"
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(common.ParamsError, match=r"augment_train_mnist\.data: must be keras, or a path under data/local/mnist/"):
+    with pytest.raises(ParamsError, match=r"augment_train_mnist\.data: must be keras, or a path under data/local/mnist/"):
         mnist.main(stage_argv("augment_train_mnist"))
 
 
@@ -237,5 +239,5 @@ def test_xla_under_op_determinism_stops_before_any_work(workdir, monkeypatch):
     params["augment_train_mnist"].update(jit_compile=True, deterministic=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setattr(mnist, "load_mnist", lambda data: pytest.fail("read the data before checking params"))
-    with pytest.raises(common.ParamsError, match=r"augment_train_mnist\.jit_compile: Keras does not compile with XLA"):
+    with pytest.raises(ParamsError, match=r"augment_train_mnist\.jit_compile: Keras does not compile with XLA"):
         mnist.main(stage_argv("augment_train_mnist"))
