@@ -502,12 +502,13 @@ def extract_features(
     return features, resumed
 
 
-def image_counts(images: ImageSet) -> dict[str, int]:
-    """How many images of each split and each class."""
+def image_counts(images: ImageSet) -> dict:
+    """How many images, of each split and of each class; the classes under a key of their
+    own, since a lab's class folder may be called ``train`` or ``test``."""
     return {
         "n_images": len(images),
         **{f"n_{split}": int((images.split == split).sum()) for split in SPLITS},
-        **{f"n_{name}": int((images.labels == i).sum()) for i, name in enumerate(images.class_names)},
+        "n_per_class": {name: int((images.labels == i).sum()) for i, name in enumerate(images.class_names)},
     }
 
 

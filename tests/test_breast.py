@@ -317,7 +317,8 @@ def test_extract_stage_writes_features_for_a_folder(tmp_path, monkeypatch, image
         assert saved["class_names"].tolist() == ["benign", "malignant"]
     facts = json.loads((tmp_path / "runs/extract_vgg_features.json").read_text())
     assert facts["n_images"] == 12 and facts["n_train"] == 12 and facts["n_test"] == 0
-    assert facts["n_benign"] == 6 and facts["feature_dim"] == 512 and facts["images_per_second"] > 0
+    assert facts["n_per_class"] == {"benign": 6, "malignant": 6}
+    assert facts["feature_dim"] == 512 and facts["images_per_second"] > 0
 
 
 def test_extract_stage_keeps_the_npz_splits(tmp_path, monkeypatch, breast_npz):
@@ -329,7 +330,7 @@ def test_extract_stage_keeps_the_npz_splits(tmp_path, monkeypatch, breast_npz):
         assert saved["source"][-1] == "test_images[5]" and saved["labels"].dtype == np.int64
     facts = json.loads((tmp_path / "runs/extract_vgg_features.json").read_text())
     assert (facts["n_train"], facts["n_val"], facts["n_test"]) == (12, 4, 6)
-    assert facts["n_malignant"] + facts["n_normal_or_benign"] == 22
+    assert sum(facts["n_per_class"].values()) == 22
 
 
 def test_extract_stage_loads_a_weights_file_from_data_local(tmp_path, monkeypatch, breast_npz, weights_files):

@@ -90,6 +90,13 @@ def slow_image_set(n: int, batch_size: int, delay_s: float) -> tuple[extract.Ima
     return images, reads
 
 
+def test_class_folders_called_train_or_test_leave_the_split_counts_alone():
+    images = extract.ImageSet(read=lambda i: None, labels=np.array([0, 0, 0, 1]), split=np.full(4, "train"),
+                              source=np.arange(4).astype(str), class_names=("test", "train"), identity="")
+    assert extract.image_counts(images) == {"n_images": 4, "n_train": 4, "n_val": 0, "n_test": 0,
+                                            "n_per_class": {"test": 3, "train": 1}}
+
+
 # --------------------------------------------------------------------------- the input
 def test_batches_come_in_order_whichever_finishes_first():
     images, _ = slow_image_set(30, batch_size=4, delay_s=0.01)
