@@ -26,7 +26,7 @@ import pydantic
 from pydantic import Field
 
 from stages.cli import run_stage, stage_args
-from stages.devices import describe_devices, distribution_strategy
+from stages.devices import describe_devices, device_names, distribution_strategy
 from stages.errors import ParamsError, StageError
 from stages.history import write_history_csv
 from stages.inputs import read_npz
@@ -235,9 +235,11 @@ def on_off(flag: bool) -> str:
 
 
 # --------------------------------------------------------------------------- resumable training
-def run_fingerprint(params: dict, arrays: dict[str, np.ndarray]) -> str:
-    """What a checkpoint must match to be resumed: the params and the data."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+def run_fingerprint(params: dict, arrays: dict[str, np.ndarray], devices: int) -> str:
+    """What a checkpoint must match to be resumed: the params, the data and the number of
+    devices. Batch norm normalises each device's share of a batch by itself, so a run
+    resumed on another number of devices would end with weights that neither would give."""
+    digest = hashlib.sha256(json.dumps([params, devices], sort_keys=True).encode())
     for key in sorted(arrays):
         digest.update(key.encode())
         digest.update(np.ascontiguousarray(arrays[key]).tobytes())
@@ -395,7 +397,7 @@ def main(argv: list[str]) -> None:
     fit, val = validation_split(arrays["y_train"], settings.validation_size, params.seed)
     (x_fit, y_fit), (x_val, y_val) = ((arrays["x_train"][i], arrays["y_train"][i]) for i in (fit, val))
     x_test, y_test = arrays["x_test"], arrays["y_test"]
-    checkpoint = Checkpoint(args.checkpoints, run_fingerprint(params.model_dump(), arrays))
+    checkpoint = Checkpoint(args.checkpoints, run_fingerprint(params.model_dump(), arrays, len(device_names())))
     model, history, summary = train(x_fit, y_fit, x_val, y_val, settings, params.seed, checkpoint)
 
     def probabilities(x):

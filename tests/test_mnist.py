@@ -176,15 +176,35 @@ def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, mo
 
 def test_a_checkpoint_from_other_params_is_not_resumed(workdir, capsys):
     folder = workdir / "checkpoints/mnist"
-    mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 2}, {}))
+    mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 2}, {}, devices=1))
     write_json(folder / "state.json", {"epochs_done": 2})
     (folder / "last-2.keras").write_bytes(b"a model of other params")
-    checkpoint = mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 1}, {}))
+    checkpoint = mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 1}, {}, devices=1))
     assert checkpoint.load() is None
     assert "starting afresh" in capsys.readouterr().out
     assert sorted(path.name for path in folder.iterdir()) == ["key.json"]  # nothing of the other run is left
 
 
+
+def test_a_checkpoint_from_another_number_of_devices_is_not_resumed(workdir, monkeypatch, capsys):
+    def checkpoint_opened_on(devices: int) -> mnist.Checkpoint:
+        """The checkpoint that the stage opens on ``devices`` devices, stopped before training."""
+        opened = []
+
+        def stop(*args):
+            opened.append(args[-1])
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(mnist, "device_names", lambda: [f"/device:CPU:{i}" for i in range(devices)])
+        monkeypatch.setattr(mnist, "train", stop)
+        with pytest.raises(KeyboardInterrupt):
+            mnist.main(stage_argv("augment_train_mnist"))
+        return opened[0]
+
+    write_json(checkpoint_opened_on(1).folder / "state.json", {"epochs_done": 2})
+    assert checkpoint_opened_on(1).load() == {"epochs_done": 2}  # the same devices resume it
+    assert checkpoint_opened_on(2).load() is None
+    assert "starting afresh" in capsys.readouterr().out
 
 @pytest.mark.parametrize(
     ("spoil", "message"),
