@@ -257,4 +257,8 @@ def test_two_devices_give_the_features_of_one(tmp_path, monkeypatch):
     run_here(tmp_path, monkeypatch)
     with np.load(tmp_path / FEATURES) as saved:
         one_device = saved["features"]
-    np.testing.assert_allclose(two_devices, one_device, rtol=1e-6, atol=1e-6)
+    # Byte-equal on the CPU (in each of three trial runs): each device convolves its share of a
+    # batch as one device does the whole. GPUs, whose convolution algorithms may depend
+    # on the batch size, are not covered here.
+    np.testing.assert_array_equal(two_devices, one_device)
+    assert two_devices.tobytes() == one_device.tobytes()  # -0.0 and 0.0 too
