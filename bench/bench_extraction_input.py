@@ -33,8 +33,8 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))  # run from anywhere, no install
 
-from stages import common  # noqa: E402
 from stages import extract_vgg_features as stage  # noqa: E402
+from stages.dvc_yaml import stage_command  # noqa: E402
 
 IMAGE_SIZE = 224  # the stage's default input size
 BATCH_SIZE = 32  # the stage's default batch
@@ -123,7 +123,7 @@ def run_stage_in_child(folder: str, results: multiprocessing.Queue) -> None:
     os.chdir(folder)
     started = time.perf_counter()
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the stage's progress lines
-        stage.main(common.stage_command("extract_vgg_features", path=PROJECT / "dvc.yaml"))
+        stage.main(stage_command("extract_vgg_features", path=PROJECT / "dvc.yaml"))
     seconds = time.perf_counter() - started
     results.put({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds})
 

@@ -33,14 +33,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages import augment_train_mnist as mnist  # noqa: E402
-from stages import common  # noqa: E402
+from stages.cli import run_stage  # noqa: E402
+from stages.inputs import read_npz  # noqa: E402
+from stages.seeding import seed_everything  # noqa: E402
 
 ROTATION, SHIFT, ZOOM = 20, 0.1, 0.2
 
 
 def load_images(npz: str | None, count: int) -> tuple[np.ndarray, np.ndarray]:
     if npz:
-        arrays = common.read_npz(Path(npz))
+        arrays = read_npz(Path(npz))
         mnist.check_mnist_arrays(arrays, npz)
         return arrays["x_train"][:count], arrays["y_train"][:count]
     rng = np.random.default_rng(0)  # throughput does not depend on what the pixels show
@@ -154,7 +156,7 @@ def main(argv: list[str]) -> None:
     print(f"{os.cpu_count()} CPU cores; op determinism {'off' if args.no_deterministic else 'on'}; "
           f"{args.rounds} rounds of {args.steps} timed batches of {args.batch_size} per variant, "
           f"after {args.warmup} warm-up batches", flush=True)
-    common.seed_everything(0, deterministic=not args.no_deterministic)
+    seed_everything(0, deterministic=not args.no_deterministic)
     x, y = load_images(args.npz, 8192)
     # A model per variant, so that each keeps its own compiled training step.
     runs = {key: (compiled_model(), make_batches(key, x, y, args.batch_size)) for key in keys}
@@ -185,4 +187,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    common.run_stage(main)  # a bad --npz file is one line that names it
+    run_stage(main)  # a bad --npz file is one line that names it

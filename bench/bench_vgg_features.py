@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
-from stages import common  # noqa: E402
 from stages import extract_vgg_features as stage  # noqa: E402
+from stages.seeding import seed_everything  # noqa: E402
 
 SEED = 0
 
@@ -91,7 +91,7 @@ def stage_way(model, preprocess, images: stage.ImageSet, image_size: int, batch_
 
 def run_one_way(way: str, args: argparse.Namespace, results: multiprocessing.Queue) -> None:
     """In a child process: build the model, warm it up, then time one way over the images."""
-    common.seed_everything(SEED)
+    seed_everything(SEED)
     model = stage.build_extractor(args.backbone, "none", args.layer, args.image_size)
     preprocess = stage.preprocess_function(args.backbone)
     images = load_images(args.npz, args.images)

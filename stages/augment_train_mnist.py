@@ -25,15 +25,26 @@ import numpy as np
 import pydantic
 from pydantic import Field
 
-from stages import common
+from stages.cli import run_stage, stage_args
+from stages.devices import describe_devices, device_names, distribution_strategy
+from stages.errors import ParamsError, StageError
+from stages.history import write_history_csv
+from stages.inputs import read_npz
+from stages.local_data import download_or_stop, local_or
+from stages.outputs import write_json
+from stages.params import Section, read_params
 from stages.predictions import prediction_frame, write_predictions
+from stages.resume import ResumeFolder
+from stages.run_facts import write_run_facts
+from stages.seeding import seed_everything
+from stages.zip_outputs import save_keras_model
 
 NUM_CLASSES = 10
 CLASS_NAMES = tuple(str(digit) for digit in range(NUM_CLASSES))
 IMAGE_SHAPE = (28, 28)
 LOCAL_DATA_DIR = Path("data/local/mnist")
 
-class Augmentation(common.Section):
+class Augmentation(Section):
     """The original's ImageDataGenerator settings."""
 
     rotation_degrees: float = Field(ge=0, le=180)
@@ -41,9 +52,9 @@ class Augmentation(common.Section):
     zoom: float = Field(ge=0, le=0.95)
 
 
-class MnistTraining(common.Section):
+class MnistTraining(Section):
     # "keras" (downloaded once, hash-checked, cached in ~/.keras/datasets) or a local .npz
-    data: common.local_or(LOCAL_DATA_DIR, "keras")  # type: ignore[valid-type]
+    data: local_or(LOCAL_DATA_DIR, "keras")  # type: ignore[valid-type]
     validation_size: int = Field(ge=10)
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -65,7 +76,7 @@ class MnistTraining(common.Section):
         return self
 
 
-class Params(common.Section):
+class Params(Section):
     seed: int = Field(ge=0)
     augment_train_mnist: MnistTraining
 
@@ -76,15 +87,15 @@ def check_mnist_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
     for part in ("train", "test"):
         x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
-            raise common.StageError(f"{source}: x_{part} must have shape (N, 28, 28), got {x.shape}")
+            raise StageError(f"{source}: x_{part} must have shape (N, 28, 28), got {x.shape}")
         if x.dtype != np.uint8:
-            raise common.StageError(f"{source}: x_{part} must be uint8 pixels 0-255, got {x.dtype}")
+            raise StageError(f"{source}: x_{part} must be uint8 pixels 0-255, got {x.dtype}")
         if y.shape != (len(x),):
-            raise common.StageError(f"{source}: y_{part} must have shape ({len(x)},), got {y.shape}")
+            raise StageError(f"{source}: y_{part} must have shape ({len(x)},), got {y.shape}")
         if not np.issubdtype(y.dtype, np.integer):
-            raise common.StageError(f"{source}: y_{part} must hold integer labels, got {y.dtype}")
+            raise StageError(f"{source}: y_{part} must hold integer labels, got {y.dtype}")
         if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
-            raise common.StageError(f"{source}: y_{part} has labels outside 0-9 ({y.min()}..{y.max()})")
+            raise StageError(f"{source}: y_{part} has labels outside 0-9 ({y.min()}..{y.max()})")
 
 
 def load_mnist(data: str) -> dict[str, np.ndarray]:
@@ -92,11 +103,11 @@ def load_mnist(data: str) -> dict[str, np.ndarray]:
     if data == "keras":
         import keras
 
-        with common.download_or_stop("MNIST through Keras", "augment_train_mnist.data",
-                                     f"a local .npz under {LOCAL_DATA_DIR}/"):
+        with download_or_stop("MNIST through Keras", "augment_train_mnist.data",
+                              f"a local .npz under {LOCAL_DATA_DIR}/"):
             (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
         return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-    arrays = common.read_npz(Path(data), ("x_train", "y_train", "x_test", "y_test"))
+    arrays = read_npz(Path(data), ("x_train", "y_train", "x_test", "y_test"))
     check_mnist_arrays(arrays, data)
     return arrays
 
@@ -107,7 +118,7 @@ def validation_split(y: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, n
     from sklearn.model_selection import train_test_split
 
     if size >= len(y):
-        raise common.ParamsError(
+        raise ParamsError(
             f"params.yaml: augment_train_mnist.validation_size: must be below the {len(y)} training images"
         )
     return train_test_split(np.arange(len(y)), test_size=size, stratify=y, random_state=seed)
@@ -224,16 +235,18 @@ def on_off(flag: bool) -> str:
 
 
 # --------------------------------------------------------------------------- resumable training
-def run_fingerprint(params: dict, arrays: dict[str, np.ndarray]) -> str:
-    """What a checkpoint must match to be resumed: the params and the data."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+def run_fingerprint(params: dict, arrays: dict[str, np.ndarray], devices: int) -> str:
+    """What a checkpoint must match to be resumed: the params, the data and the number of
+    devices. Batch norm normalises each device's share of a batch by itself, so a run
+    resumed on another number of devices would end with weights that neither would give."""
+    digest = hashlib.sha256(json.dumps([params, devices], sort_keys=True).encode())
     for key in sorted(arrays):
         digest.update(key.encode())
         digest.update(np.ascontiguousarray(arrays[key]).tobytes())
     return digest.hexdigest()
 
 
-class Checkpoint(common.ResumeFolder):
+class Checkpoint(ResumeFolder):
     """The state of a run after its last finished epoch, for the run whose fingerprint
     (``run_fingerprint``) is the folder's key.
 
@@ -251,9 +264,9 @@ class Checkpoint(common.ResumeFolder):
     def save(self, model, best_model, state: dict) -> None:
         # Files named by epoch, so the state written last always points at complete files.
         epoch = state["epochs_done"]
-        common.save_keras_model(model, self.folder / f"last-{epoch}.keras")
-        common.save_keras_model(best_model, self.folder / f"best-{epoch}.keras")
-        common.write_json(self.folder / "state.json", state)
+        save_keras_model(model, self.folder / f"last-{epoch}.keras")
+        save_keras_model(best_model, self.folder / f"best-{epoch}.keras")
+        write_json(self.folder / "state.json", state)
         for old in self.folder.glob("*.keras"):
             if not old.stem.endswith(f"-{epoch}"):
                 old.unlink()
@@ -315,18 +328,18 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
 
     import keras
 
-    common.seed_everything(seed, settings.deterministic)
+    seed_everything(seed, settings.deterministic)
     # Set either way: the policy is global to the process and would outlive one run.
     keras.mixed_precision.set_global_policy("mixed_float16" if settings.mixed_precision else "float32")
     batch_size, epochs = settings.batch_size, settings.epochs
     steps = int(len(y_train) * settings.epoch_fraction) // batch_size
     if steps < 1:
-        raise common.ParamsError(
+        raise ParamsError(
             "params.yaml: augment_train_mnist.batch_size: larger than the images in one epoch "
             f"({int(len(y_train) * settings.epoch_fraction)})"
         )
-    strategy, devices = common.distribution_strategy()
-    device = common.describe_devices(devices)
+    strategy, devices = distribution_strategy()
+    device = describe_devices(devices)
 
     state = checkpoint.load() if checkpoint else None
     with strategy.scope():
@@ -377,14 +390,14 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
 
 
 def main(argv: list[str]) -> None:
-    params = common.read_params(Params)
-    args = common.stage_args("augment_train_mnist", argv, "model", "history", "predictions", "checkpoints")
+    params = read_params(Params)
+    args = stage_args("augment_train_mnist", argv, "model", "history", "predictions", "checkpoints")
     settings = params.augment_train_mnist
     arrays = load_mnist(settings.data)
     fit, val = validation_split(arrays["y_train"], settings.validation_size, params.seed)
     (x_fit, y_fit), (x_val, y_val) = ((arrays["x_train"][i], arrays["y_train"][i]) for i in (fit, val))
     x_test, y_test = arrays["x_test"], arrays["y_test"]
-    checkpoint = Checkpoint(args.checkpoints, run_fingerprint(params.model_dump(), arrays))
+    checkpoint = Checkpoint(args.checkpoints, run_fingerprint(params.model_dump(), arrays, len(device_names())))
     model, history, summary = train(x_fit, y_fit, x_val, y_val, settings, params.seed, checkpoint)
 
     def probabilities(x):
@@ -396,15 +409,15 @@ def main(argv: list[str]) -> None:
         prediction_frame([f"x_test[{i}]" for i in range(len(y_test))], y_test, probabilities(x_test),
                          CLASS_NAMES, "heldout", "test set"),
     ]
-    common.save_keras_model(model, args.model)
-    common.write_history_csv(history, args.history)
+    save_keras_model(model, args.model)
+    write_history_csv(history, args.history)
     write_predictions(args.predictions, predictions)
     trainable = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
-    common.write_run_facts("augment_train_mnist", {**summary, "params_total": model.count_params(),
-                                                   "params_trainable": trainable})
+    write_run_facts("augment_train_mnist", {**summary, "params_total": model.count_params(),
+                                            "params_trainable": trainable})
     checkpoint.clear()
     print(f"augment_train_mnist: {summary}")
 
 
 if __name__ == "__main__":
-    common.run_stage(main)
+    run_stage(main)

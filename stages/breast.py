@@ -25,13 +25,15 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from stages import common
+from stages.errors import ParamsError, StageError
+from stages.inputs import read_npz
+from stages.params import Section
 from stages.predictions import prediction_frame
 
 FOLDS_KEY = "breast_cv_folds"
 
 
-class FoldParams(common.Section):
+class FoldParams(Section):
     """The keys both breast classifiers read, so that they are held out on the same folds."""
 
     seed: int = Field(ge=0)
@@ -50,7 +52,7 @@ class FeatureSet:
 
 
 def load_features(path: Path) -> FeatureSet:
-    arrays = common.read_npz(path, ("features", "labels", "split", "source", "class_names"), "extract_vgg_features")
+    arrays = read_npz(path, ("features", "labels", "split", "source", "class_names"), "extract_vgg_features")
     return FeatureSet(arrays["features"], arrays["labels"], arrays["split"], arrays["source"],
                       tuple(arrays["class_names"].tolist()))
 
@@ -61,9 +63,9 @@ def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[
 
     classes, counts = np.unique(labels, return_counts=True)
     if len(classes) < 2:
-        raise common.StageError(f"the images to cross-validate hold one class only (label {classes[0]}); need two")
+        raise StageError(f"the images to cross-validate hold one class only (label {classes[0]}); need two")
     if counts.min() < n_folds:
-        raise common.ParamsError(
+        raise ParamsError(
             f"params.yaml: {FOLDS_KEY}: {n_folds} folds need {n_folds} images of every class; "
             f"label {classes[counts.argmin()]} has {counts.min()}"
         )

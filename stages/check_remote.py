@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stages.common import StageError, one_line, run_stage
+from stages.cli import run_stage
+from stages.errors import StageError, one_line
 
 
 def check_remote(name: str | None) -> str:

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import StageError, run_stage
+from stages.cli import run_stage
+from stages.errors import StageError
 
 LOCK_FILE = Path("dvc.lock")
 METRICS_DIR = Path("metrics")

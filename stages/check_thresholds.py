@@ -19,7 +19,9 @@ from typing import Annotated
 
 import pydantic
 
-from stages.common import Section, StageError, describe_error, read_yaml, run_stage
+from stages.cli import run_stage
+from stages.errors import StageError
+from stages.params import Section, describe_error, read_yaml
 
 
 class Bound(Section):

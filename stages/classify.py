@@ -34,8 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import common
+from stages.cli import run_stage
+from stages.dvc_yaml import stage_paths
+from stages.errors import StageError
 from stages.extract_vgg_features import IMAGE_SUFFIXES, files_under, prepare_image, read_image_file
+from stages.outputs import atomic_path
 
 BREAST_MODELS = {"breast-knn": "fit_knn", "breast-head": "train_head"}  # the stage that trains each
 PROGRESS_EVERY = 10  # batches between progress lines
@@ -54,7 +57,7 @@ def find_images(paths: list[Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise common.StageError(f"{path}: no such file or folder")
+            raise StageError(f"{path}: no such file or folder")
     return found
 
 
@@ -68,7 +71,7 @@ def readable_batches(
         try:
             images.append(prepare(read_image_file(file)))
             names.append(file)
-        except common.StageError as err:
+        except StageError as err:
             skipped.append(str(err))
             print(f"skipped {err}", file=sys.stderr, flush=True)
         if len(images) == batch_size:
@@ -84,13 +87,13 @@ def breast_classifier(model: str) -> tuple[str, Callable, tuple, int]:
     ``model`` ``breast`` picks by the cross-validation ROC AUC in the breast metrics.
     """
     if model == "breast":
-        model = choose_breast_model(common.stage_paths("evaluate", "breast")["metrics"])
+        model = choose_breast_model(stage_paths("evaluate", "breast")["metrics"])
     from stages.extract_vgg_features import load_backbone, preprocess_function
 
-    backbone_recipe = common.stage_paths("extract_vgg_features")["backbone"]
+    backbone_recipe = stage_paths("extract_vgg_features")["backbone"]
     recipe = json.loads(required(backbone_recipe, "extract_vgg_features").read_text())
     stage = BREAST_MODELS[model]
-    path = required(common.stage_paths(stage)["model"], stage)
+    path = required(stage_paths(stage)["model"], stage)
     if model == "breast-knn":
         import joblib
 
@@ -113,7 +116,7 @@ def choose_breast_model(metrics_dir: Path) -> str:
     cross-validation too. ROC AUC, or balanced accuracy for more than two classes."""
     figures = {}
     for model, stage in BREAST_MODELS.items():
-        classifier = common.stage_paths(stage)["predictions"].stem  # evaluate names its metrics so
+        classifier = stage_paths(stage)["predictions"].stem  # evaluate names its metrics so
         metrics = json.loads(required(metrics_dir / f"{classifier}.json", "evaluate@breast").read_text())
         chosen_on = metrics.get("cv", metrics["heldout"])
         figures[model] = chosen_on.get("roc_auc", chosen_on["balanced_accuracy"]), chosen_on["protocol"]
@@ -128,14 +131,14 @@ def mnist_classifier() -> tuple[str, Callable, tuple, int]:
 
     from stages.augment_train_mnist import CLASS_NAMES, IMAGE_SHAPE, to_model_input
 
-    path = required(common.stage_paths("augment_train_mnist")["model"], "augment_train_mnist")
+    path = required(stage_paths("augment_train_mnist")["model"], "augment_train_mnist")
     model = keras.models.load_model(path)
     return "mnist", lambda batch: np.asarray(model.predict_on_batch(to_model_input(batch))), CLASS_NAMES, IMAGE_SHAPE[0]
 
 
 def required(path: Path, stage: str) -> Path:
     if not path.is_file():
-        raise common.StageError(f"{path}: not found; run `dvc repro {stage}` (or `dvc pull`) first")
+        raise StageError(f"{path}: not found; run `dvc repro {stage}` (or `dvc pull`) first")
     return path
 
 
@@ -175,7 +178,7 @@ def main(argv: list[str]) -> None:
     print(f"classifying {len(files)} images with {name}", file=sys.stderr, flush=True)
     table, skipped = classify(files, probabilities, prepare, class_names, args.batch_size)
     if args.output:
-        with common.atomic_path(args.output) as tmp:
+        with atomic_path(args.output) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
     else:
         table.to_csv(sys.stdout, index=False, float_format="%.6g")
@@ -185,7 +188,7 @@ def main(argv: list[str]) -> None:
 
 
 def cli() -> None:
-    common.run_stage(main)  # a StageError: one line and exit status 2
+    run_stage(main)  # a StageError: one line and exit status 2
 
 
 if __name__ == "__main__":

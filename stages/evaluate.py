@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import common
+from stages.cli import run_stage, stage_args
+from stages.errors import StageError
+from stages.outputs import atomic_path, write_json
 from stages.predictions import PROBABILITY_PREFIX, read_predictions
 
 # The order of evaluations in the metrics; ``heldout`` is what plots and thresholds use.
@@ -67,7 +69,7 @@ def class_indices(column, class_names: tuple[str, ...], path: Path) -> np.ndarra
     index = {name: i for i, name in enumerate(class_names)}
     unknown = sorted(set(column) - set(index))
     if unknown:
-        raise common.StageError(f"{path}: class {unknown[0]!r} has no p_{unknown[0]} column")
+        raise StageError(f"{path}: class {unknown[0]!r} has no p_{unknown[0]} column")
     return column.map(index).to_numpy()
 
 
@@ -92,9 +94,9 @@ def score_classifier(path: Path) -> tuple[dict, object, tuple[str, ...]]:
     frame, class_names = read_predictions(path)
     unknown = sorted(set(frame["evaluation"]) - set(EVALUATIONS))
     if unknown:
-        raise common.StageError(f"{path}: unknown evaluation {unknown[0]!r} (expected {', '.join(EVALUATIONS)})")
+        raise StageError(f"{path}: unknown evaluation {unknown[0]!r} (expected {', '.join(EVALUATIONS)})")
     if "heldout" not in set(frame["evaluation"]):
-        raise common.StageError(f"{path}: no heldout predictions")
+        raise StageError(f"{path}: no heldout predictions")
     metrics = {
         evaluation: score_evaluation(frame[frame["evaluation"] == evaluation], class_names, path)
         for evaluation in EVALUATIONS
@@ -116,27 +118,27 @@ def roc_curve_rows(model: str, heldout, class_names: tuple[str, ...]):
 def main(argv: list[str]) -> None:
     import pandas as pd
 
-    args = common.stage_args("evaluate", argv, "predictions", "metrics", "plots")
+    args = stage_args("evaluate", argv, "predictions", "metrics", "plots")
     files = sorted(args.predictions.glob("*.csv"))
     if not files:
-        raise common.StageError(f"{args.predictions}/: no predictions files; run its model stages first")
+        raise StageError(f"{args.predictions}/: no predictions files; run its model stages first")
     metrics, curves = {}, []
     for path in files:
         model = path.stem
         metrics[model], heldout, class_names = score_classifier(path)
-        with common.atomic_path(args.plots / "confusion" / f"{model}.csv") as tmp:
+        with atomic_path(args.plots / "confusion" / f"{model}.csv") as tmp:
             heldout[["actual", "predicted"]].to_csv(tmp, index=False)
         if "roc_auc" in metrics[model]["heldout"]:
             curves.append(roc_curve_rows(model, heldout, class_names))
     if curves:
-        with common.atomic_path(args.plots / "roc.csv") as tmp:
+        with atomic_path(args.plots / "roc.csv") as tmp:
             pd.concat(curves).to_csv(tmp, index=False)
     for model, by_evaluation in metrics.items():
-        common.write_json(args.metrics / f"{model}.json", by_evaluation)
+        write_json(args.metrics / f"{model}.json", by_evaluation)
         shown = {k: by_evaluation["heldout"][k] for k in ("accuracy", "balanced_accuracy", "roc_auc")
                  if k in by_evaluation["heldout"]}
         print(f"evaluate: {model}, held out ({by_evaluation['heldout']['protocol']}): {shown}")
 
 
 if __name__ == "__main__":
-    common.run_stage(main)
+    run_stage(main)

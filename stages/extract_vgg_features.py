@@ -44,7 +44,17 @@ import numpy as np
 import pydantic
 from pydantic import Field
 
-from stages import common
+from stages.cli import run_stage, stage_args
+from stages.devices import describe_devices, distribution_strategy
+from stages.errors import StageError, one_line
+from stages.inputs import read_npz, require_keys
+from stages.local_data import DownloadError, download_or_stop, local_or
+from stages.outputs import atomic_path, write_json
+from stages.params import Section, read_params
+from stages.resume import ResumeFolder
+from stages.run_facts import write_run_facts
+from stages.seeding import seed_everything
+from stages.zip_outputs import save_npz
 
 # How to rebuild the frozen backbone for new images (``stages.classify``): the settings
 # that shape the features, written with the class names.
@@ -72,10 +82,10 @@ PREFETCH_BATCHES = 2  # prepared batches waiting for the network, beyond one per
 # `seed`, keeps a change of the KNN's fold seed from rerunning a long extraction.
 RANDOM_WEIGHTS_SEED = 0
 
-class Extraction(common.Section):
-    data: common.local_or(LOCAL_DATA_DIR, MEDMNIST)  # type: ignore[valid-type]
+class Extraction(Section):
+    data: local_or(LOCAL_DATA_DIR, MEDMNIST)  # type: ignore[valid-type]
     backbone: Literal["vgg19", "vgg16"]
-    weights: common.local_or(LOCAL_WEIGHTS_DIR, "imagenet", "none")  # type: ignore[valid-type]
+    weights: local_or(LOCAL_WEIGHTS_DIR, "imagenet", "none")  # type: ignore[valid-type]
     layer: Literal[TOP_LAYERS + POOLED_LAYERS]  # type: ignore[valid-type]
     blocks: list[Annotated[int, Field(ge=1, le=5)]] = Field(min_length=1)
     image_size: int = Field(ge=32)
@@ -98,7 +108,7 @@ class Extraction(common.Section):
         return self
 
 
-class Params(common.Section):
+class Params(Section):
     extract_vgg_features: Extraction
 
 
@@ -129,8 +139,8 @@ def download_breastmnist() -> Path:
     """BreastMNIST 224x224 from Zenodo, cached by Keras and checked against its MD5."""
     import keras
 
-    with common.download_or_stop(f"BreastMNIST from {BREASTMNIST_URL}", "extract_vgg_features.data",
-                                 f"a .npz or an image folder under {LOCAL_DATA_DIR}/"):
+    with download_or_stop(f"BreastMNIST from {BREASTMNIST_URL}", "extract_vgg_features.data",
+                          f"a .npz or an image folder under {LOCAL_DATA_DIR}/"):
         # Keras tells an MD5 by its length, and caches the file in ~/.keras/datasets.
         return Path(keras.utils.get_file("breastmnist_224.npz", BREASTMNIST_URL, file_hash=BREASTMNIST_MD5))
 
@@ -139,23 +149,23 @@ def _check_npz_split(path: Path, split: str, images: np.ndarray, labels: np.ndar
     """Validate one split's arrays; return its labels flattened to int64 (N,)."""
     grey_or_rgb = images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)
     if images.dtype != np.uint8 or not grey_or_rgb:
-        raise common.StageError(
+        raise StageError(
             f"{path}: {split}_images must be uint8 (N, H, W) or (N, H, W, 3), "
             f"got {images.dtype} {images.shape}"
         )
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise common.StageError(
+        raise StageError(
             f"{path}: {split}_labels must be integers of shape (N,) or (N, 1), "
             f"got {labels.dtype} {labels.shape}"
         )
     if len(labels) != len(images):
-        raise common.StageError(
+        raise StageError(
             f"{path}: {split}_labels has {len(labels)} labels for {len(images)} {split}_images"
         )
     if len(labels) and not np.isin(labels, (0, 1)).all():
-        raise common.StageError(
+        raise StageError(
             f"{path}: {split}_labels must be 0 (malignant) or 1 (normal or benign), "
             f"found {sorted(set(labels.tolist()) - {0, 1})[:5]}"
         )
@@ -167,10 +177,10 @@ def load_npz_images(path: Path) -> ImageSet:
 
     ``train`` is required; ``val`` and ``test`` are optional but come in pairs.
     """
-    arrays = common.read_npz(path)
+    arrays = read_npz(path)
     present = [s for s in SPLITS if f"{s}_images" in arrays or f"{s}_labels" in arrays]
     splits = dict.fromkeys(["train", *present])
-    common.require_keys(path, arrays, [f"{split}_{part}" for split in splits for part in ("images", "labels")])
+    require_keys(path, arrays, [f"{split}_{part}" for split in splits for part in ("images", "labels")])
     images, label_parts, split_names, sources = [], [], [], []
     for split in present:
         split_images = arrays[f"{split}_images"]
@@ -179,10 +189,10 @@ def load_npz_images(path: Path) -> ImageSet:
         split_names += [split] * len(split_images)
         sources += [f"{split}_images[{i}]" for i in range(len(split_images))]
     if not len(arrays["train_labels"]):
-        raise common.StageError(f"{path}: train_images is empty")
+        raise StageError(f"{path}: train_images is empty")
     labels = np.concatenate(label_parts)
     if len(np.unique(labels)) < 2:
-        raise common.StageError(f"{path}: only one class (label {labels[0]}) in the labels; need both")
+        raise StageError(f"{path}: only one class (label {labels[0]}) in the labels; need both")
     with open(path, "rb") as file:
         identity = hashlib.file_digest(file, "sha256").hexdigest()
     return ImageSet(
@@ -217,7 +227,7 @@ def read_image_file(path: Path, header_only: bool = False) -> np.ndarray | None:
                 image = image.convert("RGB")
             return np.asarray(image)
     except OSError as err:  # unreadable, truncated, or not an image at all
-        raise common.StageError(f"{path}: cannot read image ({common.one_line(err)})") from None
+        raise StageError(f"{path}: cannot read image ({one_line(err)})") from None
 
 
 def is_skipped(name: str) -> bool:
@@ -245,20 +255,20 @@ def load_image_folder(root: Path) -> ImageSet:
     entries = sorted(entry for entry in root.iterdir() if not is_skipped(entry.name))
     for entry in entries:
         if not entry.is_dir():
-            raise common.StageError(f"{entry}: a file outside the class folders of {root}")
+            raise StageError(f"{entry}: a file outside the class folders of {root}")
     class_names = tuple(entry.name for entry in entries)
     if len(class_names) < 2:
         found = ", ".join(class_names) or "none"
-        raise common.StageError(f"{root}: only {len(class_names)} class folder(s) ({found}); need 2 or more")
+        raise StageError(f"{root}: only {len(class_names)} class folder(s) ({found}); need 2 or more")
     paths, labels = [], []
     for label, class_dir in enumerate(entries):
         files = files_under(class_dir)
         for file in files:
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 expected = ", ".join(IMAGE_SUFFIXES)
-                raise common.StageError(f"{file}: unsupported file type (expected {expected})")
+                raise StageError(f"{file}: unsupported file type (expected {expected})")
         if not files:
-            raise common.StageError(f"{class_dir}: empty class folder (no images)")
+            raise StageError(f"{class_dir}: empty class folder (no images)")
         paths += files
         labels += [label] * len(files)
     listing = hashlib.sha256()
@@ -286,9 +296,9 @@ def open_data(data: str) -> ImageSet:
         return load_image_folder(path)
     if path.is_file():
         if path.suffix.lower() != ".npz":
-            raise common.StageError(f"{path}: unsupported data file; expected a .npz or a folder")
+            raise StageError(f"{path}: unsupported data file; expected a .npz or a folder")
         return load_npz_images(path)
-    raise common.StageError(f"{path}: extract_vgg_features.data not found (nor is it '{MEDMNIST}')")
+    raise StageError(f"{path}: extract_vgg_features.data not found (nor is it '{MEDMNIST}')")
 
 
 def prepare_image(image: np.ndarray, size: int, mode: str = "RGB") -> np.ndarray:
@@ -360,15 +370,15 @@ def build_extractor(backbone: str, weights: str, layer: str, image_size: int, bl
     architecture = {"vgg19": keras.applications.VGG19, "vgg16": keras.applications.VGG16}[backbone]
     shape = {"include_top": top, "input_shape": (image_size, image_size, 3)}
     if weights == "imagenet":
-        with common.download_or_stop(f"the ImageNet weights of {backbone}", "extract_vgg_features.weights",
-                                     f"a weights file under {LOCAL_WEIGHTS_DIR}/"):
+        with download_or_stop(f"the ImageNet weights of {backbone}", "extract_vgg_features.weights",
+                              f"a weights file under {LOCAL_WEIGHTS_DIR}/"):
             model = architecture(weights="imagenet", **shape)
     elif weights == "none":
         model = architecture(weights=None, **shape)
     else:
         weights_file = Path(weights)
         if not weights_file.is_file():
-            raise common.StageError(f"{weights_file}: extract_vgg_features.weights file not found")
+            raise StageError(f"{weights_file}: extract_vgg_features.weights file not found")
         model = architecture(weights=None, **shape)
         expected = f"{backbone} weights" + ("" if top else " (whole network or no-top)")
         try:
@@ -376,9 +386,9 @@ def build_extractor(backbone: str, weights: str, layer: str, image_size: int, bl
                 warnings.simplefilter("ignore")
                 model.load_weights(weights_file)
         except (ValueError, OSError) as err:
-            raise common.StageError(
+            raise StageError(
                 f"{weights_file}: does not fit backbone {backbone} with layer {layer}; "
-                f"expected {expected} ({common.one_line(err)})"
+                f"expected {expected} ({one_line(err)})"
             ) from None
     if top:
         return keras.Model(model.input, model.get_layer(layer).output, name=f"{backbone}_{layer}")
@@ -392,7 +402,7 @@ def load_backbone(recipe: dict):
     """The extractor that ``recipe`` (the ``RECIPE_KEYS`` of params, as saved in
     ``models/breast/backbone.json``) describes; random weights come from a fixed seed,
     so they are the same every time."""
-    common.seed_everything(RANDOM_WEIGHTS_SEED)
+    seed_everything(RANDOM_WEIGHTS_SEED)
     return build_extractor(recipe["backbone"], recipe["weights"], recipe["layer"], recipe["image_size"],
                            recipe["blocks"])
 
@@ -428,7 +438,7 @@ def make_forward_pass(model, preprocess: Callable[[np.ndarray], np.ndarray], str
 
 
 # --------------------------------------------------------------------------- resumable extraction
-class ChunkCheckpoint(common.ResumeFolder):
+class ChunkCheckpoint(ResumeFolder):
     """Finished chunks of features, for the run that ``key`` describes (see ``main``). Each
     chunk is an .npy written atomically: one that is there is whole."""
 
@@ -441,7 +451,7 @@ class ChunkCheckpoint(common.ResumeFolder):
         return np.load(path) if path.is_file() else None
 
     def save(self, start: int, features: np.ndarray) -> None:
-        with common.atomic_path(self.chunk_path(start)) as tmp:
+        with atomic_path(self.chunk_path(start)) as tmp:
             np.save(tmp, features)
 
 
@@ -492,34 +502,35 @@ def extract_features(
     return features, resumed
 
 
-def image_counts(images: ImageSet) -> dict[str, int]:
-    """How many images of each split and each class."""
+def image_counts(images: ImageSet) -> dict:
+    """How many images, of each split and of each class; the classes under a key of their
+    own, since a lab's class folder may be called ``train`` or ``test``."""
     return {
         "n_images": len(images),
         **{f"n_{split}": int((images.split == split).sum()) for split in SPLITS},
-        **{f"n_{name}": int((images.labels == i).sum()) for i, name in enumerate(images.class_names)},
+        "n_per_class": {name: int((images.labels == i).sum()) for i, name in enumerate(images.class_names)},
     }
 
 
 def main(argv: list[str]) -> None:
-    settings = common.read_params(Params).extract_vgg_features
-    args = common.stage_args("extract_vgg_features", argv, "features", "backbone", "checkpoints")
+    settings = read_params(Params).extract_vgg_features
+    args = stage_args("extract_vgg_features", argv, "features", "backbone", "checkpoints")
     recipe = settings.model_dump(include=set(RECIPE_KEYS))
     try:
         images = open_data(settings.data)
-    except common.DownloadError as data_error:
+    except DownloadError as data_error:
         # Offline, name every download this stage needs at once, not one per attempt.
         if settings.weights == "imagenet":
             try:
                 load_backbone(recipe)
-            except common.DownloadError as weights_error:
-                raise common.DownloadError(f"{data_error}; and {weights_error}") from None
+            except DownloadError as weights_error:
+                raise DownloadError(f"{data_error}; and {weights_error}") from None
         raise
-    strategy, devices = common.distribution_strategy()
+    strategy, devices = distribution_strategy()
     print(
         f"extract_vgg_features: {len(images)} images, classes {', '.join(images.class_names)}; "
         f"{settings.backbone} {settings.layer} of blocks {settings.blocks}, weights {settings.weights}; "
-        f"on {common.describe_devices(devices)}, {settings.workers} input worker(s)",
+        f"on {describe_devices(devices)}, {settings.workers} input worker(s)",
         flush=True,
     )
     with strategy.scope():
@@ -540,7 +551,7 @@ def main(argv: list[str]) -> None:
         checkpoint,
     )
     seconds = time.perf_counter() - started
-    common.save_npz(
+    save_npz(
         args.features,
         features=features,
         labels=images.labels,
@@ -548,10 +559,10 @@ def main(argv: list[str]) -> None:
         source=images.source,
         class_names=np.array(images.class_names),
     )
-    common.write_json(args.backbone, {**recipe, "class_names": list(images.class_names)})
+    write_json(args.backbone, {**recipe, "class_names": list(images.class_names)})
     checkpoint.clear()
     counts = image_counts(images)
-    common.write_run_facts("extract_vgg_features", {
+    write_run_facts("extract_vgg_features", {
         **counts, "feature_dim": int(features.shape[1]), "devices": devices, "workers": settings.workers,
         "resumed_images": resumed, "seconds": round(seconds, 1),
         "images_per_second": round((len(images) - resumed) / seconds, 2),
@@ -560,4 +571,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    common.run_stage(main)
+    run_stage(main)

@@ -18,12 +18,15 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from stages import common
 from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions
+from stages.cli import run_stage, stage_args
+from stages.errors import ParamsError
+from stages.outputs import atomic_path
+from stages.params import Section, read_params
 from stages.predictions import prediction_frame, write_predictions
 
 
-class KnnSettings(common.Section):
+class KnnSettings(Section):
     k: int = Field(ge=1)  # neighbours
     metric: Literal["euclidean", "cosine", "manhattan", "chebyshev"]
     weights: Literal["uniform", "distance"]
@@ -55,8 +58,8 @@ def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed:
     def fit(indices):
         # Checked here, where the images of each fold are known; fitting a KNN only stores them.
         if settings.k > len(indices):
-            raise common.ParamsError(f"params.yaml: fit_knn.k: {settings.k} neighbours is more than the "
-                                     f"{len(indices)} images of a fit (the whole or a cross-validation fold)")
+            raise ParamsError(f"params.yaml: fit_knn.k: {settings.k} neighbours is more than the "
+                              f"{len(indices)} images of a fit (the whole or a cross-validation fold)")
         return make_knn_pipeline(**settings.model_dump()).fit(x[indices], y[indices])
 
     model, frames = protocol_predictions(
@@ -75,8 +78,8 @@ def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed:
 def main(argv: list[str]) -> None:
     import joblib
 
-    params = common.read_params(Params)
-    args = common.stage_args("fit_knn", argv, "features", "model", "predictions")
+    params = read_params(Params)
+    args = stage_args("fit_knn", argv, "features", "model", "predictions")
     settings = params.fit_knn
     data = load_features(args.features)
     print(
@@ -85,11 +88,11 @@ def main(argv: list[str]) -> None:
         flush=True,
     )
     model, frames = fit_and_predict(data, settings, params.breast_cv_folds, params.seed)
-    with common.atomic_path(args.model) as tmp:
+    with atomic_path(args.model) as tmp:
         joblib.dump(model, tmp)
     write_predictions(args.predictions, frames)
     print(f"fit_knn: wrote {args.model} and {args.predictions}")
 
 
 if __name__ == "__main__":
-    common.run_stage(main)
+    run_stage(main)

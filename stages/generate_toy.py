@@ -17,7 +17,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from stages import common
+from stages.cli import run_stage, stage_args
+from stages.outputs import save_figure
+from stages.params import Name, Section, read_params
+from stages.zip_outputs import save_npz
 
 
 def _split_counts(n_samples: int, n_parts: int) -> list[int]:
@@ -53,15 +56,15 @@ def blob_in_ring(n_samples: int, noise: float, rng: np.random.Generator) -> tupl
 
 LAYOUTS = {"blob_pair": blob_pair, "blob_in_ring": blob_in_ring, "xor_blobs": xor_blobs}
 
-class ToyData(common.Section):
+class ToyData(Section):
     layout: Literal[tuple(LAYOUTS)]  # type: ignore[valid-type]
     n_samples: int = Field(ge=8)
     noise: float = Field(gt=0)
 
 
-class Params(common.Section):
+class Params(Section):
     seed: int = Field(ge=0)
-    generate_toy: dict[common.Name, ToyData] = Field(min_length=1)
+    generate_toy: dict[Name, ToyData] = Field(min_length=1)
 
 
 def generate(layout: str, n_samples: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,15 +88,15 @@ def scatter_figure(x: np.ndarray, y: np.ndarray, title: str):
 
 
 def main(argv: list[str]) -> None:
-    params = common.read_params(Params)
-    args = common.stage_args("generate_toy", argv, "data", "scatter", items=params.generate_toy)
+    params = read_params(Params)
+    args = stage_args("generate_toy", argv, "data", "scatter", items=params.generate_toy)
     name = args.name
     settings = params.generate_toy[name]
     x, y = generate(settings.layout, settings.n_samples, settings.noise, params.seed)
-    common.save_npz(args.data, x=x, y=y)
-    common.save_figure(scatter_figure(x, y, f"{name}, {settings.layout} ({len(y)} points)"), args.scatter)
+    save_npz(args.data, x=x, y=y)
+    save_figure(scatter_figure(x, y, f"{name}, {settings.layout} ({len(y)} points)"), args.scatter)
     print(f"generate_toy {name}: {len(y)} points, class counts {np.bincount(y).tolist()}")
 
 
 if __name__ == "__main__":
-    common.run_stage(main)
+    run_stage(main)

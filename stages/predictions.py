@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from stages import common
+from stages.errors import StageError, one_line
+from stages.outputs import atomic_path
 
 PROBABILITY_PREFIX = "p_"
 
@@ -64,7 +65,7 @@ def write_predictions(path: Path | str, frames: list) -> None:
     """Write the frames of ``prediction_frame`` as one CSV, atomically."""
     import pandas as pd
 
-    with common.atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         # float32 probabilities need 7 significant digits (%.7g) to be written exactly enough
         pd.concat(frames, ignore_index=True).to_csv(tmp, index=False, float_format="%.7g")
 
@@ -77,13 +78,13 @@ def read_predictions(path: Path):
         frame = pd.read_csv(path, dtype={"id": str, "fold": str, "actual": str, "predicted": str},
                             keep_default_na=False)
     except FileNotFoundError:
-        raise common.StageError(f"{path}: not found; its stage has not run") from None
+        raise StageError(f"{path}: not found; its stage has not run") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise common.StageError(f"{path}: not a readable CSV ({common.one_line(err)})") from None
+        raise StageError(f"{path}: not a readable CSV ({one_line(err)})") from None
     required = ("id", "evaluation", "protocol", "fold", "actual", "predicted")
     missing = [column for column in required if column not in frame.columns]
     class_names = tuple(c[len(PROBABILITY_PREFIX):] for c in frame.columns if c.startswith(PROBABILITY_PREFIX))
     if missing or len(class_names) < 2:
         what = f"columns {', '.join(missing)}" if missing else "two or more p_<class> columns"
-        raise common.StageError(f"{path}: not a predictions file (missing {what})")
+        raise StageError(f"{path}: not a predictions file (missing {what})")
     return frame, class_names

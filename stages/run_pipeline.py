@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 
 RUNNING = re.compile(r"^Running stage '(?P<stage>[^']+)'")
-STAGE_ERROR = re.compile(r"^error: (?P<reason>.+)")  # what stages.common.run_stage prints
+STAGE_ERROR = re.compile(r"^error: (?P<reason>.+)")  # what stages.cli.run_stage prints
 FAILED_RUN = re.compile(r"failed to run: .*, exited with (?P<status>-?\d+)$")  # DVC's, for any failure
 SKIPPED = re.compile(r"Stage '(?P<stage>[^']+)' will be skipped")
 

@@ -32,12 +32,18 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from stages import common
 from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions
+from stages.cli import run_stage, stage_args
+from stages.errors import StageError
+from stages.history import write_history_csv
+from stages.params import Section, read_params
 from stages.predictions import prediction_frame, write_predictions
+from stages.run_facts import write_run_facts
+from stages.seeding import seed_everything
+from stages.zip_outputs import save_keras_model
 
 
-class HeadSettings(common.Section):
+class HeadSettings(Section):
     hidden_units: int = Field(ge=0)
     dropout: float = Field(ge=0, le=0.9)
     l2: float = Field(ge=0)
@@ -118,7 +124,7 @@ def stopping_split(data: FeatureSet, indices: np.ndarray, fraction: float, seed:
         return indices[~is_val], indices[is_val]
     labels = data.labels[indices]
     if np.bincount(labels).min() < 2:
-        raise common.StageError("a class has fewer than 2 images to train on; the head needs more images")
+        raise StageError("a class has fewer than 2 images to train on; the head needs more images")
     return train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
 
 
@@ -137,7 +143,7 @@ class HeadTrainer:
     def __init__(self, n_features: int, class_names: tuple[str, ...], settings: HeadSettings, seed: int):
         import keras
 
-        common.seed_everything(seed)
+        seed_everything(seed)
         self.settings, self.seed = settings, seed
         self.model = make_model(n_features, len(class_names), settings.hidden_units, settings.dropout,
                                 settings.l2)
@@ -209,8 +215,8 @@ def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str]) -> None:
-    params = common.read_params(Params)
-    args = common.stage_args("train_head", argv, "features", "model", "predictions", "history")
+    params = read_params(Params)
+    args = stage_args("train_head", argv, "features", "model", "predictions", "history")
     settings, n_folds, seed = params.train_head, params.breast_cv_folds, params.seed
     data = load_features(args.features)
     print(f"train_head: {len(data.labels)} images, {data.features.shape[1]}-d features; hidden units "
@@ -236,14 +242,14 @@ def main(argv: list[str]) -> None:
     frames.append(prediction_frame(data.source[head.stop], data.labels[head.stop],
                                    trainer.probabilities(head, data.features[head.stop]),
                                    data.class_names, "validation", "the images that chose the stopping epoch"))
-    common.save_keras_model(trainer.export(head), args.model)
+    save_keras_model(trainer.export(head), args.model)
     write_predictions(args.predictions, frames)
-    common.write_history_csv(head.history, args.history)
+    write_history_csv(head.history, args.history)
     seconds = time.perf_counter() - started
-    common.write_run_facts("train_head", {"seconds": round(seconds, 1), "trainings": trainings,
-                                          "params": trainer.model.count_params()})
+    write_run_facts("train_head", {"seconds": round(seconds, 1), "trainings": trainings,
+                                   "params": trainer.model.count_params()})
     print(f"train_head: wrote {args.model} and {args.predictions} in {seconds:.1f}s")
 
 
 if __name__ == "__main__":
-    common.run_stage(main)
+    run_stage(main)

@@ -16,12 +16,19 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from stages import common
+from stages.cli import run_stage, stage_args
+from stages.history import write_history_csv
+from stages.inputs import read_npz
+from stages.outputs import save_figure
+from stages.params import Name, Section, read_params
 from stages.predictions import prediction_frame, write_predictions
+from stages.run_facts import write_run_facts
+from stages.seeding import seed_everything
+from stages.zip_outputs import save_keras_model
 
 CLASS_NAMES = ("class_0", "class_1")
 
-class ToyTraining(common.Section):
+class ToyTraining(Section):
     hidden_layers: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
     activation: Literal["relu", "tanh", "sigmoid", "elu", "gelu"]
     learning_rate: float = Field(gt=0)
@@ -30,9 +37,9 @@ class ToyTraining(common.Section):
     holdout_fraction: float = Field(ge=0.05, le=0.5)
 
 
-class Params(common.Section):
+class Params(Section):
     seed: int = Field(ge=0)
-    train_toy: dict[common.Name, ToyTraining] = Field(min_length=1)
+    train_toy: dict[Name, ToyTraining] = Field(min_length=1)
 
 
 def make_model(hidden_layers: list[int], activation: str = "relu"):
@@ -51,6 +58,30 @@ def make_model(hidden_layers: list[int], activation: str = "relu"):
     return keras.Model(inputs, outputs, name="toy_mlp")
 
 
+def epoch_lines(epochs: int, every: int):
+    """A Keras callback that prints one flushed line per ``every`` epochs.
+
+    DVC captures a stage's output through a pipe, where Keras's progress bar turns
+    into a wall of carriage returns. Keras's ``verbose=2`` prints one line for every
+    epoch, hundreds for the toy MLPs, so this prints every ``every``-th, with its time.
+    """
+    import keras
+
+    class EpochLine(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            done = epoch + 1
+            if done % every and done != epochs:
+                return
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
+            took = time.perf_counter() - self._started
+            print(f"epoch {done}/{epochs}  {shown}  ({took:.1f}s)", flush=True)
+
+    return EpochLine()
+
+
 def train(x, y, fit: np.ndarray, held: np.ndarray, settings: ToyTraining, seed: int, verbose_every: int = 10):
     """Fit the MLP on the points ``fit`` (indices), watching the loss on ``held``.
 
@@ -59,7 +90,7 @@ def train(x, y, fit: np.ndarray, held: np.ndarray, settings: ToyTraining, seed: 
     """
     import keras
 
-    common.seed_everything(seed)
+    seed_everything(seed)
     model = make_model(settings.hidden_layers, settings.activation)
     model.compile(
         optimizer=keras.optimizers.Adam(settings.learning_rate),
@@ -74,7 +105,7 @@ def train(x, y, fit: np.ndarray, held: np.ndarray, settings: ToyTraining, seed: 
         validation_data=(x[held], y[held]),
         shuffle=True,
         verbose=0,
-        callbacks=[common.keras_progress(settings.epochs, every=verbose_every)],
+        callbacks=[epoch_lines(settings.epochs, verbose_every)],
     )
     return model, history.history
 
@@ -102,12 +133,12 @@ def boundary_figure(model, x: np.ndarray, y: np.ndarray, title: str, resolution:
 def main(argv: list[str]) -> None:
     from sklearn.model_selection import train_test_split
 
-    params = common.read_params(Params)
-    args = common.stage_args("train_toy", argv, "data", "model", "history", "boundary", "predictions",
-                             items=params.train_toy)
+    params = read_params(Params)
+    args = stage_args("train_toy", argv, "data", "model", "history", "boundary", "predictions",
+                      items=params.train_toy)
     name = args.name
     settings = params.train_toy[name]
-    arrays = common.read_npz(args.data, ("x", "y"), f"generate_toy@{name}")
+    arrays = read_npz(args.data, ("x", "y"), f"generate_toy@{name}")
     x, y = arrays["x"], arrays["y"]
     # A stratified split: both classes keep their share in the held-out part.
     fit, held = train_test_split(np.arange(len(y)), test_size=settings.holdout_fraction, stratify=y,
@@ -118,17 +149,17 @@ def main(argv: list[str]) -> None:
     model, history = train(x, y, fit, held, settings, params.seed)
     seconds = time.perf_counter() - started
     probabilities = model.predict(x[held], verbose=0)
-    common.save_keras_model(model, args.model)
-    common.write_history_csv(history, args.history)
-    common.save_figure(boundary_figure(model, x, y, f"{name}: P(class 1)"), args.boundary)
+    save_keras_model(model, args.model)
+    write_history_csv(history, args.history)
+    save_figure(boundary_figure(model, x, y, f"{name}: P(class 1)"), args.boundary)
     protocol = f"stratified hold-out of {settings.holdout_fraction:g}"
     write_predictions(
         args.predictions,
         [prediction_frame(held, y[held], probabilities, CLASS_NAMES, "heldout", protocol)],
     )
-    common.write_run_facts(f"train_toy@{name}", {"seconds": round(seconds, 1), "params": model.count_params()})
+    write_run_facts(f"train_toy@{name}", {"seconds": round(seconds, 1), "params": model.count_params()})
     print(f"train_toy {name}: {model.count_params()} parameters, trained in {seconds:.1f}s")
 
 
 if __name__ == "__main__":
-    common.run_stage(main)
+    run_stage(main)

@@ -153,14 +153,14 @@ def tiny_breast(n_train: int = 24, n_val: int = 6, n_test: int = 12, seed: int =
 
 def stage_argv(stage: str, item: str | None = None) -> list[str]:
     """A stage's command line as the project's dvc.yaml gives it: the paths are stated there alone."""
-    from stages.common import stage_command
+    from stages.dvc_yaml import stage_command
 
     return stage_command(stage, item, PROJECT / "dvc.yaml")
 
 
 def stage_paths(stage: str, item: str | None = None) -> dict[str, Path]:
     """The paths a stage reads and writes, from the project's dvc.yaml."""
-    from stages.common import stage_paths as paths
+    from stages.dvc_yaml import stage_paths as paths
 
     return paths(stage, item, PROJECT / "dvc.yaml")
 
@@ -173,8 +173,9 @@ def two_cpu_devices_script(stage: str) -> str:
         "import tensorflow as tf\n"
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
         "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
-        f"from stages import common, {stage}\n"
-        f"common.run_stage({stage}.main)\n"
+        f"from stages import {stage}\n"
+        "from stages.cli import run_stage\n"
+        f"run_stage({stage}.main)\n"
     )
 
 

@@ -16,10 +16,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import check_thresholds, common, evaluate, fit_knn, train_head
+from stages import check_thresholds, evaluate, fit_knn, train_head
 from stages import extract_vgg_features as extract
 from stages.breast import FeatureSet, protocol_predictions
+from stages.errors import ParamsError, StageError
+from stages.local_data import DownloadError
 from stages.predictions import read_predictions
+from stages.zip_outputs import save_npz
 from tests.conftest import PROJECT, SHARED_DATA, stage_argv
 
 LOCAL = Path("data/local/breast")  # relative: the main() tests chdir into tmp_path
@@ -143,7 +146,7 @@ def test_npz_without_val_and_test_is_all_train(tmp_path):
 )
 def test_bad_npz_is_named_in_one_line(tmp_path, replace, message):
     path = write_breast_npz(tmp_path / "bad.npz", **replace)
-    with pytest.raises(common.StageError) as error:
+    with pytest.raises(StageError) as error:
         extract.load_npz_images(path)
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
     assert "\n" not in str(error.value)
@@ -157,7 +160,7 @@ def test_npz_that_is_not_one(tmp_path, breast_npz, content):
     else:
         np.save(tmp_path / "one.npy", np.zeros(3))
         path.write_bytes((tmp_path / "one.npy").read_bytes())
-    with pytest.raises(common.StageError, match="broken.npz: not a readable .npz file"):
+    with pytest.raises(StageError, match="broken.npz: not a readable .npz file"):
         extract.load_npz_images(path)
 
 
@@ -213,7 +216,7 @@ def spoil_folder(root: Path, how: str) -> Path:
 )
 def test_bad_folder_is_named_in_one_line(image_folder, how, message):
     culprit = spoil_folder(image_folder, how)
-    with pytest.raises(common.StageError) as error:  # a truncated body passes the header check, fails to decode
+    with pytest.raises(StageError) as error:  # a truncated body passes the header check, fails to decode
         list(extract.iterate_batches(extract.load_image_folder(image_folder), 32, batch_size=4))
     assert str(error.value).startswith(f"{culprit}: ")
     assert message in str(error.value) and "\n" not in str(error.value)
@@ -230,7 +233,7 @@ def test_data_that_is_not_there_or_not_tracked(tmp_path, monkeypatch, data, mess
     monkeypatch.chdir(tmp_path)
     (tmp_path / LOCAL).mkdir(parents=True)
     (tmp_path / LOCAL / "list.csv").write_text("a,b\n")
-    with pytest.raises(common.StageError, match=f"^{message}"):
+    with pytest.raises(StageError, match=f"^{message}"):
         extract.open_data(data)
 
 
@@ -242,7 +245,7 @@ def test_failed_downloads_name_the_key_to_set(monkeypatch):
     import keras
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
-    with pytest.raises(common.StageError) as error:
+    with pytest.raises(StageError) as error:
         extract.open_data("medmnist")
     assert str(error.value) == (
         f"could not download BreastMNIST from {extract.BREASTMNIST_URL} (URL fetch failure on https://example/x: "
@@ -250,7 +253,7 @@ def test_failed_downloads_name_the_key_to_set(monkeypatch):
         "folder under data/local/breast/"
     )
     monkeypatch.setattr(keras.applications, "VGG16", offline)
-    with pytest.raises(common.StageError, match=r"^could not download the ImageNet weights of vgg16 \(URL fetch "
+    with pytest.raises(StageError, match=r"^could not download the ImageNet weights of vgg16 \(URL fetch "
                        r"failure .*\); set extract_vgg_features.weights to a weights file under data/local/weights/$"):
         extract.build_extractor("vgg16", "imagenet", "avg", 32)
 
@@ -262,7 +265,7 @@ def test_offline_the_stage_names_both_downloads_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(keras.utils, "get_file", offline)
     monkeypatch.setattr(keras.applications, "VGG16", offline)
     write_params(tmp_path, "medmnist", backbone="vgg16", weights="imagenet")
-    with pytest.raises(common.DownloadError, match=r"^could not download BreastMNIST .*; set "
+    with pytest.raises(DownloadError, match=r"^could not download BreastMNIST .*; set "
                        r"extract_vgg_features\.data to .*; and could not download the ImageNet weights of vgg16 "
                        r".*; set extract_vgg_features\.weights to a weights file under data/local/weights/$"):
         extract.main(stage_argv("extract_vgg_features"))
@@ -313,7 +316,7 @@ def test_weights_file_is_loaded_by_path(weights_files):
 )
 def test_weights_file_that_does_not_fit_is_named(weights_files, tmp_path, weights, layer, message):
     path = weights_files.get(weights, tmp_path / "missing.weights.h5")
-    with pytest.raises(common.StageError) as error:
+    with pytest.raises(StageError) as error:
         extract.build_extractor("vgg19", str(path), layer, 224 if layer == "fc1" else 32)
     assert str(error.value).startswith(f"{path}: {message}") and "\n" not in str(error.value)
 
@@ -329,7 +332,8 @@ def test_extract_stage_writes_features_for_a_folder(tmp_path, monkeypatch, image
         assert saved["class_names"].tolist() == ["benign", "malignant"]
     facts = json.loads((tmp_path / "runs/extract_vgg_features.json").read_text())
     assert facts["n_images"] == 12 and facts["n_train"] == 12 and facts["n_test"] == 0
-    assert facts["n_benign"] == 6 and facts["feature_dim"] == 512 and facts["images_per_second"] > 0
+    assert facts["n_per_class"] == {"benign": 6, "malignant": 6}
+    assert facts["feature_dim"] == 512 and facts["images_per_second"] > 0
 
 
 def test_extract_stage_keeps_the_npz_splits(tmp_path, monkeypatch, breast_npz):
@@ -341,7 +345,7 @@ def test_extract_stage_keeps_the_npz_splits(tmp_path, monkeypatch, breast_npz):
         assert saved["source"][-1] == "test_images[5]" and saved["labels"].dtype == np.int64
     facts = json.loads((tmp_path / "runs/extract_vgg_features.json").read_text())
     assert (facts["n_train"], facts["n_val"], facts["n_test"]) == (12, 4, 6)
-    assert facts["n_malignant"] + facts["n_normal_or_benign"] == 22
+    assert sum(facts["n_per_class"].values()) == 22
 
 
 def test_extract_stage_loads_a_weights_file_from_data_local(tmp_path, monkeypatch, breast_npz, weights_files):
@@ -366,7 +370,7 @@ def test_extract_stage_loads_a_weights_file_from_data_local(tmp_path, monkeypatc
 def test_extract_stage_checks_params_before_reading_data(tmp_path, monkeypatch, overrides, message):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, overrides.pop("data", "data/local/breast/missing.npz"), **overrides)
-    with pytest.raises(common.ParamsError, match=f"^params.yaml: {message}"):
+    with pytest.raises(ParamsError, match=f"^params.yaml: {message}"):
         extract.main(stage_argv("extract_vgg_features"))
 
 
@@ -463,7 +467,7 @@ def test_same_seed_same_folds():
     ],
 )
 def test_k_or_folds_too_large_for_the_data(k, n_folds, message):
-    with pytest.raises(common.ParamsError, match=f"^{message}"):
+    with pytest.raises(ParamsError, match=f"^{message}"):
         fit_knn.fit_and_predict(clustered_features(), SETTINGS.model_copy(update={"k": k}), n_folds, seed=0)
 
 
@@ -471,7 +475,7 @@ def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "medmnist")
     data = clustered_features()
-    common.save_npz(
+    save_npz(
         "data/breast/features.npz", features=data.features, labels=data.labels, split=data.split,
         source=data.source, class_names=np.array(data.class_names),
     )
@@ -507,7 +511,7 @@ def test_both_stages_and_evaluate_on_a_folder(tmp_path, monkeypatch, image_folde
 def test_fit_knn_without_features_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "medmnist")
-    with pytest.raises(common.StageError, match="features.npz: not found; run `dvc repro extract_vgg_features`"):
+    with pytest.raises(StageError, match="features.npz: not found; run `dvc repro extract_vgg_features`"):
         fit_knn.main(stage_argv("fit_knn"))
 
 
@@ -551,7 +555,7 @@ def test_several_blocks_are_pooled_and_concatenated():
 def test_bad_blocks_are_named(tmp_path, monkeypatch, overrides, message):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "data/local/breast/missing.npz", **overrides)
-    with pytest.raises(common.ParamsError, match=re.escape(f"params.yaml: extract_vgg_features.{message}")):
+    with pytest.raises(ParamsError, match=re.escape(f"params.yaml: extract_vgg_features.{message}")):
         extract.main(stage_argv("extract_vgg_features"))
 
 
@@ -646,8 +650,8 @@ def test_train_head_stage_writes_its_outputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "medmnist")
     data = clustered_features(n_per_class=30)
-    common.save_npz("data/breast/features.npz", features=data.features, labels=data.labels, split=data.split,
-                    source=data.source, class_names=np.array(data.class_names))
+    save_npz("data/breast/features.npz", features=data.features, labels=data.labels, split=data.split,
+             source=data.source, class_names=np.array(data.class_names))
     train_head.main(stage_argv("train_head"))
     predictions, _ = read_predictions(tmp_path / "predictions/breast/head.csv")
     counts = predictions["evaluation"].value_counts().to_dict()

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import common, evaluate
+from stages import evaluate
+from stages.errors import StageError
 from stages.predictions import prediction_frame, read_predictions, write_predictions
 from tests.conftest import stage_argv
 
@@ -114,7 +115,7 @@ def test_a_bad_predictions_file_is_named(tmp_path, monkeypatch, spoil, message):
     frame = pd.concat(knn_like_predictions(np.random.default_rng(0)))
     (tmp_path / "predictions/breast").mkdir(parents=True)
     spoil(frame).to_csv(tmp_path / "predictions/breast/knn.csv", index=False)
-    with pytest.raises(common.StageError) as error:
+    with pytest.raises(StageError) as error:
         evaluate.main(stage_argv("evaluate", "breast"))
     assert str(error.value) == f"predictions/breast/knn.csv: {message}"
     assert not (tmp_path / "metrics").exists()
@@ -122,7 +123,7 @@ def test_a_bad_predictions_file_is_named(tmp_path, monkeypatch, spoil, message):
 
 def test_no_predictions_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(common.StageError, match=r"^predictions/toy/: no predictions files; run its model stages"):
+    with pytest.raises(StageError, match=r"^predictions/toy/: no predictions files; run its model stages"):
         evaluate.main(stage_argv("evaluate", "toy"))
     with pytest.raises(SystemExit):  # argparse: the missing --metrics and --plots named, exit status 2
         evaluate.main(["--predictions", "predictions/toy"])

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from stages import augment_train_mnist as mnist
-from stages import common
+from stages.errors import ParamsError, StageError
+from stages.outputs import write_json
 from stages.predictions import read_predictions
 from tests.conftest import PROJECT, stage_argv, tiny_mnist, tool_env, two_cpu_devices_script
 
 LOCAL_FILE = "data/local/mnist/tiny.npz"
+# How far the held-out accuracy of a two-device run may fall from a one-device run's on
+# the tiny data's 40 test digits (1.0 and 0.9 on a 2-core CPU; chance is 0.1).
+TWO_DEVICE_ACCURACY_GAP = 0.2
 
 
 def small_settings(**overrides) -> dict:
@@ -116,16 +122,47 @@ def test_one_short_run_writes_every_output(workdir):
     assert not (workdir / "checkpoints/mnist").exists()  # cleared once the run is complete
 
 
-def test_training_mirrored_over_two_devices(workdir):
-    # The MirroredStrategy path a machine with several GPUs takes, on two logical CPUs.
+def training_line(log: str) -> str:
+    """What the stage's log says it trains on, but the devices."""
+    return re.search(r"^training on [^(]*\([^)]*\): (.*)$", log, flags=re.M).group(1)
+
+
+def test_training_mirrored_over_two_devices(workdir, capsys):
+    # The MirroredStrategy path a machine with several GPUs takes, on two logical CPUs,
+    # against a run of the same params on one device. Batch norm normalises each device's
+    # half of a batch by itself, so the weights differ; the outputs' form, the batches
+    # and the images seen are the same, and the accuracy is close.
+    import keras
+
+    mnist.main(stage_argv("augment_train_mnist"))
+    one_device = {"log": capsys.readouterr().out,
+                  "predictions": read_predictions(workdir / "predictions/mnist/cnn.csv")[0],
+                  "history": pd.read_csv(workdir / "plots/mnist/history.csv"),
+                  "model": keras.models.load_model(workdir / "models/mnist/model.keras")}
     command = [sys.executable, "-c", two_cpu_devices_script("augment_train_mnist"), *stage_argv("augment_train_mnist")]
     result = subprocess.run(command, cwd=workdir, env={**tool_env(), "PYTHONPATH": str(PROJECT)},
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     facts = json.loads((workdir / "runs/augment_train_mnist.json").read_text())
     assert facts["device"].startswith("CPU:0, CPU:1") and 1 <= facts["best_epoch"] <= 3
-    assert "training on CPU:0, CPU:1" in result.stdout
-    assert len(read_predictions(workdir / "predictions/mnist/cnn.csv")[0]) == 40 + 40
+    # The same global batch (16) and steps per epoch as on one device; MirroredStrategy gives each half.
+    assert training_line(result.stdout) == training_line(one_device["log"])
+    assert "7 steps of 16 per epoch, 3 epochs" in training_line(result.stdout)
+    predictions = read_predictions(workdir / "predictions/mnist/cnn.csv")[0]
+    history = pd.read_csv(workdir / "plots/mnist/history.csv")
+    model = keras.models.load_model(workdir / "models/mnist/model.keras")
+    same_rows = ["id", "evaluation", "protocol", "fold", "actual"]
+    assert list(predictions.columns) == list(one_device["predictions"].columns)
+    assert predictions[same_rows].equals(one_device["predictions"][same_rows])
+    assert list(history.columns) == list(one_device["history"].columns) and len(history) == 3
+    assert [w.shape for w in model.get_weights()] == [w.shape for w in one_device["model"].get_weights()]
+
+    def heldout_accuracy(frame):
+        heldout = frame[frame["evaluation"] == "heldout"]
+        return (heldout["predicted"] == heldout["actual"]).mean()
+
+    one, two = heldout_accuracy(one_device["predictions"]), heldout_accuracy(predictions)
+    assert min(one, two) >= 0.75 and abs(one - two) <= TWO_DEVICE_ACCURACY_GAP, (one, two)
 
 
 def test_mixed_precision_and_xla_options_run(workdir, capsys):
@@ -175,14 +212,35 @@ def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, mo
 
 def test_a_checkpoint_from_other_params_is_not_resumed(workdir, capsys):
     folder = workdir / "checkpoints/mnist"
-    mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 2}, {}))
-    common.write_json(folder / "state.json", {"epochs_done": 2})
+    mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 2}, {}, devices=1))
+    write_json(folder / "state.json", {"epochs_done": 2})
     (folder / "last-2.keras").write_bytes(b"a model of other params")
-    checkpoint = mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 1}, {}))
+    checkpoint = mnist.Checkpoint(folder, mnist.run_fingerprint({"seed": 1}, {}, devices=1))
     assert checkpoint.load() is None
     assert "starting afresh" in capsys.readouterr().out
     assert sorted(path.name for path in folder.iterdir()) == ["key.json"]  # nothing of the other run is left
 
+
+
+def test_a_checkpoint_from_another_number_of_devices_is_not_resumed(workdir, monkeypatch, capsys):
+    def checkpoint_opened_on(devices: int) -> mnist.Checkpoint:
+        """The checkpoint that the stage opens on ``devices`` devices, stopped before training."""
+        opened = []
+
+        def stop(*args):
+            opened.append(args[-1])
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(mnist, "device_names", lambda: [f"/device:CPU:{i}" for i in range(devices)])
+        monkeypatch.setattr(mnist, "train", stop)
+        with pytest.raises(KeyboardInterrupt):
+            mnist.main(stage_argv("augment_train_mnist"))
+        return opened[0]
+
+    write_json(checkpoint_opened_on(1).folder / "state.json", {"epochs_done": 2})
+    assert checkpoint_opened_on(1).load() == {"epochs_done": 2}  # the same devices resume it
+    assert checkpoint_opened_on(2).load() is None
+    assert "starting afresh" in capsys.readouterr().out
 
 @pytest.mark.parametrize(
     ("spoil", "message"),
@@ -198,7 +256,7 @@ def test_bad_files_are_named(workdir, spoil, message):
     arrays = tiny_mnist()
     spoil(arrays)
     np.savez(workdir / LOCAL_FILE, **arrays)
-    with pytest.raises(common.StageError) as error:
+    with pytest.raises(StageError) as error:
         mnist.main(stage_argv("augment_train_mnist"))
     assert str(error.value) == f"{LOCAL_FILE}: {message}"
     assert not (workdir / "predictions").exists() and not (workdir / "models").exists()
@@ -211,7 +269,7 @@ def test_failed_download_says_what_to_do(monkeypatch):
         raise Exception("URL fetch failure on https://example/mnist.npz: None -- [Errno -2] Name or service not known")
 
     monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
-    with pytest.raises(common.StageError) as error:
+    with pytest.raises(StageError) as error:
         mnist.load_mnist("keras")
     assert str(error.value) == (
         "could not download MNIST through Keras (URL fetch failure on https://example/mnist.npz: None -- "
@@ -221,14 +279,14 @@ def test_failed_download_says_what_to_do(monkeypatch):
 
 def test_unreadable_or_absent_file_and_path_outside_the_local_folder(workdir):
     (workdir / LOCAL_FILE).write_text("not an npz")
-    with pytest.raises(common.StageError, match=rf"^{LOCAL_FILE}: not a readable \.npz file"):
+    with pytest.raises(StageError, match=rf"^{LOCAL_FILE}: not a readable \.npz file"):
         mnist.load_mnist(LOCAL_FILE)
-    with pytest.raises(common.StageError, match=r"^data/local/mnist/absent\.npz: not found"):
+    with pytest.raises(StageError, match=r"^data/local/mnist/absent\.npz: not found"):
         mnist.load_mnist("data/local/mnist/absent.npz")
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     params["augment_train_mnist"]["data"] = "/elsewhere/mnist.npz"
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(common.ParamsError, match=r"augment_train_mnist\.data: must be keras, or a path under data/local/mnist/"):
+    with pytest.raises(ParamsError, match=r"augment_train_mnist\.data: must be keras, or a path under data/local/mnist/"):
         mnist.main(stage_argv("augment_train_mnist"))
 
 
@@ -237,5 +295,5 @@ def test_xla_under_op_determinism_stops_before_any_work(workdir, monkeypatch):
     params["augment_train_mnist"].update(jit_compile=True, deterministic=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setattr(mnist, "load_mnist", lambda data: pytest.fail("read the data before checking params"))
-    with pytest.raises(common.ParamsError, match=r"augment_train_mnist\.jit_compile: Keras does not compile with XLA"):
+    with pytest.raises(ParamsError, match=r"augment_train_mnist\.jit_compile: Keras does not compile with XLA"):
         mnist.main(stage_argv("augment_train_mnist"))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from stages import common
+from stages.outputs import write_json
 from tests.conftest import tool_env
 
 THRESHOLDS = """
@@ -21,8 +21,8 @@ metrics/toy/two_blops.json:
 
 @pytest.fixture
 def metrics_root(tmp_path):
-    common.write_json(tmp_path / "metrics/mnist/cnn.json", {"heldout": {"accuracy": 0.9942, "log_loss": 0.02}})
-    common.write_json(tmp_path / "metrics/toy/two_blops.json", {"heldout": {"accuracy": 0.988}})
+    write_json(tmp_path / "metrics/mnist/cnn.json", {"heldout": {"accuracy": 0.9942, "log_loss": 0.02}})
+    write_json(tmp_path / "metrics/toy/two_blops.json", {"heldout": {"accuracy": 0.988}})
     (tmp_path / "thresholds.yaml").write_text(THRESHOLDS)
     return tmp_path
 
@@ -58,7 +58,7 @@ def test_fails_on_a_missing_metric(metrics_root, missing):
     if missing == "file":
         (metrics_root / "metrics/toy/two_blops.json").unlink()
     else:
-        common.write_json(metrics_root / "metrics/toy/two_blops.json", {"heldout": {"log_loss": 0.1}})
+        write_json(metrics_root / "metrics/toy/two_blops.json", {"heldout": {"log_loss": 0.1}})
     result = run_cli(metrics_root)
     assert result.returncode == 1
     assert result.stdout.splitlines()[4].split()[-2:] == ["-", "MISSING"]

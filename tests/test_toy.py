@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from stages import common, generate_toy, train_toy
+from stages import generate_toy, train_toy
+from stages.errors import ParamsError, StageError
 from stages.predictions import read_predictions
 from tests.conftest import project_params, stage_argv, stage_paths
 
@@ -87,7 +88,7 @@ def test_stages_write_their_outputs(tmp_path, monkeypatch):
 def test_bad_params_stop_before_any_work(tmp_path, monkeypatch, overrides, message):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path / "params.yaml", **overrides)
-    with pytest.raises(common.ParamsError) as error:
+    with pytest.raises(ParamsError) as error:
         train_toy.main(stage_argv("train_toy", "blop_circle"))
     assert str(error.value).startswith(f"params.yaml: {message}")
     assert not (tmp_path / "predictions").exists() and not (tmp_path / "models").exists()
@@ -96,10 +97,10 @@ def test_bad_params_stop_before_any_work(tmp_path, monkeypatch, overrides, messa
 def test_dataset_names_and_layouts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("seed: 0\ngenerate_toy: {3blop: {layout: xor_blobs, n_samples: 10, noise: 1}}\n")
-    with pytest.raises(common.ParamsError, match=r"generate_toy\.3blop: a name must start with a letter"):
+    with pytest.raises(ParamsError, match=r"generate_toy\.3blop: a name must start with a letter"):
         generate_toy.main(stage_argv("generate_toy", "3blop"))
     (tmp_path / "params.yaml").write_text("seed: 0\ngenerate_toy: {b3: {layout: spiral, n_samples: 10, noise: 1}}\n")
-    with pytest.raises(common.ParamsError, match=r"generate_toy\.b3\.layout: must be 'blob_pair', 'blob_in_ring' or 'xor_blobs'"):
+    with pytest.raises(ParamsError, match=r"generate_toy\.b3\.layout: must be 'blob_pair', 'blob_in_ring' or 'xor_blobs'"):
         generate_toy.main(stage_argv("generate_toy", "b3"))
     (tmp_path / "params.yaml").write_text("seed: 0\ngenerate_toy: {b3: {layout: xor_blobs, n_samples: 10, noise: 1}}\n")
     with pytest.raises(SystemExit) as usage:  # argparse: usage and the choices on stderr, exit status 2
@@ -112,5 +113,5 @@ def test_dataset_names_and_layouts(tmp_path, monkeypatch):
 def test_missing_input_names_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path / "params.yaml")
-    with pytest.raises(common.StageError, match=r"data/toy/blop_circle\.npz: not found"):
+    with pytest.raises(StageError, match=r"data/toy/blop_circle\.npz: not found"):
         train_toy.main(stage_argv("train_toy", "blop_circle"))

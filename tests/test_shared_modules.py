@@ -1,4 +1,5 @@
-"""params validation and atomic writes in stages/common.py."""
+"""The modules the stages share: params validation (stages.params, stages.local_data), atomic
+writes (stages.outputs), same-bytes zips (stages.zip_outputs), and a stage as a command (stages.cli)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,22 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated, Literal
 
 import pydantic
 import pytest
 from pydantic import Field
 
-from stages import common
-from tests.conftest import tool_env
+from stages.errors import ParamsError
+from stages.local_data import local_or
+from stages.outputs import atomic_path, write_json
+from stages.params import Name, Section, read_params
+from stages.zip_outputs import save_keras_model, save_npz
+from tests.conftest import PROJECT, tool_env
 
 
-class Training(common.Section):
+class Training(Section):
     epochs: int = Field(ge=1)
     rate: float = Field(gt=0)
     layers: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
@@ -30,10 +36,10 @@ class Training(common.Section):
         return self
 
 
-class Params(common.Section):
+class Params(Section):
     seed: int = Field(ge=0)
     train: Training
-    data: common.local_or(common.Path("data/local/x"), "download")  # type: ignore[valid-type]
+    data: local_or(Path("data/local/x"), "download")  # type: ignore[valid-type]
 
 
 GOOD = "seed: 1\ntrain: {epochs: 3, rate: 0.1, layers: [3, 5], mode: a, fast: false}\ndata: download\n"
@@ -42,7 +48,7 @@ GOOD = "seed: 1\ntrain: {epochs: 3, rate: 0.1, layers: [3, 5], mode: a, fast: fa
 def read(tmp_path, text):
     path = tmp_path / "params.yaml"
     path.write_text(text)
-    return common.read_params(Params, path)
+    return read_params(Params, path)
 
 
 def test_valid_params_are_returned_typed(tmp_path):
@@ -74,7 +80,7 @@ def test_valid_params_are_returned_typed(tmp_path):
     ],
 )
 def test_bad_params_name_the_key(tmp_path, change, message):
-    with pytest.raises(common.ParamsError) as error:
+    with pytest.raises(ParamsError) as error:
         read(tmp_path, GOOD.replace(*change))
     assert str(error.value) == f"{tmp_path / 'params.yaml'}: {message}"
 
@@ -84,37 +90,37 @@ def test_other_sections_are_not_read(tmp_path):
 
 
 def test_missing_or_broken_params_file(tmp_path):
-    with pytest.raises(common.ParamsError, match="file not found"):
-        common.read_params(Params, tmp_path / "absent.yaml")
-    with pytest.raises(common.ParamsError, match="not valid YAML"):
+    with pytest.raises(ParamsError, match="file not found"):
+        read_params(Params, tmp_path / "absent.yaml")
+    with pytest.raises(ParamsError, match="not valid YAML"):
         read(tmp_path, "seed: [1\n")
 
 
 def test_named_items_need_identifier_names(tmp_path):
-    class Named(common.Section):
-        gen: dict[common.Name, int] = Field(min_length=1)
+    class Named(Section):
+        gen: dict[Name, int] = Field(min_length=1)
 
     path = tmp_path / "params.yaml"
     path.write_text("gen: {two_blops: 1, _b2: 2}\n")
-    assert common.read_params(Named, path).gen == {"two_blops": 1, "_b2": 2}
+    assert read_params(Named, path).gen == {"two_blops": 1, "_b2": 2}
     # DVC parses `-S gen.2blop.x=1` with Hydra's grammar, where a key cannot start with a digit.
     for bad in ("2blop", "blop-circle", "a.b"):
         path.write_text(f"gen: {{'{bad}': 1}}\n")
-        with pytest.raises(common.ParamsError, match=rf": gen\.{re.escape(bad)}: a name must start with a letter or _"):
-            common.read_params(Named, path)
+        with pytest.raises(ParamsError, match=rf": gen\.{re.escape(bad)}: a name must start with a letter or _"):
+            read_params(Named, path)
     path.write_text("gen: {}\n")
-    with pytest.raises(common.ParamsError, match=r": gen: must hold at least 1 item"):
-        common.read_params(Named, path)
+    with pytest.raises(ParamsError, match=r": gen: must hold at least 1 item"):
+        read_params(Named, path)
 
 
 def test_atomic_path_leaves_nothing_when_the_write_fails(tmp_path):
     target = tmp_path / "out" / "model.json"
     with pytest.raises(RuntimeError):
-        with common.atomic_path(target) as tmp:
+        with atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert list(target.parent.iterdir()) == []
-    common.write_json(target, {"a": 1})
+    write_json(target, {"a": 1})
     assert target.read_text() == '{\n  "a": 1\n}\n'
     assert [p.name for p in target.parent.iterdir()] == ["model.json"]
     umask = os.umask(0)
@@ -128,7 +134,7 @@ def test_stage_error_is_one_line_and_exit_status_2(tmp_path):
     )
     result = subprocess.run(
         [sys.executable, "-m", "stages.generate_toy", "two_blops"],
-        cwd=tmp_path, env={**tool_env(), "PYTHONPATH": str(common.Path(common.__file__).parents[1])},
+        cwd=tmp_path, env={**tool_env(), "PYTHONPATH": str(PROJECT)},
         capture_output=True, text=True,
     )
     assert result.returncode == 2
@@ -145,10 +151,10 @@ def test_npz_and_keras_files_hold_no_time_and_no_address(tmp_path, monkeypatch):
     import numpy as np
 
     arrays = {"x": np.arange(6, dtype=np.float32).reshape(3, 2), "names": np.array(["a", "bc"])}
-    common.save_npz(tmp_path / "a.npz", **arrays)
+    save_npz(tmp_path / "a.npz", **arrays)
     times = iter([1_000_000_000.0, 1_900_000_000.0])
     monkeypatch.setattr(time, "time", lambda: next(times, 1_900_000_000.0))  # zip entries read the clock
-    common.save_npz(tmp_path / "b.npz", **arrays)
+    save_npz(tmp_path / "b.npz", **arrays)
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
     with np.load(tmp_path / "b.npz") as loaded:
         assert loaded["x"].tolist() == arrays["x"].tolist() and loaded["names"].tolist() == ["a", "bc"]
@@ -159,8 +165,8 @@ def test_npz_and_keras_files_hold_no_time_and_no_address(tmp_path, monkeypatch):
         hidden = keras.layers.Dense(3, name="hidden")(inputs)
         return keras.Model(inputs, keras.layers.Dense(2, name="out")(hidden), name="tiny")
 
-    common.save_keras_model(model(), tmp_path / "a.keras")
-    common.save_keras_model(model(), tmp_path / "b.keras")
+    save_keras_model(model(), tmp_path / "a.keras")
+    save_keras_model(model(), tmp_path / "b.keras")
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     loaded = keras.models.load_model(tmp_path / "b.keras")
     assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), model().get_weights()))
@@ -168,20 +174,20 @@ def test_npz_and_keras_files_hold_no_time_and_no_address(tmp_path, monkeypatch):
 
 NOISY_STAGE = """
 import os, sys
-from stages import common
+from stages.cli import run_stage
 def main(argv):
     os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
     os.write(2, b"I0000 00:00:1795814380.884829    9022 port.cc:153] oneDNN custom operations are on. You may\\n")
     os.write(2, b"E0000 00:00:1795814390.981311    9022 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n")
     os.write(2, b"E0000 00:00:1795814390.981311    9022 other.cc:52] a real error\\n")
     print("a stage line", file=sys.stderr)
-common.run_stage(main)
+run_stage(main)
 """
 
 
 @pytest.mark.parametrize("user_level", [None, "inherited", "0"])
 def test_tensorflow_start_up_lines_are_dropped_unless_the_user_set_a_log_level(user_level):
-    env = {**tool_env(), "PYTHONPATH": str(common.Path(common.__file__).parents[1])}
+    env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env.pop("STAGES_DEFAULT_TF_CPP_MIN_LOG_LEVEL", None)
     if user_level == "inherited":  # from a parent process that imported `stages`, as dvc under pytest

@@ -1,0 +1,90 @@
+"""Reading params.yaml: each stage's sections as a pydantic model, validated before any work."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import pydantic
+import yaml
+
+from stages.errors import ParamsError, StageError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class Section(pydantic.BaseModel):
+    """Keys of params.yaml as a pydantic model: a stage's sections (one field a section),
+    or the keys of one section.
+
+    Every key is required, an unknown key is an error, and nothing is coerced (``"3"``
+    is not an integer, ``true`` is not 1). A validator across keys raises ValueError
+    with a message that starts with the key it blames, e.g. ``"jit_compile: ..."``.
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _identifier(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(
+            "a name must start with a letter or _ and hold only letters, digits and _ "
+            "(so that `dvc exp run -S` can set its keys)"
+        )
+    return name
+
+
+# The names of a section's items (the toy datasets): identifiers, because DVC parses
+# `dvc exp run -S section.name.key=value` with Hydra's grammar, where a key cannot start
+# with a digit; a name is also a file name and a stage name.
+Name = Annotated[str, pydantic.AfterValidator(_identifier)]
+
+_P = TypeVar("_P", bound=Section)
+
+
+def describe_error(error: Mapping[str, Any], separator: str = ".") -> str:
+    """One pydantic error as ``key: problem, got value``, the key dotted as in params.yaml
+    (or its parts joined by ``separator``, for keys that hold dots themselves)."""
+    location = [part for part in error["loc"] if part != "[key]"]
+    key = "".join(f"[{part}]" if isinstance(part, int) else f"{separator}{part}" for part in location)
+    key = key.removeprefix(separator)
+    kind, message = error["type"], error["msg"]
+    if kind == "value_error":  # our own validators: the message may start with the key it blames
+        message = message.removeprefix("Value error, ")
+        blamed, _, problem = message.partition(": ")
+        if problem and re.fullmatch(r"\w+", blamed):
+            key, message = f"{key}{separator}{blamed}".removeprefix(separator), problem
+    elif kind in ("missing", "extra_forbidden"):
+        message = f"{'missing' if kind == 'missing' else 'unknown'} key"
+    else:
+        if kind == "too_short":
+            message = f"must hold at least {error['ctx']['min_length']} item(s)"
+        message = f"{message.replace('Input should be', 'must be')}, got {error['input']!r}"
+    return f"{key}: {message}" if key else message
+
+
+def read_params(model: type[_P], path: Path | str = PARAMS_FILE) -> _P:
+    """The sections of params.yaml that ``model`` names, validated before any work.
+
+    Only those sections are read, so a stage is not stopped by another stage's section.
+    """
+    path = Path(path)
+    raw = read_yaml(path, ParamsError)
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: must hold a mapping of sections")
+    try:
+        return model.model_validate({name: raw[name] for name in model.model_fields if name in raw})
+    except pydantic.ValidationError as err:
+        raise ParamsError(f"{path}: {describe_error(err.errors()[0])}") from None
+
+
+def read_yaml(path: Path, error: type[StageError] = StageError) -> Any:
+    """A YAML file's content; a missing or malformed file raises ``error`` naming it."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: file not found (run from the project root)") from None
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
