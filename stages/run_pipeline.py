@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 RUNNING = re.compile(r"^Running stage '(?P<stage>[^']+)'")
 STAGE_ERROR = re.compile(r"^error: (?P<reason>.+)")  # what stages.cli.run_stage prints
 FAILED_RUN = re.compile(r"failed to run: .*, exited with (?P<status>-?\d+)$")  # DVC's, for any failure
-SKIPPED = re.compile(r"Stage '(?P<stage>[^']+)' will be skipped")
+SKIPPED = re.compile(r"Stages? (?P<stages>'.+') will be skipped")  # "Stages 'a', 'b' and 'c' will be ..."
 
 
 @dataclass
@@ -39,7 +39,7 @@ class ReproLog:
         elif (match := FAILED_RUN.search(line)) and self._stage and self._stage not in self.failed:
             self.failed[self._stage] = [f"exited with {match['status']} (its output is above)"]
         elif match := SKIPPED.search(line):
-            self.skipped.append(match["stage"])
+            self.skipped += re.findall(r"'([^']+)'", match["stages"])
 
     def summary(self) -> list[str]:
         lines = [f"run-pipeline: {len(self.failed)} stage(s) could not run:"]

@@ -42,7 +42,7 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_model_is_the_seeds():
+def test_model_is_the_originals():
     model = mnist.make_model()
     assert model.count_params() == 727_530
     assert sum(int(np.prod(weight.shape)) for weight in model.trainable_weights) == 725_610

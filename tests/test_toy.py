@@ -24,14 +24,14 @@ def test_dataset_shapes_classes_and_seed(layout):
     assert not np.array_equal(x, other_x)
 
 
-def test_the_seeds_three_datasets_are_in_params():
+def test_the_originals_three_datasets_are_in_params():
     params = project_params()
     layouts = {name: settings["layout"] for name, settings in params["generate_toy"].items()}
     assert layouts == {"two_blops": "blob_pair", "blop_circle": "blob_in_ring", "four_blops": "xor_blobs"}
     assert list(params["train_toy"]) == list(layouts)  # every dataset is trained
 
 
-def test_layouts_are_the_seeds():
+def test_layouts_are_the_originals():
     rng = np.random.default_rng(0)
     x, y = generate_toy.blob_in_ring(400, 0.1, rng)
     radius = np.linalg.norm(x, axis=1)
@@ -42,7 +42,7 @@ def test_layouts_are_the_seeds():
 
 
 @pytest.mark.parametrize(("layers", "expected"), [([3, 5], 41), ([5, 15, 10], 287)])
-def test_mlp_parameter_counts_match_the_seed(layers, expected):
+def test_mlp_parameter_counts_match_the_original(layers, expected):
     assert train_toy.make_model(layers).count_params() == expected
 
 
