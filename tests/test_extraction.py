@@ -167,6 +167,7 @@ def test_a_bad_image_stops_the_stage_naming_it_with_no_output(tmp_path, monkeypa
     assert chunks == ([] if how == "not an image" else [f"chunk-{i:09d}.npy" for i in range(0, 16, 4)])
 
 
+@pytest.mark.slow  # second tier: child processes of TensorFlow
 def test_a_killed_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     write_many_npz(tmp_path / "data/local/breast/many.npz", 400)
     write_params(tmp_path, "data/local/breast/many.npz", batch_size=8, chunk_size=16)
@@ -244,6 +245,7 @@ def test_chunks_of_other_settings_or_images_are_not_reused(tmp_path, monkeypatch
     assert "starting afresh" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # second tier: child processes of TensorFlow
 def test_two_devices_give_the_features_of_one(tmp_path, monkeypatch):
     write_many_npz(tmp_path / "data/local/breast/few.npz", 23)
     write_params(tmp_path, "data/local/breast/few.npz", batch_size=5, chunk_size=10)  # last batch: 3 images

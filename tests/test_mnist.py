@@ -105,7 +105,9 @@ def test_shift_moves_by_at_most_the_fraction():
     assert np.abs(offsets).max() > 1.5 and offsets.min() < 0 < offsets.max()  # both ways, not just jitter
 
 
-def test_one_short_run_writes_every_output(workdir):
+def test_one_short_run_writes_every_output_and_a_killed_run_resumes_to_its_weights(workdir, monkeypatch):
+    import keras
+
     mnist.main(stage_argv("augment_train_mnist"))
     predictions, class_names = read_predictions(workdir / "predictions/mnist/cnn.csv")
     assert class_names == tuple("0123456789")
@@ -121,12 +123,38 @@ def test_one_short_run_writes_every_output(workdir):
     assert (workdir / "models/mnist/model.keras").is_file()
     assert not (workdir / "checkpoints/mnist").exists()  # cleared once the run is complete
 
+    # Same params, same bytes (on this machine): kill a second run right after epoch 2 was
+    # checkpointed, start it again, and it ends as the uninterrupted one did.
+    uninterrupted = (workdir / "predictions/mnist/cnn.csv").read_bytes()
+    weights = [w.copy() for w in keras.models.load_model(workdir / "models/mnist/model.keras").get_weights()]
+
+    # Kill the run right after epoch 2 was checkpointed, then start it again.
+    real_save = mnist.Checkpoint.save
+
+    def save_then_die(self, model, best_model, state):
+        real_save(self, model, best_model, state)
+        if state["epochs_done"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mnist.Checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        mnist.main(stage_argv("augment_train_mnist"))
+    assert json.loads((workdir / "checkpoints/mnist/state.json").read_text())["epochs_done"] == 2
+    monkeypatch.setattr(mnist.Checkpoint, "save", real_save)
+    mnist.main(stage_argv("augment_train_mnist"))
+    assert (workdir / "predictions/mnist/cnn.csv").read_bytes() == uninterrupted
+    history = (workdir / "plots/mnist/history.csv").read_text()
+    assert len(history.splitlines()) == 4
+    resumed_weights = keras.models.load_model(workdir / "models/mnist/model.keras").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(weights, resumed_weights))
+
 
 def training_line(log: str) -> str:
     """What the stage's log says it trains on, but the devices."""
     return re.search(r"^training on [^(]*\([^)]*\): (.*)$", log, flags=re.M).group(1)
 
 
+@pytest.mark.slow  # second tier: child processes of TensorFlow
 def test_training_mirrored_over_two_devices(workdir, capsys):
     # The MirroredStrategy path a machine with several GPUs takes, on two logical CPUs,
     # against a run of the same params on one device. Batch norm normalises each device's
@@ -165,6 +193,7 @@ def test_training_mirrored_over_two_devices(workdir, capsys):
     assert min(one, two) >= 0.75 and abs(one - two) <= TWO_DEVICE_ACCURACY_GAP, (one, two)
 
 
+@pytest.mark.slow  # second tier: child processes of TensorFlow
 def test_mixed_precision_and_xla_options_run(workdir, capsys):
     arrays = mnist.load_mnist(LOCAL_FILE)
     settings = mnist.MnistTraining(**small_settings(epochs=1, mixed_precision=True, jit_compile=True,
@@ -180,34 +209,6 @@ def test_mixed_precision_and_xla_options_run(workdir, capsys):
         import keras
 
         keras.mixed_precision.set_global_policy("float32")
-
-
-def test_same_params_give_the_same_metrics_and_a_resumed_run_matches(workdir, monkeypatch):
-    import keras
-
-    mnist.main(stage_argv("augment_train_mnist"))
-    uninterrupted = (workdir / "predictions/mnist/cnn.csv").read_bytes()
-    weights = [w.copy() for w in keras.models.load_model(workdir / "models/mnist/model.keras").get_weights()]
-
-    # Kill the run right after epoch 2 was checkpointed, then start it again.
-    real_save = mnist.Checkpoint.save
-
-    def save_then_die(self, model, best_model, state):
-        real_save(self, model, best_model, state)
-        if state["epochs_done"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(mnist.Checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        mnist.main(stage_argv("augment_train_mnist"))
-    assert json.loads((workdir / "checkpoints/mnist/state.json").read_text())["epochs_done"] == 2
-    monkeypatch.setattr(mnist.Checkpoint, "save", real_save)
-    mnist.main(stage_argv("augment_train_mnist"))
-    assert (workdir / "predictions/mnist/cnn.csv").read_bytes() == uninterrupted
-    history = (workdir / "plots/mnist/history.csv").read_text()
-    assert len(history.splitlines()) == 4
-    resumed_weights = keras.models.load_model(workdir / "models/mnist/model.keras").get_weights()
-    assert all(np.array_equal(a, b) for a, b in zip(weights, resumed_weights))
 
 
 def test_a_checkpoint_from_other_params_is_not_resumed(workdir, capsys):
