@@ -100,9 +100,9 @@ def breast_classifier(model: str) -> tuple[str, Callable, tuple, int, float]:
     from stages.extract_vgg_features import load_backbone, preprocess_function
     from stages.fit_knn import nearest_distances
 
-    name, predict_features = breast_feature_model(model)
     backbone_recipe = common.stage_paths("extract_vgg_features")["backbone"]
     recipe = json.loads(required(backbone_recipe, "extract_vgg_features").read_text())
+    name, predict_features = breast_feature_model(model)
     knn, threshold = novelty_reference()
     backbone, preprocess = load_backbone(recipe), preprocess_function(recipe["backbone"])
 
@@ -170,8 +170,11 @@ def mnist_classifier() -> tuple[str, Callable, tuple, int]:
 
     path = required(common.stage_paths("augment_train_mnist")["model"], "augment_train_mnist")
     model = load_keras_model(path)
-    return "mnist", lambda batch: (np.asarray(model.predict_on_batch(to_model_input(batch))), {}), CLASS_NAMES, \
-        IMAGE_SHAPE[0]
+
+    def columns(batch: np.ndarray) -> tuple[np.ndarray, dict]:
+        return np.asarray(model.predict_on_batch(to_model_input(batch))), {}  # no other columns
+
+    return "mnist", columns, CLASS_NAMES, IMAGE_SHAPE[0]
 
 
 def required(path: Path, stage: str) -> Path:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from stages import common, evaluate, fit_knn, train_head
 from stages import extract_vgg_features as extract
-from stages.breast import FeatureSet, protocol_predictions
+from stages.breast import FeatureSet
 from stages.predictions import read_predictions
 from tests.conftest import SHARED_DATA, stage_argv
 
