@@ -57,8 +57,11 @@ def load_features(path: Path) -> FeatureSet:
                       tuple(arrays["class_names"].tolist()))
 
 
-def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Shuffled stratified ``(fit, held_out)`` index pairs over ``labels``."""
+def stratified_folds(
+    labels: np.ndarray, n_folds: int, seed: int, key: str = FOLDS_KEY
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled stratified ``(fit, held_out)`` index pairs over ``labels``; ``key`` is the
+    params key that set ``n_folds``, named when the data has too few images for them."""
     from sklearn.model_selection import StratifiedKFold
 
     classes, counts = np.unique(labels, return_counts=True)
@@ -66,7 +69,7 @@ def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[
         raise StageError(f"the images to cross-validate hold one class only (label {classes[0]}); need two")
     if counts.min() < n_folds:
         raise ParamsError(
-            f"params.yaml: {FOLDS_KEY}: {n_folds} folds need {n_folds} images of every class; "
+            f"params.yaml: {key}: {n_folds} folds need {n_folds} images of every class; "
             f"label {classes[counts.argmin()]} has {counts.min()}"
         )
     return list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(labels, labels))

@@ -9,15 +9,26 @@ PATH is an image file or a folder, searched recursively; hidden files, ``Thumbs.
 ``desktop.ini`` and ``__MACOSX/`` are skipped, as in ``extract_vgg_features``.
 
 * ``breast-knn``, ``breast-head``: the frozen backbone that ``extract_vgg_features``
-  used (its ``--backbone`` recipe), then ``fit_knn``'s or ``train_head``'s model.
+  used (its ``--backbone`` recipe), then ``fit_knn``'s or ``train_head``'s model, the
+  one whose figures the metrics report (for the head, its whole ensemble).
   Images are read, resized and preprocessed by the extraction stage's own functions.
 * ``breast`` (the default): whichever of the two has the higher cross-validation ROC
   AUC in ``evaluate@breast``'s metrics (over the non-test images when the data has a
   test split: the choice never looks at the test split).
+
+Breast images also get ``nearest_distance``, the distance of their L2-normalised
+features to the nearest training image's, and ``unlike_training``, true when it is
+beyond ``fit_knn``'s novelty threshold: such an image is not like any the classifier
+learnt from (a digit, noise, another kind of picture), so its probabilities mean little.
+Standard error says how many were flagged. An image of the same kind as the training
+images but of a class they do not hold is not flagged.
+
+Loading a model runs no code: the KNN is a skops file that may hold only the types
+``fit_knn`` writes, and Keras models load in Keras's safe mode.
 * ``mnist``: ``augment_train_mnist``'s digit CNN. Each image is turned grey and resized
   to 28x28 pixels; digits must be light on a dark background, as in MNIST.
 
-Writes ``file,predicted,p_<class>...`` to standard output, or to ``-o FILE``. A file
+Writes ``file,predicted,p_<class>...`` (and for breast images the two columns above) to standard output, or to ``-o FILE``. A file
 that cannot be read as an image is named on standard error and skipped: the rest of a
 large batch is still classified, and the exit status is 1 so that a script notices.
 Progress goes to standard error.
@@ -31,12 +42,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from stages.cli import run_stage
 from stages.dvc_yaml import stage_paths
-from stages.errors import StageError
+from stages.errors import StageError, one_line
 from stages.extract_vgg_features import IMAGE_SUFFIXES, files_under, prepare_image, read_image_file
 from stages.outputs import atomic_path
 
@@ -81,33 +93,63 @@ def readable_batches(
         yield names, np.stack(images)
 
 
-def breast_classifier(model: str) -> tuple[str, Callable, tuple, int]:
-    """``(name, probabilities of a prepared batch, class names, image size)`` of a breast pipeline.
+def breast_classifier(model: str) -> tuple[str, Callable, tuple, int, float]:
+    """``(name, columns of a prepared batch, class names, image size, novelty threshold)`` of a
+    breast pipeline: the columns are the class probabilities, ``nearest_distance`` and
+    ``unlike_training``.
 
     ``model`` ``breast`` picks by the cross-validation ROC AUC in the breast metrics.
     """
-    if model == "breast":
-        model = choose_breast_model(stage_paths("evaluate", "breast")["metrics"])
     from stages.extract_vgg_features import load_backbone, preprocess_function
+    from stages.fit_knn import nearest_distances
 
     backbone_recipe = stage_paths("extract_vgg_features")["backbone"]
     recipe = json.loads(required(backbone_recipe, "extract_vgg_features").read_text())
+    name, predict_features = breast_feature_model(model)
+    knn, threshold = novelty_reference()
+    backbone, preprocess = load_backbone(recipe), preprocess_function(recipe["backbone"])
+
+    def columns(batch: np.ndarray) -> tuple[np.ndarray, dict]:
+        features = np.asarray(backbone.predict_on_batch(preprocess(batch)))
+        distances = nearest_distances(knn, features)
+        return predict_features(features), {"nearest_distance": distances, "unlike_training": distances > threshold}
+
+    return name, columns, tuple(recipe["class_names"]), recipe["image_size"], threshold
+
+
+def breast_feature_model(model: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """``(name, class probabilities of backbone features)``: the model that ``fit_knn`` or
+    ``train_head`` saved and scored; ``breast`` picks one as ``choose_breast_model`` does."""
+    from stages.fit_knn import load_knn
+
+    if model == "breast":
+        model = choose_breast_model(stage_paths("evaluate", "breast")["metrics"])
     stage = BREAST_MODELS[model]
     path = required(stage_paths(stage)["model"], stage)
     if model == "breast-knn":
-        import joblib
+        return model, load_knn(path).predict_proba
+    keras_model = load_keras_model(path)
+    return model, lambda features: np.asarray(keras_model.predict_on_batch(features), dtype=np.float64)
 
-        predict_features = joblib.load(path).predict_proba
-    else:
-        import keras
 
-        predict_features = keras.models.load_model(path).predict_on_batch
-    backbone, preprocess = load_backbone(recipe), preprocess_function(recipe["backbone"])
+def novelty_reference() -> tuple[Any, float]:
+    """``fit_knn``'s pipeline, whose fitted images are the reference, and its novelty threshold."""
+    from stages.fit_knn import load_knn
 
-    def probabilities(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(predict_features(np.asarray(backbone.predict_on_batch(preprocess(batch)))))
+    paths = stage_paths("fit_knn")
+    threshold = json.loads(required(paths["novelty"], "fit_knn").read_text())["threshold"]
+    return load_knn(required(paths["model"], "fit_knn")), threshold
 
-    return model, probabilities, tuple(recipe["class_names"]), recipe["image_size"]
+
+def load_keras_model(path: Path):
+    """A Keras model in Keras's safe mode, which refuses a file whose layers would run
+    code of their own (a ``Lambda``): refused in one line, naming the file."""
+    import keras
+
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except (ValueError, TypeError, OSError) as err:
+        raise StageError(f"{path}: refused or unreadable Keras model ({one_line(err)})") from None
 
 
 def choose_breast_model(metrics_dir: Path) -> str:
@@ -127,13 +169,15 @@ def choose_breast_model(metrics_dir: Path) -> str:
 
 
 def mnist_classifier() -> tuple[str, Callable, tuple, int]:
-    import keras
-
     from stages.augment_train_mnist import CLASS_NAMES, IMAGE_SHAPE, to_model_input
 
     path = required(stage_paths("augment_train_mnist")["model"], "augment_train_mnist")
-    model = keras.models.load_model(path)
-    return "mnist", lambda batch: np.asarray(model.predict_on_batch(to_model_input(batch))), CLASS_NAMES, IMAGE_SHAPE[0]
+    model = load_keras_model(path)
+
+    def columns(batch: np.ndarray) -> tuple[np.ndarray, dict]:
+        return np.asarray(model.predict_on_batch(to_model_input(batch))), {}  # no other columns
+
+    return "mnist", columns, CLASS_NAMES, IMAGE_SHAPE[0]
 
 
 def required(path: Path, stage: str) -> Path:
@@ -142,15 +186,16 @@ def required(path: Path, stage: str) -> Path:
     return path
 
 
-def classify(files: list[Path], probabilities: Callable, prepare: Callable, class_names: tuple, batch_size: int):
-    """A DataFrame ``file, predicted, p_<class>...`` of every readable file, and the skipped ones."""
+def classify(files: list[Path], columns: Callable, prepare: Callable, class_names: tuple, batch_size: int):
+    """A DataFrame ``file, predicted, p_<class>...`` of every readable file, then the other
+    columns that ``columns(batch)`` gives beside the probabilities; and the skipped files."""
     import pandas as pd
 
     rows, skipped, done, started = [], [], 0, time.perf_counter()
     for number, (names, batch) in enumerate(readable_batches(files, prepare, batch_size, skipped), start=1):
-        p = probabilities(batch)
+        p, other = columns(batch)
         rows.append(pd.DataFrame({"file": [str(n) for n in names], "predicted": np.asarray(class_names)[p.argmax(1)],
-                                  **{f"p_{name}": p[:, i] for i, name in enumerate(class_names)}}))
+                                  **{f"p_{name}": p[:, i] for i, name in enumerate(class_names)}, **other}))
         done += len(names)
         if number % PROGRESS_EVERY == 0:
             rate = done / (time.perf_counter() - started)
@@ -168,22 +213,28 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     args = parser.parse_args(argv)
     files = find_images(args.paths)
+    threshold = None
     if args.model == "mnist":
-        name, probabilities, class_names, size = mnist_classifier()
+        name, columns, class_names, size = mnist_classifier()
         mode = "L"  # grey, as MNIST's arrays hold the digits
     else:
-        name, probabilities, class_names, size = breast_classifier(args.model)
+        name, columns, class_names, size, threshold = breast_classifier(args.model)
         mode = "RGB"
     prepare = lambda image: prepare_image(image, size, mode)  # noqa: E731
     print(f"classifying {len(files)} images with {name}", file=sys.stderr, flush=True)
-    table, skipped = classify(files, probabilities, prepare, class_names, args.batch_size)
+    table, skipped = classify(files, columns, prepare, class_names, args.batch_size)
+    # 7 significant digits: a float32 probability to within 1e-7, as in the predictions files
     if args.output:
         with atomic_path(args.output) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6g")
+            table.to_csv(tmp, index=False, float_format="%.7g")
     else:
-        table.to_csv(sys.stdout, index=False, float_format="%.6g")
+        table.to_csv(sys.stdout, index=False, float_format="%.7g")
     print(f"classified {len(table)} images" + (f"; skipped {len(skipped)} that could not be read" if skipped else ""),
           file=sys.stderr)
+    if threshold is not None:
+        flagged = int(table["unlike_training"].sum()) if len(table) else 0
+        print(f"flagged {flagged} of {len(table)} images as unlike the training images (distance to the nearest "
+              f"one above {threshold:.4f}: unlike_training); their probabilities mean little", file=sys.stderr)
     sys.exit(1 if skipped else 0)
 
 

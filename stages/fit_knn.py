@@ -1,18 +1,26 @@
 """Stage ``fit_knn``: L2-normalised VGG features into a k-nearest-neighbours classifier.
 
-    python -m stages.fit_knn --features FEATURES.npz --model KNN.pkl --predictions PREDICTIONS.csv
+    python -m stages.fit_knn --features FEATURES.npz --model KNN.skops --novelty NOVELTY.json
+        --predictions PREDICTIONS.csv
 
 Reads ``seed``, ``breast_cv_folds`` and ``fit_knn`` from params.yaml and the features
 that ``extract_vgg_features`` wrote; writes the pipeline fitted on every non-test image
-(``--model``) and its predictions (``--predictions``), which ``evaluate@breast`` scores: ``heldout`` and ``cv``
+(``--model``, a skops file: loading it runs no code and accepts only the types in
+``KNN_TYPES``) and its predictions (``--predictions``), which ``evaluate@breast`` scores: ``heldout`` and ``cv``
 by the protocol it shares with ``train_head`` (see ``stages.breast``), and
 ``resubstitution``: fitted on all the images and predicting them, the way the original got
 its 88%. That one measures memory, not generalisation. (The original also scored raw
 features against a fit on normalised ones; the pipeline here normalises both.)
+
+``--novelty`` is how far a new image may be from the training images before
+``classify-images`` flags it as unlike them: the ``novelty_percentile`` of the fitted
+images' own leave-one-out distances to their nearest neighbour, in the pipeline's
+L2-normalised feature space.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -20,16 +28,28 @@ from pydantic import Field
 
 from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions
 from stages.cli import run_stage, stage_args
-from stages.errors import ParamsError
-from stages.outputs import atomic_path
+from stages.errors import ParamsError, StageError, one_line
+from stages.outputs import write_json
 from stages.params import Section, read_params
 from stages.predictions import prediction_frame, write_predictions
+from stages.zip_outputs import save_skops
+
+
+# What fit_knn's model file may hold besides the Python and NumPy types skops always
+# trusts: loading refuses anything else, so a model swapped on a shared DVC remote
+# cannot run code in classify-images.
+KNN_TYPES = [
+    "sklearn.neighbors._classification.KNeighborsClassifier",
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.Normalizer",
+]
 
 
 class KnnSettings(Section):
     k: int = Field(ge=1)  # neighbours
     metric: Literal["euclidean", "cosine", "manhattan", "chebyshev"]
     weights: Literal["uniform", "distance"]
+    novelty_percentile: float = Field(gt=0, le=100)
 
 
 class Params(FoldParams):
@@ -59,8 +79,8 @@ def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed:
         # Checked here, where the images of each fold are known; fitting a KNN only stores them.
         if settings.k > len(indices):
             raise ParamsError(f"params.yaml: fit_knn.k: {settings.k} neighbours is more than the "
-                              f"{len(indices)} images of a fit (the whole or a cross-validation fold)")
-        return make_knn_pipeline(**settings.model_dump()).fit(x[indices], y[indices])
+                                     f"{len(indices)} images of a fit (the whole or a cross-validation fold)")
+        return make_knn_pipeline(settings.k, settings.metric, settings.weights).fit(x[indices], y[indices])
 
     model, frames = protocol_predictions(
         data,
@@ -75,11 +95,39 @@ def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed:
     return model, frames
 
 
-def main(argv: list[str]) -> None:
-    import joblib
+def nearest_distances(knn, features: np.ndarray | None = None) -> np.ndarray:
+    """Each image's distance to its nearest fitted image, in the pipeline's L2-normalised
+    feature space; without ``features``, each fitted image's to the nearest other one."""
+    query = None if features is None else knn[:-1].transform(features)
+    return knn[-1].kneighbors(query, n_neighbors=1)[0][:, 0]
 
+
+def novelty_threshold(knn, percentile: float) -> dict:
+    """The distance beyond which a new image is unlike the fitted ones, as the JSON ``--novelty`` holds."""
+    own = nearest_distances(knn)
+    return {"measure": "distance to the nearest training image, L2-normalised features",
+            "percentile": percentile, "training_images": len(own), "threshold": float(np.percentile(own, percentile))}
+
+
+def load_knn(path: Path):
+    """The pipeline that ``main`` saved; a file that holds other types is refused unloaded."""
+    import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    try:
+        return skops.io.load(path, trusted=KNN_TYPES)
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; run `dvc repro fit_knn` (or `dvc pull`) first") from None
+    except UntrustedTypesFoundException as err:
+        raise StageError(f"{path}: refused: it holds types that fit_knn never writes ({one_line(err)}); "
+                                f"it may have been tampered with, so it was not loaded") from None
+    except Exception as err:  # a damaged zip or schema: skops raises what its parsers raise
+        raise StageError(f"{path}: not a readable skops model ({one_line(err)})") from None
+
+
+def main(argv: list[str]) -> None:
     params = read_params(Params)
-    args = stage_args("fit_knn", argv, "features", "model", "predictions")
+    args = stage_args("fit_knn", argv, "features", "model", "novelty", "predictions")
     settings = params.fit_knn
     data = load_features(args.features)
     print(
@@ -88,10 +136,11 @@ def main(argv: list[str]) -> None:
         flush=True,
     )
     model, frames = fit_and_predict(data, settings, params.breast_cv_folds, params.seed)
-    with atomic_path(args.model) as tmp:
-        joblib.dump(model, tmp)
+    save_skops(model, args.model)
+    novelty = novelty_threshold(model, settings.novelty_percentile)
+    write_json(args.novelty, novelty)
     write_predictions(args.predictions, frames)
-    print(f"fit_knn: wrote {args.model} and {args.predictions}")
+    print(f"fit_knn: wrote {args.model}, {args.novelty} (threshold {novelty['threshold']:.4f}) and {args.predictions}")
 
 
 if __name__ == "__main__":

@@ -10,21 +10,27 @@ frozen by construction: this stage reads its features, so a change to the head n
 reruns the backbone.
 
 Reads ``seed``, ``breast_cv_folds`` and ``train_head`` from params.yaml and the features
-that ``extract_vgg_features`` wrote. Each training stops at the epoch with the best ROC AUC on
-images it does not train on: the data's validation split, or a stratified share of the
-training images (``validation_fraction``) when there is none; never the test split.
-Writes
+that ``extract_vgg_features`` wrote. The model is an ensemble of ``ensemble_members``
+heads whose class probabilities are averaged (a cross-validation ensemble): the images
+it is fitted on are split into that many stratified folds, and each head trains on all
+but one and stops at the epoch with the best ROC AUC on that one. With one member, the
+head trains on all the images and stops on the data's validation split, or on a
+stratified share of them (``validation_fraction``) when there is none. Never on the test
+split. Writes
 
-* ``--model``: the head trained on the non-test images (with BreastMNIST: the training
-  split, stopped on the validation split), standardisation included;
+* ``--model``: the ensemble fitted on the non-test images, as one Keras model from raw
+  features (standardisation and averaging included);
 * ``--predictions``: ``heldout`` and ``cv`` by the protocol it shares with ``fit_knn``
-  (``stages.breast``), and ``validation``: that model on the images that chose its
-  stopping epoch (optimistic by construction);
-* ``--history``: that model's loss and validation ROC AUC per epoch.
+  (``stages.breast``): ``cv`` fits a whole ensemble in each fold, so it scores the
+  reported model's method; and ``validation``: each member of that model on the images
+  that chose its stopping epoch (optimistic by construction);
+* ``--history``: a folder of ``member_<n>.csv``, each member's loss and validation ROC
+  AUC per epoch.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -32,7 +38,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions
+from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions, stratified_folds
 from stages.cli import run_stage, stage_args
 from stages.errors import StageError
 from stages.history import write_history_csv
@@ -53,13 +59,15 @@ class HeadSettings(Section):
     patience: int = Field(ge=1)
     class_weight: Literal["none", "balanced"]
     validation_fraction: float = Field(ge=0.05, le=0.5)
+    ensemble_members: int = Field(ge=1)
 
 
 class Params(FoldParams):
     train_head: HeadSettings
 
 
-def make_model(n_features: int, n_classes: int, hidden_units: int, dropout: float, l2: float):
+def make_model(n_features: int, n_classes: int, hidden_units: int, dropout: float, l2: float,
+               name: str = "breast_head"):
     """Dropout on the (standardised) features, an optional hidden ReLU layer, and a softmax
     over the classes: the original's "own output layer"."""
     import keras
@@ -72,7 +80,7 @@ def make_model(n_features: int, n_classes: int, hidden_units: int, dropout: floa
         x = keras.layers.Dropout(dropout, name="hidden_dropout")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regulariser,
                                  name="class_probabilities")(x)
-    return keras.Model(inputs, outputs, name="breast_head")
+    return keras.Model(inputs, outputs, name=name)
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,15 @@ def validation_roc_auc(x, y):
     return ValidationRocAuc()
 
 
+def member_splits(data: FeatureSet, indices: np.ndarray, settings: HeadSettings, seed: int):
+    """``(train, stop)`` index pairs over ``indices``, one per member of the ensemble: each
+    stratified fold to stop on, the others to train on; or, for one member, ``stopping_split``."""
+    if settings.ensemble_members == 1:
+        return [stopping_split(data, indices, settings.validation_fraction, seed)]
+    folds = stratified_folds(data.labels[indices], settings.ensemble_members, seed, key="train_head.ensemble_members")
+    return [(indices[train], indices[stop]) for train, stop in folds]
+
+
 def stopping_split(data: FeatureSet, indices: np.ndarray, fraction: float, seed: int):
     """``(train, stop)``: the images of ``indices`` to train on and to choose the epoch on.
 
@@ -131,7 +148,8 @@ def stopping_split(data: FeatureSet, indices: np.ndarray, fraction: float, seed:
 class HeadTrainer:
     """Trains heads one after another on one compiled Keras model.
 
-    The stage trains a head per cross-validation fold and one to keep. Building and
+    The stage trains the members of an ensemble per cross-validation fold and of the one
+    to keep. Building and
     tracing a Keras model took about 3 s on 2 CPU cores, as long as training a head on
     500 images, so the model is built once, and each training starts from the state it
     was built in (weights, optimizer state, dropout seeds): the same start a fresh model
@@ -154,18 +172,19 @@ class HeadTrainer:
         self.model.optimizer.build(self.model.trainable_variables)
         self.state = self.model.variables + self.model.optimizer.variables
         self.initial = [variable.numpy() for variable in self.state]
+        self.trainings: list[dict] = []  # images, epochs and best epoch of each training, for the run facts
 
-    def train(self, data: FeatureSet, indices: np.ndarray) -> TrainedHead:
-        """Train a head on the images ``indices``, less those it stops on: it keeps the
-        weights of the epoch with the best ROC AUC on those."""
+    def train(self, data: FeatureSet, fit: np.ndarray, stop: np.ndarray) -> TrainedHead:
+        """Train a head on the images ``fit``: it keeps the weights of the epoch with the
+        best ROC AUC on the images ``stop``."""
         import keras
         import tensorflow as tf
         from sklearn.utils.class_weight import compute_class_weight
 
+        began = time.perf_counter()
         for variable, value in zip(self.state, self.initial):
             variable.assign(value)
         settings, seed = self.settings, self.seed
-        fit, stop = stopping_split(data, indices, settings.validation_fraction, seed)
         x, y = data.features, data.labels
         mean, std = x[fit].mean(axis=0), x[fit].std(axis=0)
         standardised = standardise(x, mean, std)
@@ -190,23 +209,40 @@ class HeadTrainer:
                                               restore_best_weights=True),
             ],
         ).history
+        scores, best = history["val_roc_auc"], int(np.argmax(history["val_roc_auc"]))
+        self.trainings.append({"images": len(fit), "epochs": len(scores), "best_epoch": best + 1})
+        print(f"train_head: trained on {len(fit)} images, stopped on {len(stop)}: best epoch {best + 1} of "
+              f"{len(scores)} (validation ROC AUC {scores[best]:.3f}), {time.perf_counter() - began:.1f}s", flush=True)
         return TrainedHead(self.model.get_weights(), mean, std, stop, history)
 
-    def probabilities(self, head: TrainedHead, x: np.ndarray) -> np.ndarray:
-        """The class probabilities that ``head`` gives the (raw) features ``x``."""
-        self.model.set_weights(head.weights)
-        # One batch: the features of a few thousand images fit, and the callback has
-        # already traced this function (Keras's predict() builds a dataset every call).
-        return np.asarray(self.model.predict_on_batch(standardise(x, head.mean, head.std)), dtype=np.float64)
+    def probabilities(self, heads: list[TrainedHead], x: np.ndarray) -> np.ndarray:
+        """The class probabilities that ``heads`` give the (raw) features ``x``, averaged."""
+        each = []
+        for head in heads:
+            self.model.set_weights(head.weights)
+            # One batch: the features of a few thousand images fit, and the callback has
+            # already traced this function (Keras's predict() builds a dataset every call).
+            each.append(np.asarray(self.model.predict_on_batch(standardise(x, head.mean, head.std)), dtype=np.float64))
+        return np.mean(each, axis=0)
 
-    def export(self, head: TrainedHead):
-        """``head`` as one Keras model from raw features, its standardisation included."""
+    def export(self, heads: list[TrainedHead]):
+        """``heads`` as one Keras model from raw features: each standardises them as its
+        training did, and their probabilities are averaged."""
         import keras
 
-        self.model.set_weights(head.weights)
-        inputs = keras.Input(shape=(len(head.mean),), name="features")
-        scaled = keras.layers.Normalization(mean=head.mean, variance=np.square(head.std), name="standardise")(inputs)
-        return keras.Model(inputs, self.model(scaled), name="breast_head_on_features")
+        settings = self.settings
+        n_features, n_classes = self.model.input_shape[1], self.model.output_shape[1]
+        inputs = keras.Input(shape=(n_features,), name="features")
+        outputs = []
+        for number, head in enumerate(heads, start=1):
+            member = make_model(n_features, n_classes, settings.hidden_units, settings.dropout, settings.l2,
+                                name=f"head_{number}")
+            member.set_weights(head.weights)
+            scaled = keras.layers.Normalization(mean=head.mean, variance=np.square(head.std),
+                                                name=f"standardise_{number}")(inputs)
+            outputs.append(member(scaled))
+        averaged = keras.layers.Average(name="mean_probabilities")(outputs) if len(outputs) > 1 else outputs[0]
+        return keras.Model(inputs, averaged, name="breast_head_ensemble")
 
 
 def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -214,41 +250,48 @@ def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return ((x - mean) / np.maximum(std, 1e-7)).astype(np.float32)
 
 
+def fit_and_predict(data: FeatureSet, settings: HeadSettings, n_folds: int, seed: int):
+    """Fit the ensemble and predict every evaluation (see the module docstring).
+
+    Returns ``(trainer, heads, frames)``: the trainer (which exports the heads and
+    knows its trainings), the members of the ensemble fitted on all non-test images,
+    and the rows of the predictions file.
+    """
+    trainer = HeadTrainer(data.features.shape[1], data.class_names, settings, seed)
+    heads, frames = protocol_predictions(
+        data,
+        fit=lambda indices: [trainer.train(data, *split) for split in member_splits(data, indices, settings, seed)],
+        predict_proba=lambda heads, indices: trainer.probabilities(heads, data.features[indices]),
+        n_folds=n_folds,
+        seed=seed,
+    )
+    stops = np.concatenate([head.stop for head in heads])
+    each = np.concatenate([trainer.probabilities([head], data.features[head.stop]) for head in heads])
+    frames.append(prediction_frame(data.source[stops], data.labels[stops], each, data.class_names, "validation",
+                                   "each member on the images that chose its stopping epoch"))
+    return trainer, heads, frames
+
+
 def main(argv: list[str]) -> None:
     params = read_params(Params)
     args = stage_args("train_head", argv, "features", "model", "predictions", "history")
-    settings, n_folds, seed = params.train_head, params.breast_cv_folds, params.seed
+    settings, n_folds = params.train_head, params.breast_cv_folds
     data = load_features(args.features)
     print(f"train_head: {len(data.labels)} images, {data.features.shape[1]}-d features; hidden units "
-          f"{settings.hidden_units}, dropout {settings.dropout}, L2 {settings.l2}, {n_folds}-fold CV",
-          flush=True)
+          f"{settings.hidden_units}, dropout {settings.dropout}, L2 {settings.l2}, "
+          f"{settings.ensemble_members} member(s), {n_folds}-fold CV", flush=True)
     started = time.perf_counter()
-    trainer = HeadTrainer(data.features.shape[1], data.class_names, settings, seed)
-    trainings = []
-
-    def fit(indices: np.ndarray) -> TrainedHead:
-        began = time.perf_counter()
-        head = trainer.train(data, indices)
-        scores, best = head.history["val_roc_auc"], int(np.argmax(head.history["val_roc_auc"]))
-        trainings.append({"images": len(indices) - len(head.stop), "epochs": len(scores), "best_epoch": best + 1})
-        print(f"train_head: trained on {len(indices) - len(head.stop)} images, stopped on {len(head.stop)}: "
-              f"best epoch {best + 1} of {len(scores)} (validation ROC AUC {scores[best]:.3f}), "
-              f"{time.perf_counter() - began:.1f}s", flush=True)
-        return head
-
-    head, frames = protocol_predictions(
-        data, fit, lambda trained, indices: trainer.probabilities(trained, data.features[indices]), n_folds, seed
-    )
-    frames.append(prediction_frame(data.source[head.stop], data.labels[head.stop],
-                                   trainer.probabilities(head, data.features[head.stop]),
-                                   data.class_names, "validation", "the images that chose the stopping epoch"))
-    save_keras_model(trainer.export(head), args.model)
+    trainer, heads, frames = fit_and_predict(data, settings, n_folds, params.seed)
+    save_keras_model(trainer.export(heads), args.model)
     write_predictions(args.predictions, frames)
-    write_history_csv(head.history, args.history)
+    shutil.rmtree(args.history, ignore_errors=True)  # no member of an earlier, larger ensemble
+    for number, head in enumerate(heads, start=1):
+        write_history_csv(head.history, args.history / f"member_{number}.csv")
     seconds = time.perf_counter() - started
-    write_run_facts("train_head", {"seconds": round(seconds, 1), "trainings": trainings,
-                                   "params": trainer.model.count_params()})
-    print(f"train_head: wrote {args.model} and {args.predictions} in {seconds:.1f}s")
+    write_run_facts("train_head", {"seconds": round(seconds, 1), "trainings": trainer.trainings,
+                                          "params": trainer.model.count_params() * len(heads)})
+    print(f"train_head: wrote {args.model} and {args.predictions} in {seconds:.1f}s "
+          f"({len(trainer.trainings)} trainings)")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@ bytes, and a rerun leaves dvc.lock as it was."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,15 @@ def save_npz(path: Path | str, **arrays: Any) -> None:
             entry.compress_type = zipfile.ZIP_DEFLATED
             with archive.open(entry, "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+def _write_fixed_zip(path: Path, entries: Iterable[tuple[str, bytes, int]]) -> None:
+    """Write ``(name, content, compress_type)`` entries to a zip file, each with the fixed time."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content, compress_type in entries:
+            fixed = zipfile.ZipInfo(name, date_time=FIXED_ZIP_TIME)
+            fixed.compress_type = compress_type
+            archive.writestr(fixed, content)
 
 
 def _renumber_shared_objects(config: Any, numbers: dict[int, int]) -> Any:
@@ -50,14 +62,39 @@ def save_keras_model(model: Any, path: Path | str) -> None:
         model.save(tmp)
         with zipfile.ZipFile(tmp) as saved:
             entries = [(entry, saved.read(entry)) for entry in saved.infolist()]
-        with zipfile.ZipFile(tmp, "w") as archive:
-            for entry, content in entries:
-                if entry.filename == "metadata.json":
-                    metadata = json.loads(content)
-                    metadata.pop("date_saved", None)
-                    content = json.dumps(metadata).encode()
-                elif entry.filename == "config.json":
-                    content = json.dumps(_renumber_shared_objects(json.loads(content), {})).encode()
-                fixed = zipfile.ZipInfo(entry.filename, date_time=FIXED_ZIP_TIME)
-                fixed.compress_type = entry.compress_type
-                archive.writestr(fixed, content)
+        fixed = []
+        for entry, content in entries:
+            if entry.filename == "metadata.json":
+                metadata = json.loads(content)
+                metadata.pop("date_saved", None)
+                content = json.dumps(metadata).encode()
+            elif entry.filename == "config.json":
+                content = json.dumps(_renumber_shared_objects(json.loads(content), {})).encode()
+            fixed.append((entry.filename, content, entry.compress_type))
+        _write_fixed_zip(tmp, fixed)
+
+
+def save_skops(model: Any, path: Path | str) -> None:
+    """``skops.io.dump`` to a file whose bytes depend on the model alone.
+
+    skops names each node (``__id__``) and each array's file after a Python ``id()``,
+    different in every process, and stamps the zip entries with the time; the ids are
+    renumbered in order of first appearance (equal ids stay equal) and the times fixed.
+    """
+    import skops.io
+
+    numbers: dict[str, str] = {}
+
+    def renumber(match: re.Match) -> str:
+        return match[1] + numbers.setdefault(match[2], str(len(numbers)))
+
+    with zipfile.ZipFile(io.BytesIO(skops.io.dumps(model))) as saved:
+        schema = re.sub(r'("__id__": |"file": ")(\d+)', renumber, saved.read("schema.json").decode())
+        entries = [
+            ("schema.json", schema.encode(), entry.compress_type) if entry.filename == "schema.json"
+            else (numbers[Path(entry.filename).stem] + Path(entry.filename).suffix, saved.read(entry),
+                  entry.compress_type)
+            for entry in saved.infolist()
+        ]
+    with atomic_path(path) as tmp:
+        _write_fixed_zip(tmp, entries)

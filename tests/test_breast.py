@@ -18,11 +18,11 @@ from PIL import Image
 
 from stages import check_thresholds, evaluate, fit_knn, train_head
 from stages import extract_vgg_features as extract
-from stages.breast import FeatureSet, protocol_predictions
+from stages.breast import FeatureSet
 from stages.errors import ParamsError, StageError
 from stages.local_data import DownloadError
 from stages.predictions import read_predictions
-from stages.zip_outputs import save_npz
+from stages.zip_outputs import save_npz, save_skops
 from tests.conftest import PROJECT, SHARED_DATA, stage_argv
 
 LOCAL = Path("data/local/breast")  # relative: the main() tests chdir into tmp_path
@@ -93,7 +93,7 @@ def weights_files(tmp_path_factory) -> dict[str, Path]:
 
 HEAD_SETTINGS = {
     "hidden_units": 16, "dropout": 0.2, "l2": 0.0001, "learning_rate": 0.01, "batch_size": 8,
-    "max_epochs": 30, "patience": 5, "class_weight": "none", "validation_fraction": 0.25,
+    "max_epochs": 30, "patience": 5, "class_weight": "none", "validation_fraction": 0.25, "ensemble_members": 2,
 }
 
 
@@ -105,7 +105,7 @@ def write_params(folder: Path, data: str, k: int = 3, **extract_overrides) -> No
             "data": data, "backbone": "vgg19", "weights": "none", "layer": "avg", "blocks": [5],
             "image_size": 32, "batch_size": 5, **extract_overrides,
         },
-        "fit_knn": {"k": k, "metric": "euclidean", "weights": "uniform"},
+        "fit_knn": {"k": k, "metric": "euclidean", "weights": "uniform", "novelty_percentile": 90},
         "train_head": HEAD_SETTINGS,
     }
     (folder / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
@@ -395,7 +395,7 @@ def clustered_features(n_per_class: int = 20, with_test: bool = True, seed: int 
     )
 
 
-SETTINGS = fit_knn.KnnSettings(k=5, metric="euclidean", weights="uniform")
+SETTINGS = fit_knn.KnnSettings(k=5, metric="euclidean", weights="uniform", novelty_percentile=90)
 
 
 def knn_predictions(data, settings, seed=0, n_folds=4):
@@ -483,10 +483,43 @@ def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
     predictions, class_names = read_predictions(tmp_path / "predictions/breast/knn.csv")
     assert class_names == ("malignant", "normal_or_benign") and len(predictions) == 8 + 32 + 40
 
-    import joblib
+    model = fit_knn.load_knn(tmp_path / "models/breast/knn.skops")
+    assert model.named_steps["knn"].n_samples_fit_ == 32 and model.predict(data.features[:2]).shape == (2,)
+    saved = (tmp_path / "models/breast/knn.skops").read_bytes()
+    fit_knn.main(stage_argv("fit_knn"))  # same params, same bytes: no time or object address in the file
+    assert (tmp_path / "models/breast/knn.skops").read_bytes() == saved
+    # The novelty threshold: the 90th percentile of each fitted image's distance to its nearest other one.
+    unit = data.features[data.split != "test"] / np.linalg.norm(data.features[data.split != "test"], axis=1)[:, None]
+    distances = np.linalg.norm(unit[:, None] - unit[None], axis=-1) + np.diag(np.full(len(unit), np.inf))
+    novelty = json.loads((tmp_path / "models/breast/novelty.json").read_text())
+    assert novelty["training_images"] == 32 and novelty["percentile"] == 90
+    assert novelty["threshold"] == pytest.approx(np.percentile(distances.min(axis=1), 90), rel=1e-5)
 
-    model = joblib.load(tmp_path / "models/breast/knn.pkl")
-    assert model.predict(data.features[:2]).shape == (2,)
+
+def test_a_tampered_knn_file_is_refused_unloaded(tmp_path):
+    import zipfile
+
+    data = clustered_features()
+    model, _ = fit_knn.fit_and_predict(data, SETTINGS, 4, seed=0)
+    save_skops(model, tmp_path / "knn.skops")
+    with zipfile.ZipFile(tmp_path / "knn.skops") as saved:
+        entries = {name: saved.read(name) for name in saved.namelist()}
+    # What an attacker with write access to the remote would do: a node that builds a process.
+    schema = entries["schema.json"].decode()
+    entries["schema.json"] = schema.replace('"__class__": "Normalizer"', '"__class__": "Popen"').replace(
+        '"__module__": "sklearn.preprocessing._data"', '"__module__": "subprocess"').encode()
+    assert entries["schema.json"] != schema.encode()
+    with zipfile.ZipFile(tmp_path / "tampered.skops", "w") as tampered:
+        for name, content in entries.items():
+            tampered.writestr(name, content)
+    with pytest.raises(StageError) as refused:
+        fit_knn.load_knn(tmp_path / "tampered.skops")
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'tampered.skops'}: refused: it holds types that fit_knn never writes")
+    assert "subprocess.Popen" in message and "\n" not in message
+    (tmp_path / "broken.skops").write_bytes((tmp_path / "knn.skops").read_bytes()[:100])
+    with pytest.raises(StageError, match="broken.skops: not a readable skops model"):
+        fit_knn.load_knn(tmp_path / "broken.skops")
 
 
 def test_both_stages_and_evaluate_on_a_folder(tmp_path, monkeypatch, image_folder):
@@ -582,12 +615,7 @@ def head_predictions(data, settings=HEAD, seed=0, n_folds=4):
 
 
 def protocol_frames(data, settings, seed, n_folds):
-    trainer = train_head.HeadTrainer(data.features.shape[1], data.class_names, settings, seed)
-    trained, frames = protocol_predictions(
-        data, lambda indices: trainer.train(data, indices),
-        lambda head, indices: trainer.probabilities(head, data.features[indices]), n_folds, seed,
-    )
-    return frames
+    return train_head.fit_and_predict(data, settings, n_folds, seed)[2]
 
 
 def test_head_is_scored_on_the_knns_test_split_and_folds():
@@ -616,23 +644,53 @@ def test_head_stops_on_the_validation_split_or_a_share_of_the_training_images():
     assert sorted([*fit, *stop]) == everything.tolist()
 
 
+def test_each_member_stops_on_its_own_fold():
+    data = clustered_features(n_per_class=40)
+    rest = np.flatnonzero(data.split != "test")
+    splits = train_head.member_splits(data, rest, HEAD.model_copy(update={"ensemble_members": 4}), seed=0)
+    assert len(splits) == 4
+    assert sorted(np.concatenate([stop for _, stop in splits])) == rest.tolist()  # the folds cover the images once
+    for train, stop in splits:
+        assert sorted([*train, *stop]) == rest.tolist() and np.bincount(data.labels[stop]).tolist() == [8, 8]
+    one = train_head.member_splits(data, rest, HEAD.model_copy(update={"ensemble_members": 1}), seed=0)
+    assert [set(data.split[part]) for part in one[0]] == [{"train"}, {"val"}]
+    with pytest.raises(ParamsError, match="^params.yaml: train_head.ensemble_members: 33 folds need 33"):
+        train_head.member_splits(data, rest, HEAD.model_copy(update={"ensemble_members": 33}), seed=0)
+
+
 def test_head_training_repeats_and_keeps_its_best_epoch():
     data = clustered_features(n_per_class=40)
     rest = np.flatnonzero(data.split != "test")
+    split = train_head.stopping_split(data, rest, 0.25, seed=1)
     trainer = train_head.HeadTrainer(16, data.class_names, HEAD, seed=1)
-    head = trainer.train(data, rest)
-    trainer.train(data, rest[: len(rest) // 2])  # another training in between changes nothing
-    again = trainer.train(data, rest)
-    fresh = train_head.HeadTrainer(16, data.class_names, HEAD, seed=1).train(data, rest)
+    head = trainer.train(data, *split)
+    trainer.train(data, rest[: len(rest) // 2], split[1])  # another training in between changes nothing
+    again = trainer.train(data, *split)
+    fresh = train_head.HeadTrainer(16, data.class_names, HEAD, seed=1).train(data, *split)
     for other in (again, fresh):
         assert all(np.array_equal(a, b) for a, b in zip(head.weights, other.weights))
     best = int(np.argmax(head.history["val_roc_auc"]))
     assert len(head.history["loss"]) <= best + 1 + HEAD.patience
-    kept = train_head.roc_auc(data.labels[head.stop], trainer.probabilities(head, data.features[head.stop]))
+    kept = train_head.roc_auc(data.labels[head.stop], trainer.probabilities([head], data.features[head.stop]))
     assert kept == pytest.approx(head.history["val_roc_auc"][best])  # the best epoch's weights, not the last
     # The exported model standardises by itself, as the training did.
-    exported = trainer.export(head).predict(data.features[head.stop], verbose=0)
-    np.testing.assert_allclose(exported, trainer.probabilities(head, data.features[head.stop]), atol=1e-6)
+    exported = trainer.export([head]).predict(data.features[head.stop], verbose=0)
+    np.testing.assert_allclose(exported, trainer.probabilities([head], data.features[head.stop]), atol=1e-6)
+
+
+def test_the_ensemble_averages_its_members():
+    data = clustered_features(n_per_class=40)
+    rest = np.flatnonzero(data.split != "test")
+    trainer = train_head.HeadTrainer(16, data.class_names, HEAD, seed=0)
+    heads = [trainer.train(data, *split)
+             for split in train_head.member_splits(data, rest, HEAD.model_copy(update={"ensemble_members": 3}), 0)]
+    test = data.features[data.split == "test"]
+    each = [trainer.probabilities([head], test) for head in heads]
+    assert not np.allclose(each[0], each[1])  # members trained on other images differ
+    np.testing.assert_allclose(trainer.probabilities(heads, test), np.mean(each, axis=0))
+    exported = trainer.export(heads)
+    assert [layer.name for layer in exported.layers if layer.name.startswith("head_")] == ["head_1", "head_2", "head_3"]
+    np.testing.assert_allclose(exported.predict(test, verbose=0), np.mean(each, axis=0), atol=1e-6)
 
 
 @pytest.mark.parametrize("hidden_units", [0, 16])
@@ -640,7 +698,8 @@ def test_head_shapes_and_class_weights(hidden_units):
     data = clustered_features(n_per_class=20)
     settings = HEAD.model_copy(update={"hidden_units": hidden_units, "class_weight": "balanced", "max_epochs": 3})
     trainer = train_head.HeadTrainer(16, data.class_names, settings, seed=0)
-    model = trainer.export(trainer.train(data, np.flatnonzero(data.split != "test")))
+    model = trainer.export([trainer.train(data, *train_head.stopping_split(data, np.flatnonzero(data.split != "test"),
+                                                                            0.25, seed=0))])
     dense = [layer.name for layer in trainer.model.layers if layer.__class__.__name__ == "Dense"]
     assert dense == (["hidden", "class_probabilities"] if hidden_units else ["class_probabilities"])
     assert model.input_shape == (None, 16) and model.output_shape == (None, 2)
@@ -655,12 +714,14 @@ def test_train_head_stage_writes_its_outputs(tmp_path, monkeypatch):
     train_head.main(stage_argv("train_head"))
     predictions, _ = read_predictions(tmp_path / "predictions/breast/head.csv")
     counts = predictions["evaluation"].value_counts().to_dict()
-    assert counts == {"heldout": 12, "cv": 48, "validation": 12}
-    assert set(predictions.loc[predictions["evaluation"] == "validation", "id"]) == set(data.source[data.split == "val"])
-    history = (tmp_path / "plots/breast/head_history.csv").read_text().splitlines()
-    assert history[0] == "epoch,accuracy,loss,val_roc_auc"
+    # Each of the 2 members stopped on its own half of the 48 non-test images.
+    assert counts == {"heldout": 12, "cv": 48, "validation": 48}
+    assert set(predictions.loc[predictions["evaluation"] == "validation", "id"]) == set(data.source[data.split != "test"])
+    histories = sorted((tmp_path / "plots/breast/head_history").iterdir())
+    assert [path.name for path in histories] == ["member_1.csv", "member_2.csv"]
+    assert histories[0].read_text().splitlines()[0] == "epoch,accuracy,loss,val_roc_auc"
     facts = json.loads((tmp_path / "runs/train_head.json").read_text())
-    assert len(facts["trainings"]) == 1 + 3 and facts["seconds"] > 0
+    assert len(facts["trainings"]) == 2 + 3 * 2 and facts["seconds"] > 0  # the kept ensemble, one per fold
     import keras
 
     model = keras.models.load_model(tmp_path / "models/breast/head.keras")

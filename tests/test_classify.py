@@ -1,5 +1,6 @@
 """classify-images on tiny pipelines the tests train: the same probabilities as the stages'
-own predictions for the same images, bad files named and skipped, the choice of classifier."""
+own predictions for the same images, bad files named and skipped, the choice of classifier,
+the flag for images unlike the training images, tampered model files refused."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import yaml
 from PIL import Image
 
 from stages import augment_train_mnist, evaluate, extract_vgg_features, fit_knn, train_head
+from stages import classify as classify_stage
+from stages.errors import StageError
 from stages.predictions import read_predictions
 from tests.conftest import stage_argv, tiny_breast, tiny_mnist, tool_env
 
@@ -48,7 +51,7 @@ def breast_project(tmp_path_factory) -> Path:
                                           layer="avg", blocks=[4, 5], image_size=32)
     params["fit_knn"]["k"] = 3
     params["breast_cv_folds"] = 3
-    params["train_head"].update(hidden_units=8, max_epochs=10, patience=3)
+    params["train_head"].update(hidden_units=8, max_epochs=10, patience=3, ensemble_members=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(PROJECT / "dvc.yaml", root)  # where classify-images finds the models
     cwd = Path.cwd()
@@ -70,7 +73,8 @@ def test_new_images_get_the_stages_own_probabilities(breast_project, model):
     result = classify(breast_project, "--model", model, "new", "-o", "out.csv")
     assert result.returncode == 0, result.stderr
     rows = pd.read_csv(breast_project / "out.csv")
-    assert list(rows.columns) == ["file", "predicted", "p_malignant", "p_normal_or_benign"]
+    assert list(rows.columns) == ["file", "predicted", "p_malignant", "p_normal_or_benign", "nearest_distance",
+                                  "unlike_training"]
     assert rows["file"].tolist() == sorted(f"new/test_{i}.png" for i in range(12))
     # The model kept by each stage predicted the test split itself: the same images, read from PNG files.
     predictions, _ = read_predictions(breast_project / f"predictions/breast/{model.removeprefix('breast-')}.csv")
@@ -88,7 +92,51 @@ def test_the_default_is_the_better_classifier_by_cross_validation(breast_project
     best = max(figures, key=figures.get)
     assert f"using breast-{best}: breast-knn {figures['knn']:.4f}, breast-head {figures['head']:.4f}" in result.stderr
     assert "cross-validation of the non-test images" in result.stderr  # never the test split
-    assert result.stdout.splitlines()[0] == "file,predicted,p_malignant,p_normal_or_benign"
+    assert result.stdout.splitlines()[0] == "file,predicted,p_malignant,p_normal_or_benign,nearest_distance,unlike_training"
+
+
+@pytest.mark.parametrize("model", ["breast-knn", "breast-head", "breast"])
+def test_the_model_used_is_the_one_whose_figures_are_reported(breast_project, monkeypatch, model):
+    """The model classify-images loads (for the head, the whole ensemble) gives the test
+    images' features the probabilities that its stage reported for them."""
+    monkeypatch.chdir(breast_project)
+    name, probabilities = classify_stage.breast_feature_model(model)
+    with np.load("data/breast/features.npz") as saved:
+        test = saved["split"] == "test"
+        features, ids = saved["features"][test], saved["source"][test]
+    predictions, class_names = read_predictions(Path(f"predictions/breast/{name.removeprefix('breast-')}.csv"))
+    reported = predictions[predictions["evaluation"] == "heldout"].set_index("id").loc[ids]
+    np.testing.assert_allclose(probabilities(features), reported[[f"p_{c}" for c in class_names]], rtol=0, atol=1e-6)
+
+
+def test_images_unlike_the_training_images_are_flagged(breast_project):
+    arrays = tiny_breast(n_train=30, n_val=10, n_test=12)
+    save_images(breast_project / "mixed_batch", arrays["train_images"][:4], "scan_")  # images the KNN was fitted on
+    squares = np.kron(np.indices((4, 4)).sum(axis=0) % 2, np.ones((7, 7))) * 255  # a checkerboard
+    save_images(breast_project / "mixed_batch", np.stack([squares, 255 - squares]).astype(np.uint8), "odd_")
+    result = classify(breast_project, "--model", "breast-head", "mixed_batch")
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(pd.io.common.StringIO(result.stdout)).set_index("file")
+    threshold = json.loads((breast_project / "models/breast/novelty.json").read_text())["threshold"]
+    assert (rows["unlike_training"] == (rows["nearest_distance"] > threshold)).all()
+    scans, odd = rows.filter(like="scan_", axis=0), rows.filter(like="odd_", axis=0)
+    assert (scans["nearest_distance"] < 1e-3).all() and not scans["unlike_training"].any()
+    assert odd["unlike_training"].all()
+    assert (f"flagged 2 of 6 images as unlike the training images (distance to the nearest one above "
+            f"{threshold:.4f}: unlike_training)") in result.stderr
+
+
+def test_a_tampered_keras_model_is_refused_unloaded(tmp_path):
+    import keras
+
+    inputs = keras.Input(shape=(4,))
+    sneaky = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))  # code inside the file
+    sneaky.save(tmp_path / "head.keras")
+    with pytest.raises(StageError) as refused:
+        classify_stage.load_keras_model(tmp_path / "head.keras")
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'head.keras'}: refused or unreadable Keras model (")
+    assert "Lambda" in message and "\n" not in message
 
 
 def test_bad_files_are_named_and_skipped(breast_project):

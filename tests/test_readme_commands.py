@@ -51,6 +51,12 @@ NOT_RUN = {
         "a benchmark of minutes on the full MNIST; its figures are measurements, not checks",
     "python bench/bench_vgg_features.py --images 48": "a benchmark of minutes with a full-size VGG19",
     "python bench/bench_extraction_input.py": "a benchmark of minutes over 2,000 generated images",
+    "dvc repro extract_vgg_features": "needs BreastMNIST and the ImageNet weights; test_pipeline_full extracts tiny data",
+    "python bench/select_breast_head.py --features data/breast/features.npz --members 1 5 --seeds 42 43 44 45 46":
+        "a measurement of minutes on the real breast features",
+    "dvc repro evaluate@breast": "needs the breast features; test_pipeline_full runs the breast stages",
+    "python bench/measure_novelty_flag.py --breast data/local/breast/breastmnist_28.npz --mnist PATH/mnist.npz "
+    "--per-kind 50": "a measurement on the real BreastMNIST and MNIST; PATH is a placeholder",
 }
 # Commands that exit non-zero on purpose, with the status they must give.
 EXIT_STATUS = {"check-thresholds": 1}  # here the MNIST and breast metrics are missing: reported, exit 1
