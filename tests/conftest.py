@@ -218,6 +218,7 @@ def small_pipeline_params() -> dict[str, object]:
         "train_head.hidden_units": 8,
         "train_head.max_epochs": 5,
         "train_head.patience": 2,
+        "train_head.ensemble_members": 2,
     }
 
 

@@ -4,7 +4,10 @@ the flag for images unlike the training images, tampered model files refused."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +21,7 @@ from PIL import Image
 
 from stages import augment_train_mnist, evaluate, extract_vgg_features, fit_knn, train_head
 from stages import classify as classify_stage
+from stages.cli import run_stage
 from stages.errors import StageError
 from stages.predictions import read_predictions
 from tests.conftest import stage_argv, tiny_breast, tiny_mnist, tool_env
@@ -26,9 +30,28 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 
 def classify(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
-    return subprocess.run([sys.executable, "-m", "stages.classify", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    """classify-images with ``args``, run in ``cwd`` in this process (TensorFlow is already
+    started here), with its exit status and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_cwd = sys.argv, Path.cwd()
+    sys.argv = ["classify-images", *args]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_stage(classify_stage.main)
+                status = 0
+            except SystemExit as exit:
+                status = exit.code
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+    return subprocess.CompletedProcess(args, status, out.getvalue(), err.getvalue())
+
+
+def classify_images(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """The installed ``classify-images`` command, in a process of its own."""
+    return subprocess.run(["classify-images", *args], cwd=cwd, env=tool_env(), capture_output=True, text=True)
 
 
 def save_images(folder: Path, images: np.ndarray, prefix: str) -> list[Path]:
@@ -153,7 +176,7 @@ def test_bad_files_are_named_and_skipped(breast_project):
 
 
 def test_missing_inputs_are_one_line_errors(breast_project, tmp_path):
-    absent = classify(breast_project, "--model", "breast-knn", "nowhere")
+    absent = classify_images(breast_project, "--model", "breast-knn", "nowhere")  # the command as installed
     assert absent.returncode == 2 and absent.stderr.strip() == "error: nowhere: no such file or folder"
     no_models = classify(tmp_path, "--model", "breast-head", str(breast_project / "new"))
     assert no_models.returncode == 2
