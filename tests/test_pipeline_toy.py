@@ -1,5 +1,6 @@
-"""`dvc repro` and `dvc exp run` of the toy stages in a temporary copy of the project:
-outputs, caching, reruns of only what changed, a param set with -S, a queued sweep."""
+"""`dvc repro` of the toy stages in a temporary copy of the project: outputs, caching,
+reruns of only what changed. (`dvc exp run -S` and a queued sweep: the docs' own commands,
+in test_readme_commands.)"""
 
 from __future__ import annotations
 
@@ -53,25 +54,3 @@ def test_toy_pipeline_runs_caches_and_reruns_only_what_changed(toy_run, toy_repo
     changed = dvc(repo, "repro", "evaluate@toy")
     assert stages_run(changed.stdout) == ["evaluate@toy", f"train_toy@{TOY[0]}"]
 
-
-def test_exp_run_set_param_and_a_queued_two_by_two_sweep(toy_repo):
-    """The `dvc exp run -S` and `--queue` commands of docs/experiments.md, on small data."""
-    repo = toy_repo
-    one = dvc(repo, "exp", "run", "-S", "train_toy.two_blops.epochs=4", "evaluate@toy")
-    assert stages_run(one.stdout) == ["evaluate@toy", "train_toy@two_blops"]  # the other datasets are kept
-
-    queued = dvc(repo, "exp", "run", "--queue", "-S", "train_toy.two_blops.epochs=2,5",
-                 "-S", "generate_toy.two_blops.noise=0.5,0.9", "evaluate@toy")
-    assert queued.stdout.count("Queued experiment") == 4
-    dvc(repo, "exp", "run", "--run-all", "-j", "2")
-    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
-    experiments = [exp for baseline in shown for exp in baseline.get("experiments") or []]
-    finished = {}
-    for exp in experiments:
-        data = exp["revs"][0]["data"]
-        toy = data["params"]["params.yaml"]["data"]
-        key = (toy["train_toy"]["two_blops"]["epochs"], toy["generate_toy"]["two_blops"]["noise"])
-        finished[key] = data["metrics"]["metrics/toy/two_blops.json"]["data"]["heldout"]
-    assert set(finished) == {(4, 0.8), (2, 0.5), (2, 0.9), (5, 0.5), (5, 0.9)}
-    # Each experiment scored its own held-out share: 30 of its 120 points.
-    assert all(heldout["n"] == 30 and "accuracy" in heldout for heldout in finished.values())

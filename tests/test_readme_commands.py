@@ -10,13 +10,15 @@ added to the README or a docs page without either fails
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT, git, tool_env, toy_names
+from tests.conftest import PROJECT, git, stages_run, tool_env, toy_names
 
 # The docs pages in the order their commands run: a page whose commands need an earlier
 # page's (the worked example's edits, its metrics) comes after it.
@@ -34,9 +36,6 @@ NOT_RUN = {
     "dvc repro": "downloads the data; test_pipeline_full runs the whole pipeline on tiny local data",
     "dvc repro -s fit_knn": "needs the breast features; test_pipeline_full runs the breast stages",
     "dvc exp apply NAME": "NAME is a placeholder",
-    "dvc exp run --queue -S train_toy.two_blops.epochs=50,200 -S generate_toy.two_blops.noise=0.5,1.2 evaluate@toy":
-        "a 2x2 sweep of full-size toy runs; test_pipeline_toy queues and runs one on small data",
-    "dvc exp run --run-all -j 2": "test_pipeline_toy runs its queue",
     "dvc remote add -d storage s3://my-bucket/image-analysis": "needs a bucket; test_pipeline_full uses a folder remote",
     'git add .dvc/config && git commit -m "Add DVC remote"': "follows the remote above",
     "dvc push": "test_pipeline_full pushes to a folder remote",
@@ -60,8 +59,14 @@ NOT_RUN = {
 }
 # Commands that exit non-zero on purpose, with the status they must give.
 EXIT_STATUS = {"check-thresholds": 1}  # here the MNIST and breast metrics are missing: reported, exit 1
+# The stages some commands must run (not restore or skip), as the comments beside them say.
+STAGES_RUN = {
+    "dvc exp run -S train_toy.two_blops.epochs=200 evaluate@toy": ["evaluate@toy", "train_toy@two_blops"],
+}
 # What some commands must print (a regular expression), as the README says they do.
 PRINTS = {
+    "dvc exp run --queue -S train_toy.two_blops.epochs=50,200 -S generate_toy.two_blops.noise=0.5,1.2 evaluate@toy":
+        r"(Queued experiment .*\n){4}",
     "dvc params diff": r"train_toy\.two_blops\.hidden_layers +\[3, 5\] +\[8, 8\]",
     "dvc metrics diff": r"metrics/toy/two_blops\.json +heldout\.accuracy",
     'check-thresholds --only metrics/toy; echo "exit status $?"': r"two_blops\.json:heldout\.accuracy +>= 0\.999 (.|\n)*exit status 1",
@@ -132,9 +137,23 @@ def test_readme_commands_work_as_printed(toy_repo):
         result = subprocess.run(["bash", "-c", command], cwd=repo, env=tool_env(), capture_output=True, text=True)
         assert result.returncode == EXIT_STATUS.get(command, 0), f"{page}: {command}\n{result.stdout}\n{result.stderr}"
         assert re.search(PRINTS.get(command, ""), result.stdout), f"{page}: {command}\n{result.stdout}"
+        if command in STAGES_RUN:
+            assert stages_run(result.stdout) == STAGES_RUN[command], f"{page}: {command}\n{result.stdout}"
         if command.startswith("sed -i"):  # an edit must find what it edits
             assert ((repo / "params.yaml").read_text(), (repo / "thresholds.yaml").read_text()) != before, \
                 f"{page}: {command}"
         ran.append(command)
-    assert set(PRINTS) | set(EXIT_STATUS) <= set(ran)
+    assert set(PRINTS) | set(EXIT_STATUS) | set(STAGES_RUN) <= set(ran)
+    # The queued 2 x 2 sweep ran to its metrics, beside the single experiment before it.
+    shown = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=repo,
+                                      env=tool_env(), capture_output=True, text=True, check=True).stdout)
+    finished = {}
+    for exp in [exp for baseline in shown for exp in baseline.get("experiments") or []]:
+        data = exp["revs"][0]["data"]
+        toy = data["params"]["params.yaml"]["data"]
+        key = (toy["train_toy"]["two_blops"]["epochs"], toy["generate_toy"]["two_blops"]["noise"])
+        finished[key] = data["metrics"]["metrics/toy/two_blops.json"]["data"]["heldout"]
+    assert set(finished) == {(200, 0.8), (50, 0.5), (50, 1.2), (200, 0.5), (200, 1.2)}
+    # Each experiment scored its own held-out share: 30 of its 120 points.
+    assert all(heldout["n"] == 30 and "accuracy" in heldout for heldout in finished.values())
     assert "dvc exp run -S train_toy.two_blops.epochs=200 evaluate@toy" in ran and len(ran) >= 15
