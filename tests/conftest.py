@@ -28,27 +28,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="also run the second tier: the end-to-end dvc runs, marked slow")
 
 
-# The second tier's modules, longest first as measured on 2 cores: xdist hands tests out
-# in turn, so this spreads the long ones over its workers.
-SECOND_TIER_LONGEST_FIRST = ("test_pipeline_full", "test_readme_commands", "test_fanout", "test_pipeline_toy",
-                             "test_run_pipeline", "test_mnist", "test_extraction", "test_plots_offline")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The first tier alone unless --all-tiers (or a -m expression of the caller's own).
-    With both tiers, the second tier's long runs go first, so that pytest-xdist's workers
-    fill the time around them with the short tests instead of finishing on a long one."""
-    second_tier = [item for item in items if item.get_closest_marker("slow")]
-    first_tier = [item for item in items if not item.get_closest_marker("slow")]
+    """The first tier alone unless --all-tiers (or a -m expression of the caller's own)."""
     if config.getoption("--all-tiers") or config.getoption("markexpr"):
-        def measured_rank(item: pytest.Item) -> int:
-            module = item.path.stem
-            return SECOND_TIER_LONGEST_FIRST.index(module) if module in SECOND_TIER_LONGEST_FIRST else 99
-
-        items[:] = sorted(second_tier, key=measured_rank) + first_tier
-    elif second_tier:
+        return
+    second_tier = [item for item in items if item.get_closest_marker("slow")]
+    if second_tier:
         config.hook.pytest_deselected(items=second_tier)
-        items[:] = first_tier
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 def tool_env() -> dict[str, str]:
