@@ -31,7 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
-from stages import classify, common, fit_knn  # noqa: E402
+from stages import classify, fit_knn  # noqa: E402
+from stages.dvc_yaml import stage_paths  # noqa: E402
+from stages.inputs import read_npz  # noqa: E402
 from stages.breast import load_features  # noqa: E402
 from stages.extract_vgg_features import prepare_image  # noqa: E402
 
@@ -41,7 +43,7 @@ SEED = 0
 def other_kinds(mnist: Path, n: int) -> dict[str, np.ndarray]:
     """``n`` images of each out-of-distribution kind, uint8, 28x28 grey or 64x64 colour."""
     rng = np.random.default_rng(SEED)
-    digits = common.read_npz(mnist, ("x_test",))["x_test"][:n]
+    digits = read_npz(mnist, ("x_test",))["x_test"][:n]
     grey_noise = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     colour_noise = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
     textures = []
@@ -105,8 +107,8 @@ def main() -> None:
     parser.add_argument("--features", type=Path, default=Path("data/breast/features.npz"))
     args = parser.parse_args()
     _, columns, _, size, threshold = classify.breast_classifier("breast-head")
-    novelty = json.loads(common.stage_paths("fit_knn")["novelty"].read_text())
-    kinds = {"BreastMNIST test split (in distribution)": common.read_npz(args.breast, ("test_images",))["test_images"],
+    novelty = json.loads(stage_paths("fit_knn")["novelty"].read_text())
+    kinds = {"BreastMNIST test split (in distribution)": read_npz(args.breast, ("test_images",))["test_images"],
              **other_kinds(args.mnist, args.per_kind)}
     print(f"threshold {threshold:.4f}: the {novelty['percentile']:g}th percentile of the "
           f"{novelty['training_images']} training images' leave-one-out nearest-neighbour distances\n")

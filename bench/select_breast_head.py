@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
-from stages import common, train_head  # noqa: E402
+from stages import train_head  # noqa: E402
+from stages.params import read_params  # noqa: E402
 from stages.breast import load_features  # noqa: E402
 from stages.evaluate import score  # noqa: E402
 from stages.predictions import PROBABILITY_PREFIX  # noqa: E402
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
     args = parser.parse_args()
-    params = common.read_params(train_head.Params)
+    params = read_params(train_head.Params)
     data = load_features(args.features)
     table = {}
     for members in args.members:

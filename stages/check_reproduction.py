@@ -40,17 +40,18 @@ LOCK_FILE = Path("dvc.lock")
 METRICS_DIR = Path("metrics")
 
 
-def run(args: list[str], capture: bool = False) -> str:
-    """Run a command in the repository; its output goes to the user unless ``capture``."""
-    result = subprocess.run(args, stdout=subprocess.PIPE if capture else None, text=True)
-    if result.returncode != 0:
-        raise StageError(f"{' '.join(args)} exited with {result.returncode}")
-    return result.stdout or ""
-
-
-def dvc(*args: str) -> None:
+def dvc(*args: str) -> list[str]:
+    """Run dvc in the repository, its output shown as it comes; returns the stages it ran."""
     print(f"$ dvc {' '.join(args)}", flush=True)
-    run([sys.executable, "-m", "dvc", *args])
+    ran = []
+    with subprocess.Popen([sys.executable, "-m", "dvc", *args], stdout=subprocess.PIPE, text=True) as process:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            if line.startswith("Running stage '"):
+                ran.append(line.split("'")[1])
+    if process.returncode != 0:
+        raise StageError(f"dvc {' '.join(args)} exited with {process.returncode}")
+    return ran
 
 
 def committed(path: Path) -> str | None:
@@ -59,10 +60,10 @@ def committed(path: Path) -> str | None:
     return result.stdout if result.returncode == 0 else None
 
 
-def output_hashes(lock_text: str | None) -> dict[str, str]:
-    """``{output path: md5}`` of every output in a dvc.lock's text."""
-    stages = (yaml.safe_load(lock_text) or {}).get("stages", {}) if lock_text else {}
-    return {out["path"]: out.get("md5", "") for stage in stages.values() for out in stage.get("outs", [])}
+def output_hashes(lock_text: str | None, stages: list[str]) -> dict[str, str]:
+    """``{output path: md5}`` of every output of ``stages`` in a dvc.lock's text."""
+    locked = (yaml.safe_load(lock_text) or {}).get("stages", {}) if lock_text else {}
+    return {out["path"]: out.get("md5", "") for name in stages for out in locked.get(name, {}).get("outs", [])}
 
 
 def leaves(data: object, prefix: str = "") -> Iterator[tuple[str, object]]:
@@ -98,7 +99,8 @@ def metric_differences(old: object, new: object, tolerance: float) -> tuple[list
 def compare_metrics(tolerance: float) -> tuple[int, list[str], float]:
     """The number of git-tracked metrics files, what in them moved from the commit, and the
     largest difference of a fractional metric."""
-    tracked = run(["git", "ls-files", "--", str(METRICS_DIR)], capture=True).split()
+    tracked = subprocess.run(["git", "ls-files", "--", str(METRICS_DIR)], capture_output=True, text=True,
+                             check=True).stdout.split()
     problems, largest = [], 0.0
     for name in tracked:
         path = Path(name)
@@ -122,14 +124,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--tolerance", type=float, default=0.01,
                         help="how far a fractional metric may be from the committed one (default 0.01)")
     args = parser.parse_args(argv)
-    if not LOCK_FILE.is_file() and committed(LOCK_FILE) is None:
-        raise StageError(f"{LOCK_FILE}: not found (run from the project root)")
     committed_lock = committed(LOCK_FILE)
+    if not LOCK_FILE.is_file() and committed_lock is None:
+        raise StageError(f"{LOCK_FILE}: not found (run from the project root)")
     try:
         dvc("repro", *args.targets)
-        first = output_hashes(LOCK_FILE.read_text())
-        dvc("repro", "--force", *args.targets)
-        second = output_hashes(LOCK_FILE.read_text())
+        first_lock = LOCK_FILE.read_text()
+        reproduced = dvc("repro", "--force", *args.targets)  # every stage the targets need
+        first, second = output_hashes(first_lock, reproduced), output_hashes(LOCK_FILE.read_text(), reproduced)
         n_files, moved, largest = compare_metrics(args.tolerance)
     finally:  # leave git's files as they were, whatever happened
         subprocess.run(["git", "checkout", "HEAD", "--", str(LOCK_FILE), str(METRICS_DIR)], capture_output=True)
@@ -139,7 +141,7 @@ def main(argv: list[str]) -> None:
           "byte-identical when every stage ran again")
     for path in rerun_changed:
         print(f"  DIFFERS {path}: {first.get(path)} then {second.get(path)}")
-    against_commit = changed_outputs(output_hashes(committed_lock), first)
+    against_commit = changed_outputs(output_hashes(committed_lock, reproduced), first)
     against_commit = [path for path in against_commit if path in first]
     print(f"committed dvc.lock: {len(first) - len(against_commit)} of {len(first)} outputs byte-identical"
           + (" (another CPU or other library versions wrote the rest: only their metrics are compared)"

@@ -15,6 +15,11 @@ PATH is an image file or a folder, searched recursively; hidden files, ``Thumbs.
 * ``breast`` (the default): whichever of the two has the higher cross-validation ROC
   AUC in ``evaluate@breast``'s metrics (over the non-test images when the data has a
   test split: the choice never looks at the test split).
+* ``mnist``: ``augment_train_mnist``'s digit CNN. Each image is turned grey and resized
+  to 28x28 pixels; digits must be light on a dark background, as in MNIST.
+
+Loading a model runs no code: the KNN is a skops file that may hold only the types
+``fit_knn`` writes, and Keras models load in Keras's safe mode.
 
 Breast images also get ``nearest_distance``, the distance of their L2-normalised
 features to the nearest training image's, and ``unlike_training``, true when it is
@@ -23,14 +28,10 @@ learnt from (a digit, noise, another kind of picture), so its probabilities mean
 Standard error says how many were flagged. An image of the same kind as the training
 images but of a class they do not hold is not flagged.
 
-Loading a model runs no code: the KNN is a skops file that may hold only the types
-``fit_knn`` writes, and Keras models load in Keras's safe mode.
-* ``mnist``: ``augment_train_mnist``'s digit CNN. Each image is turned grey and resized
-  to 28x28 pixels; digits must be light on a dark background, as in MNIST.
-
-Writes ``file,predicted,p_<class>...`` (and for breast images the two columns above) to standard output, or to ``-o FILE``. A file
-that cannot be read as an image is named on standard error and skipped: the rest of a
-large batch is still classified, and the exit status is 1 so that a script notices.
+Writes ``file,predicted,p_<class>...`` (and for breast images the two columns above) to
+standard output, or to ``-o FILE``. A file that cannot be read as an image is named on
+standard error and skipped: the rest of a large batch is still classified, and the exit
+status is 1 so that a script notices.
 Progress goes to standard error.
 """
 
@@ -54,6 +55,9 @@ from stages.outputs import atomic_path
 
 BREAST_MODELS = {"breast-knn": "fit_knn", "breast-head": "train_head"}  # the stage that trains each
 PROGRESS_EVERY = 10  # batches between progress lines
+# What breast images get beside the probabilities: the distance to the nearest training
+# image and whether it is beyond fit_knn's novelty threshold.
+NOVELTY_COLUMNS = ("nearest_distance", "unlike_training")
 
 
 def find_images(paths: list[Path]) -> list[Path]:
@@ -105,21 +109,22 @@ def breast_classifier(model: str) -> tuple[str, Callable, tuple, int, float]:
 
     backbone_recipe = stage_paths("extract_vgg_features")["backbone"]
     recipe = json.loads(required(backbone_recipe, "extract_vgg_features").read_text())
-    name, predict_features = breast_feature_model(model)
     knn, threshold = novelty_reference()
+    name, predict_features = breast_feature_model(model, knn)
     backbone, preprocess = load_backbone(recipe), preprocess_function(recipe["backbone"])
 
     def columns(batch: np.ndarray) -> tuple[np.ndarray, dict]:
         features = np.asarray(backbone.predict_on_batch(preprocess(batch)))
         distances = nearest_distances(knn, features)
-        return predict_features(features), {"nearest_distance": distances, "unlike_training": distances > threshold}
+        return predict_features(features), dict(zip(NOVELTY_COLUMNS, (distances, distances > threshold)))
 
     return name, columns, tuple(recipe["class_names"]), recipe["image_size"], threshold
 
 
-def breast_feature_model(model: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+def breast_feature_model(model: str, knn=None) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
     """``(name, class probabilities of backbone features)``: the model that ``fit_knn`` or
-    ``train_head`` saved and scored; ``breast`` picks one as ``choose_breast_model`` does."""
+    ``train_head`` saved and scored; ``breast`` picks one as ``choose_breast_model`` does.
+    ``knn``: ``fit_knn``'s pipeline if already loaded (else it is loaded here when needed)."""
     from stages.fit_knn import load_knn
 
     if model == "breast":
@@ -127,7 +132,7 @@ def breast_feature_model(model: str) -> tuple[str, Callable[[np.ndarray], np.nda
     stage = BREAST_MODELS[model]
     path = required(stage_paths(stage)["model"], stage)
     if model == "breast-knn":
-        return model, load_knn(path).predict_proba
+        return model, (knn if knn is not None else load_knn(path)).predict_proba
     keras_model = load_keras_model(path)
     return model, lambda features: np.asarray(keras_model.predict_on_batch(features), dtype=np.float64)
 
@@ -186,9 +191,11 @@ def required(path: Path, stage: str) -> Path:
     return path
 
 
-def classify(files: list[Path], columns: Callable, prepare: Callable, class_names: tuple, batch_size: int):
-    """A DataFrame ``file, predicted, p_<class>...`` of every readable file, then the other
-    columns that ``columns(batch)`` gives beside the probabilities; and the skipped files."""
+def classify(files: list[Path], columns: Callable, prepare: Callable, class_names: tuple, batch_size: int,
+             other_columns: tuple[str, ...] = ()):
+    """A DataFrame ``file, predicted, p_<class>...`` of every readable file, then the
+    ``other_columns`` that ``columns(batch)`` gives beside the probabilities; and the
+    skipped files."""
     import pandas as pd
 
     rows, skipped, done, started = [], [], 0, time.perf_counter()
@@ -200,8 +207,8 @@ def classify(files: list[Path], columns: Callable, prepare: Callable, class_name
         if number % PROGRESS_EVERY == 0:
             rate = done / (time.perf_counter() - started)
             print(f"classified {done} of {len(files)} images, {rate:.1f} images/s", file=sys.stderr, flush=True)
-    columns = ["file", "predicted", *(f"p_{name}" for name in class_names)]
-    return (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)), skipped
+    header = ["file", "predicted", *(f"p_{name}" for name in class_names), *other_columns]
+    return (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=header)), skipped
 
 
 def main(argv: list[str]) -> None:
@@ -213,16 +220,16 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     args = parser.parse_args(argv)
     files = find_images(args.paths)
-    threshold = None
+    threshold, other_columns = None, ()
     if args.model == "mnist":
         name, columns, class_names, size = mnist_classifier()
         mode = "L"  # grey, as MNIST's arrays hold the digits
     else:
         name, columns, class_names, size, threshold = breast_classifier(args.model)
-        mode = "RGB"
+        mode, other_columns = "RGB", NOVELTY_COLUMNS
     prepare = lambda image: prepare_image(image, size, mode)  # noqa: E731
     print(f"classifying {len(files)} images with {name}", file=sys.stderr, flush=True)
-    table, skipped = classify(files, columns, prepare, class_names, args.batch_size)
+    table, skipped = classify(files, columns, prepare, class_names, args.batch_size, other_columns)
     # 7 significant digits: a float32 probability to within 1e-7, as in the predictions files
     if args.output:
         with atomic_path(args.output) as tmp:

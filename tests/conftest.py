@@ -101,17 +101,37 @@ def project_repo(tmp_path: Path) -> Path:
     return make_project_repo(tmp_path / "project")
 
 
+def session_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this test session that every pytest-xdist worker sees (each worker's own
+    temporary folder sits in it), or the session's temporary folder without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
-def toy_run(tmp_path_factory) -> tuple[Path, str]:
+def toy_run(tmp_path_factory) -> tuple[Path, str, str]:
     """The project with small toy params (``small_toy_params``) after one
-    ``dvc repro evaluate@toy``, committed, and what that repro printed. Run once a session:
-    tests take a copy (``toy_repo``), whose DVC cache also holds the run cache of these runs."""
-    repo = make_project_repo(tmp_path_factory.mktemp("toy_run") / "project")
-    edit_params(repo, small_toy_params())
-    first = dvc(repo, "repro", "evaluate@toy")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "small toy run")
-    return repo, first.stdout + first.stderr
+    ``dvc repro evaluate@toy``, committed; what that repro printed, and what ``git status``
+    said after it, before the commit. Run once a session,
+    by the first xdist worker that needs it, while the others wait on a lock: tests take a
+    copy (``toy_repo``), whose DVC cache also holds the run cache of these runs."""
+    import fcntl
+
+    root = session_folder(tmp_path_factory) / "toy_run"
+    root.mkdir(exist_ok=True)
+    repo, printed, status = root / "project", root / "repro-output.txt", root / "git-status.txt"
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not printed.exists():  # not built yet, or a worker failed building it
+            shutil.rmtree(repo, ignore_errors=True)
+            make_project_repo(repo)
+            edit_params(repo, small_toy_params())
+            first = dvc(repo, "repro", "evaluate@toy")
+            status.write_text(git(repo, "status", "--porcelain", "--untracked-files=all").stdout)
+            git(repo, "add", "-A")
+            git(repo, "commit", "-q", "-m", "small toy run")
+            printed.write_text(first.stdout + first.stderr)
+    return repo, printed.read_text(), status.read_text()
 
 
 @pytest.fixture
@@ -220,18 +240,6 @@ def small_pipeline_params() -> dict[str, object]:
         "train_head.patience": 2,
         "train_head.ensemble_members": 2,
     }
-
-
-def write_tiny_image_folder(root: Path, per_class: int = 10) -> None:
-    """A lab's layout: one folder of PNG images per class, the classes differing in brightness."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for label, name in enumerate(("benign", "malignant")):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 80, size=(28, 28)) + 150 * label
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
 
 
 def write_tiny_inputs(repo: Path) -> None:

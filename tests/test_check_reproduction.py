@@ -51,6 +51,11 @@ def test_same_bytes_and_committed_metrics_pass_and_git_status_stays_clean(tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
     assert "same machine: 2 of 2 outputs came out byte-identical" in result.stdout
     assert "committed dvc.lock: 2 of 2 outputs byte-identical" in result.stdout
+    # A target: only the outputs of the stages it reproduces are counted.
+    one_stage = check(repo, "make")
+    assert one_stage.returncode == 0, one_stage.stdout + one_stage.stderr
+    assert "same machine: 1 of 1 outputs came out byte-identical" in one_stage.stdout
+    assert "committed dvc.lock: 1 of 1 outputs byte-identical" in one_stage.stdout
     assert git(repo, "status", "--porcelain").stdout == ""
 
 

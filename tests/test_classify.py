@@ -79,8 +79,6 @@ def breast_project(tmp_path_factory) -> Path:
     shutil.copy(PROJECT / "dvc.yaml", root)  # where classify-images finds the models
     cwd = Path.cwd()
     try:
-        import os
-
         os.chdir(root)
         for stage in (extract_vgg_features, fit_knn, train_head):
             stage.main(stage_argv(stage.__name__.removeprefix("stages.")))
@@ -173,6 +171,10 @@ def test_bad_files_are_named_and_skipped(breast_project):
     assert "skipped mixed/broken.png: cannot read image" in result.stderr
     assert "classified 2 images; skipped 1 that could not be read" in result.stderr
     assert [line.split(",")[0] for line in result.stdout.splitlines()[1:]] == ["mixed/ok_0.png", "mixed/ok_1.png"]
+    # Nothing readable: the header alone, the same as with images.
+    none_readable = classify(breast_project, "--model", "breast-knn", "mixed/broken.png")
+    assert none_readable.returncode == 1
+    assert none_readable.stdout.splitlines() == [result.stdout.splitlines()[0]]
 
 
 def test_missing_inputs_are_one_line_errors(breast_project, tmp_path):

@@ -15,7 +15,7 @@ from tests.conftest import (
     dvc,
     edit_params,
     git,
-    small_pipeline_params,
+    small_toy_params,
     stage_paths,
     stages_run,
 )
@@ -26,7 +26,6 @@ pytestmark = pytest.mark.slow
 TARGET = "train_toy@two_blops"
 OUTPUTS = [*stage_paths("generate_toy", "two_blops").values(), *stage_paths("train_toy", "two_blops").values()]
 MODEL = stage_paths("train_toy", "two_blops")["model"]
-SMALL = {key: value for key, value in small_pipeline_params().items() if key.startswith(("generate_toy.", "train_toy."))}
 
 
 def share(repo: Path, tmp_path: Path, run_baseline: bool) -> Path:
@@ -36,7 +35,7 @@ def share(repo: Path, tmp_path: Path, run_baseline: bool) -> Path:
     origin = tmp_path / "origin.git"
     git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
     dvc(repo, "remote", "add", "-d", "storage", str(tmp_path / "dvc-remote"))
-    edit_params(repo, SMALL)
+    edit_params(repo, small_toy_params())
     if run_baseline:
         dvc(repo, "repro", TARGET)
     git(repo, "add", "-A")

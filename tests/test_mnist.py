@@ -128,7 +128,6 @@ def test_one_short_run_writes_every_output_and_a_killed_run_resumes_to_its_weigh
     uninterrupted = (workdir / "predictions/mnist/cnn.csv").read_bytes()
     weights = [w.copy() for w in keras.models.load_model(workdir / "models/mnist/model.keras").get_weights()]
 
-    # Kill the run right after epoch 2 was checkpointed, then start it again.
     real_save = mnist.Checkpoint.save
 
     def save_then_die(self, model, best_model, state):
@@ -193,7 +192,7 @@ def test_training_mirrored_over_two_devices(workdir, capsys):
     assert min(one, two) >= 0.75 and abs(one - two) <= TWO_DEVICE_ACCURACY_GAP, (one, two)
 
 
-@pytest.mark.slow  # second tier: child processes of TensorFlow
+@pytest.mark.slow  # second tier: XLA compiles the model, half a minute on 2 cores
 def test_mixed_precision_and_xla_options_run(workdir, capsys):
     arrays = mnist.load_mnist(LOCAL_FILE)
     settings = mnist.MnistTraining(**small_settings(epochs=1, mixed_precision=True, jit_compile=True,

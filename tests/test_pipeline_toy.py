@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.conftest import dvc, edit_params, git, stage_paths, stages_run, toy_names
+from tests.conftest import PROJECT, dvc, edit_params, git, stage_paths, stages_run, toy_names
 
 TOY = toy_names()
 TOY_STAGES = [f"{stage}@{name}" for stage in ("generate_toy", "train_toy") for name in TOY]
@@ -36,11 +36,17 @@ def test_toy_pipeline_runs_caches_and_reruns_only_what_changed(toy_run, toy_repo
         for output in [*outputs.values(), stage_paths("evaluate", "toy")["plots"] / "confusion" / f"{name}.csv"]:
             assert (repo / output).is_file(), output
         assert len((repo / outputs["history"]).read_text().splitlines()) == 1 + 3
-    # Generated files are DVC's, ignored by git; the metrics JSON is git's, and so
-    # is nothing else: how long each run took goes to runs/, which git ignores.
+    # Generated files are DVC's, ignored by git through the .gitignore files DVC writes
+    # (those the project commits); dvc.lock, the metrics JSON and params.yaml (changed to
+    # small params) are git's, and so is nothing else: how long each run took goes to
+    # runs/, which git ignores.
     ignored = git(repo, "status", "--porcelain", "--ignored").stdout
     assert "!! data/toy/" in ignored and "!! models/" in ignored and "!! runs/" in ignored
-    assert "?? " not in ignored and "metrics/toy/two_blops.json" in git(repo, "ls-files", "metrics").stdout
+    committed_ignores = [path for path in git(PROJECT, "ls-files", "*/.gitignore").stdout.split() if "/toy/" in path]
+    assert committed_ignores  # the project commits DVC's .gitignore files of the toy outputs
+    changed_before_commit = sorted(line[3:] for line in toy_run[2].splitlines())
+    assert changed_before_commit == sorted(["dvc.lock", "params.yaml", *committed_ignores,
+                                            *(f"metrics/toy/{name}.json" for name in TOY)])
 
     again = dvc(repo, "repro", "evaluate@toy")
     assert stages_run(again.stdout) == []

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT, git, stages_run, tool_env, toy_names
+from tests.conftest import PROJECT, git, small_toy_params, stages_run, tool_env, toy_names
 
 # The docs pages in the order their commands run: a page whose commands need an earlier
 # page's (the worked example's edits, its metrics) comes after it.
@@ -61,11 +61,12 @@ NOT_RUN = {
 EXIT_STATUS = {"check-thresholds": 1}  # here the MNIST and breast metrics are missing: reported, exit 1
 # The stages some commands must run (not restore or skip), as the comments beside them say.
 STAGES_RUN = {
-    "dvc exp run -S train_toy.two_blops.epochs=200 evaluate@toy": ["evaluate@toy", "train_toy@two_blops"],
+    "dvc exp run -S train_toy.two_blops.learning_rate=0.01 evaluate@toy": ["evaluate@toy", "train_toy@two_blops"],
 }
 # What some commands must print (a regular expression), as the README says they do.
 PRINTS = {
-    "dvc exp run --queue -S train_toy.two_blops.epochs=50,200 -S generate_toy.two_blops.noise=0.5,1.2 evaluate@toy":
+    "dvc exp run --queue -S train_toy.two_blops.learning_rate=0.003,0.01 -S generate_toy.two_blops.noise=0.5,1.2 "
+    "evaluate@toy":
         r"(?s)(Queued experiment .*?){4}",
     "dvc params diff": r"train_toy\.two_blops\.hidden_layers +\[3, 5\] +\[8, 8\]",
     "dvc metrics diff": r"metrics/toy/two_blops\.json +heldout\.accuracy",
@@ -115,10 +116,14 @@ def test_every_command_is_run_or_accounted_for():
 
 
 def small_toy(params_text: str) -> str:
-    """The toy sections at a tenth of their size and 3 epochs, edited as text, so that the
-    README's own `sed` on params.yaml still finds what it looks for."""
+    """The toy sections as ``small_toy_params`` sets them (as the session's toy run has them,
+    so that its run cache serves), edited as text, so that the README's own `sed` on
+    params.yaml still finds what it looks for."""
+    small = small_toy_params()
+    name = toy_names()[0]
     assert params_text.count("n_samples: 1000") == len(toy_names()) == params_text.count("epochs: 100")
-    return params_text.replace("n_samples: 1000", "n_samples: 120").replace("epochs: 100", "epochs: 3")
+    return (params_text.replace("n_samples: 1000", f"n_samples: {small[f'generate_toy.{name}.n_samples']}")
+            .replace("epochs: 100", f"epochs: {small[f'train_toy.{name}.epochs']}"))
 
 
 @pytest.mark.slow
@@ -151,9 +156,9 @@ def test_readme_commands_work_as_printed(toy_repo):
     for exp in [exp for baseline in shown for exp in baseline.get("experiments") or []]:
         data = exp["revs"][0]["data"]
         toy = data["params"]["params.yaml"]["data"]
-        key = (toy["train_toy"]["two_blops"]["epochs"], toy["generate_toy"]["two_blops"]["noise"])
+        key = (toy["train_toy"]["two_blops"]["learning_rate"], toy["generate_toy"]["two_blops"]["noise"])
         finished[key] = data["metrics"]["metrics/toy/two_blops.json"]["data"]["heldout"]
-    assert set(finished) == {(200, 0.8), (50, 0.5), (50, 1.2), (200, 0.5), (200, 1.2)}
+    assert set(finished) == {(0.01, 0.8), (0.003, 0.5), (0.003, 1.2), (0.01, 0.5), (0.01, 1.2)}
     # Each experiment scored its own held-out share: 30 of its 120 points.
     assert all(heldout["n"] == 30 and "accuracy" in heldout for heldout in finished.values())
-    assert "dvc exp run -S train_toy.two_blops.epochs=200 evaluate@toy" in ran and len(ran) >= 15
+    assert "dvc exp run -S train_toy.two_blops.learning_rate=0.01 evaluate@toy" in ran and len(ran) >= 15

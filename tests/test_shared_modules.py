@@ -18,7 +18,7 @@ from stages.errors import ParamsError
 from stages.local_data import local_or
 from stages.outputs import atomic_path, write_json
 from stages.params import Name, Section, read_params
-from stages.zip_outputs import save_keras_model, save_npz
+from stages.zip_outputs import save_keras_model, save_npz, save_skops
 from tests.conftest import PROJECT, tool_env
 
 
@@ -170,6 +170,23 @@ def test_npz_and_keras_files_hold_no_time_and_no_address(tmp_path, monkeypatch):
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     loaded = keras.models.load_model(tmp_path / "b.keras")
     assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), model().get_weights()))
+
+
+def test_skops_files_hold_no_time_and_no_address(tmp_path, monkeypatch):
+    import time
+
+    import numpy as np
+
+    from stages.fit_knn import load_knn, make_knn_pipeline
+
+    x, y = np.random.default_rng(0).random((8, 32), dtype=np.float32), np.arange(8) % 2  # as wide as features
+    # Both fitted models alive at once: skops would name their nodes after two sets of addresses.
+    models = [make_knn_pipeline(3).fit(x, y) for _ in range(2)]
+    for model, name, clock in zip(models, ("a", "b"), (1_000_000_000.0, 1_900_000_000.0)):
+        monkeypatch.setattr(time, "time", lambda clock=clock: clock)  # zip entries read the clock
+        save_skops(model, tmp_path / f"{name}.skops")
+    assert (tmp_path / "a.skops").read_bytes() == (tmp_path / "b.skops").read_bytes()
+    assert np.array_equal(load_knn(tmp_path / "b.skops").predict_proba(x), models[0].predict_proba(x))
 
 
 NOISY_STAGE = """
