@@ -35,23 +35,20 @@ import yaml
 
 from stages.cli import run_stage
 from stages.errors import StageError
+from stages.run_pipeline import repro
 
 LOCK_FILE = Path("dvc.lock")
 METRICS_DIR = Path("metrics")
 
 
-def dvc(*args: str) -> list[str]:
-    """Run dvc in the repository, its output shown as it comes; returns the stages it ran."""
-    print(f"$ dvc {' '.join(args)}", flush=True)
-    ran = []
-    with subprocess.Popen([sys.executable, "-m", "dvc", *args], stdout=subprocess.PIPE, text=True) as process:
-        for line in process.stdout:
-            print(line, end="", flush=True)
-            if line.startswith("Running stage '"):
-                ran.append(line.split("'")[1])
-    if process.returncode != 0:
-        raise StageError(f"dvc {' '.join(args)} exited with {process.returncode}")
-    return ran
+def dvc_repro(*args: str) -> list[str]:
+    """``dvc repro ARGS`` in the repository, its output shown as it comes; returns the
+    stages it ran."""
+    print(f"$ dvc repro {' '.join(args)}", flush=True)
+    status, log = repro(list(args))
+    if status != 0:
+        raise StageError(f"dvc repro {' '.join(args)} exited with {status}")
+    return log.ran
 
 
 def committed(path: Path) -> str | None:
@@ -128,9 +125,9 @@ def main(argv: list[str]) -> None:
     if not LOCK_FILE.is_file() and committed_lock is None:
         raise StageError(f"{LOCK_FILE}: not found (run from the project root)")
     try:
-        dvc("repro", *args.targets)
+        dvc_repro(*args.targets)
         first_lock = LOCK_FILE.read_text()
-        reproduced = dvc("repro", "--force", *args.targets)  # every stage the targets need
+        reproduced = dvc_repro("--force", *args.targets)  # every stage the targets need
         first, second = output_hashes(first_lock, reproduced), output_hashes(LOCK_FILE.read_text(), reproduced)
         n_files, moved, largest = compare_metrics(args.tolerance)
     finally:  # leave git's files as they were, whatever happened

@@ -27,6 +27,7 @@ SKIPPED = re.compile(r"Stages? (?P<stages>'.+') will be skipped")  # "Stages 'a'
 class ReproLog:
     """What a ``dvc repro --keep-going`` said, read line by line."""
 
+    ran: list[str] = field(default_factory=list)  # every stage it started, in order
     failed: dict[str, list[str]] = field(default_factory=dict)  # stage -> its error lines
     skipped: list[str] = field(default_factory=list)
     _stage: str | None = None
@@ -34,6 +35,7 @@ class ReproLog:
     def read(self, line: str) -> None:
         if match := RUNNING.match(line):
             self._stage = match["stage"]
+            self.ran.append(self._stage)
         elif (match := STAGE_ERROR.match(line)) and self._stage:
             self.failed.setdefault(self._stage, []).append(match["reason"])
         elif (match := FAILED_RUN.search(line)) and self._stage and self._stage not in self.failed:
@@ -50,18 +52,25 @@ class ReproLog:
         return lines
 
 
-def main(argv: list[str]) -> int:
+def repro(args: list[str]) -> tuple[int, ReproLog]:
+    """``dvc repro ARGS``, its output shown as it comes and read into a ``ReproLog``;
+    returns its exit status and the log."""
     log = ReproLog()
     # One stream for DVC's lines and the stages' own, so an error follows its stage.
-    with subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--keep-going", *argv], stdout=subprocess.PIPE,
+    with subprocess.Popen([sys.executable, "-m", "dvc", "repro", *args], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as dvc:
         for line in dvc.stdout:
             sys.stdout.write(line)
             sys.stdout.flush()
             log.read(line.rstrip("\n"))
+    return dvc.returncode, log
+
+
+def main(argv: list[str]) -> int:
+    status, log = repro(["--keep-going", *argv])
     if log.failed:
         print("\n" + "\n".join(log.summary()))
-    return dvc.returncode
+    return status
 
 
 def cli() -> None:

@@ -41,6 +41,7 @@ def test_a_failure_without_an_error_line_is_still_named():
                  "WARNING: failed to run: python -m stages.a, exited with 1",
                  "WARNING: Stages 'c', 'e@x' and 'd' will be skipped due to this failure", "Running stage 'b':"]:
         log.read(line)
+    assert log.ran == ["a", "b"]  # check-reproduction counts the outputs of these
     assert log.failed == {"a": ["exited with 1 (its output is above)"]}
     assert log.skipped == ["c", "e@x", "d"]
 
