@@ -120,9 +120,9 @@ def session_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def toy_run(tmp_path_factory) -> tuple[Path, str, str]:
     """The project with small toy params (``small_toy_params``) after one
     ``dvc repro evaluate@toy``, committed; what that repro printed, and what ``git status``
-    said after it, before the commit. Run once a session,
-    by the first xdist worker that needs it, while the others wait on a lock: tests take a
-    copy (``toy_repo``), whose DVC cache also holds the run cache of these runs."""
+    said after it, before the commit. Run once a session, by the first xdist worker that
+    needs it, while the others wait on a lock: tests take a copy (``toy_repo``), whose DVC
+    cache also holds the run cache of these runs."""
     import fcntl
 
     root = session_folder(tmp_path_factory) / "toy_run"
