@@ -36,6 +36,7 @@ from stages.dvc_yaml import stage_paths  # noqa: E402
 from stages.inputs import read_npz  # noqa: E402
 from stages.breast import load_features  # noqa: E402
 from stages.extract_vgg_features import prepare_image  # noqa: E402
+from stages.params import read_params  # noqa: E402
 
 SEED = 0
 
@@ -91,7 +92,7 @@ def flagged(columns, size: int, images: np.ndarray, batch_size: int = 32) -> tup
 def unseen_class_rate(features_path: Path, percentile: float) -> tuple[int, float]:
     """How often the test split's malignant scans are flagged against a reference of the
     non-test benign or normal ones alone, with a threshold fitted on that reference."""
-    data = load_features(features_path)
+    data = load_features(features_path, read_params(fit_knn.Params).fit_knn.features, "fit_knn.features")
     benign = (data.split != "test") & (data.labels == data.class_names.index("normal_or_benign"))
     malignant = (data.split == "test") & (data.labels == data.class_names.index("malignant"))
     knn = fit_knn.make_knn_pipeline(1).fit(data.features[benign], data.labels[benign])

@@ -2,7 +2,7 @@
 
     python bench/select_breast_head.py --features data/breast/features.npz [--members 1 5] [--seeds 42 43 44 45 46]
 
-Run from the project root. For each ``train_head.ensemble_members`` and seed, runs
+Run from the project root. On the blocks ``train_head.features`` names, for each ``train_head.ensemble_members`` and seed, runs
 ``train_head``'s own ``fit_and_predict`` with params.yaml's other ``train_head`` settings
 and ``breast_cv_folds``, and scores its predictions with ``evaluate``'s ``score``. The
 choice is the size with the best mean ``cv`` ROC AUC: stratified cross-validation of the
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
     args = parser.parse_args()
     params = read_params(train_head.Params)
-    data = load_features(args.features)
+    data = load_features(args.features, params.train_head.features, "train_head.features")
     table = {}
     for members in args.members:
         settings = params.train_head.model_copy(update={"ensemble_members": members})

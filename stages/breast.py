@@ -12,21 +12,24 @@ The protocol, given a way to ``fit`` a classifier on some images and to predict 
   images and is the held-out figure; the classifier fitted on all of them is kept.
 
 The folds come from ``seed`` and ``breast_cv_folds`` alone, so both classifiers see
-the same ones.
+the same ones. Each classifier reads the blocks of features it uses (its ``features``
+param) out of the one extraction, which holds every block side by side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+import pydantic
 from pydantic import Field
 
 from stages.errors import ParamsError, StageError
 from stages.inputs import read_npz
+from stages.outputs import write_json
 from stages.params import Section
 from stages.predictions import prediction_frame
 
@@ -40,21 +43,66 @@ class FoldParams(Section):
     breast_cv_folds: int = Field(ge=2)
 
 
+def _distinct(names: list[str]) -> list[str]:
+    if len(set(names)) != len(names):
+        raise ValueError(f"a block twice in {names}")
+    return names
+
+
+# The blocks a classifier may read (its ``features`` param), as extract_vgg_features names
+# them: the pooled conv blocks, or the top's fc1 / fc2.
+FeatureBlocks = Annotated[
+    list[Literal["block1", "block2", "block3", "block4", "block5", "fc1", "fc2"]],
+    Field(min_length=1),
+    pydantic.AfterValidator(_distinct),
+]
+
+
 @dataclass(frozen=True)
 class FeatureSet:
-    """What ``extract_vgg_features`` wrote: one row of every array per image."""
+    """What ``extract_vgg_features`` wrote, with the blocks one classifier reads: one row of
+    every array per image."""
 
-    features: np.ndarray  # float32 (N, D)
+    features: np.ndarray  # float32 (N, D): the chosen blocks side by side
     labels: np.ndarray  # int (N,), indices into class_names
     split: np.ndarray  # "train" / "val" / "test"
     source: np.ndarray  # file path or npz index of each image
     class_names: tuple[str, ...]
+    blocks: tuple[str, ...]  # the chosen blocks, in the order of their columns
 
 
-def load_features(path: Path) -> FeatureSet:
-    arrays = read_npz(path, ("features", "labels", "split", "source", "class_names"), "extract_vgg_features")
-    return FeatureSet(arrays["features"], arrays["labels"], arrays["split"], arrays["source"],
-                      tuple(arrays["class_names"].tolist()))
+def block_columns(blocks: Sequence[str], widths: Sequence[int], chosen: Sequence[str], chooser: str,
+                  source: Path | str) -> np.ndarray:
+    """The column indices of the ``chosen`` blocks, in that order, in the features of
+    ``source``, which hold ``blocks`` of ``widths`` side by side. ``chooser`` names what
+    chose them, in the error when one is not there."""
+    starts = dict(zip(blocks, np.cumsum([0, *widths[:-1]]).tolist()))
+    width_of = dict(zip(blocks, widths))
+    missing = [block for block in chosen if block not in starts]
+    if missing:
+        raise StageError(f"{chooser}: {missing[0]} is not among the blocks of {source} ({', '.join(blocks)})")
+    return np.concatenate([np.arange(starts[block], starts[block] + width_of[block]) for block in chosen])
+
+
+def load_features(path: Path, chosen: Sequence[str], key: str) -> FeatureSet:
+    """The features ``extract_vgg_features`` wrote to ``path``, cut to the ``chosen`` blocks
+    (the params ``key`` of the classifier that reads them)."""
+    arrays = read_npz(path, ("features", "feature_blocks", "block_widths", "labels", "split", "source",
+                             "class_names"), "extract_vgg_features")
+    blocks = arrays["feature_blocks"].tolist()
+    if not set(chosen) <= set(blocks):
+        missing = next(block for block in chosen if block not in blocks)
+        raise ParamsError(f"params.yaml: {key}: {missing} is not among the blocks of {path} ({', '.join(blocks)}); "
+                          f"choose among those, or add it to extract_vgg_features.blocks")
+    columns = block_columns(blocks, arrays["block_widths"].tolist(), chosen, f"params.yaml: {key}", path)
+    return FeatureSet(arrays["features"][:, columns], arrays["labels"], arrays["split"], arrays["source"],
+                      tuple(arrays["class_names"].tolist()), tuple(chosen))
+
+
+def write_model_inputs(path: Path, data: FeatureSet) -> None:
+    """Which blocks, in which order, a saved classifier takes: ``classify-images`` cuts the
+    rebuilt backbone's features to them."""
+    write_json(path, {"features": list(data.blocks), "n_features": int(data.features.shape[1])})
 
 
 def stratified_folds(

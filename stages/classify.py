@@ -102,28 +102,71 @@ def breast_classifier(model: str) -> tuple[str, Callable, tuple, int, float]:
     breast pipeline: the columns are the class probabilities, ``nearest_distance`` and
     ``unlike_training``.
 
-    ``model`` ``breast`` picks by the cross-validation ROC AUC in the breast metrics.
+    ``model`` ``breast`` picks by the cross-validation ROC AUC in the breast metrics. The
+    backbone's features hold every block the extraction wrote; each classifier, and the
+    novelty flag (the KNN's), gets the blocks it was trained on.
     """
-    from stages.extract_vgg_features import load_backbone, preprocess_function
+    from stages.extract_vgg_features import preprocess_function
     from stages.fit_knn import nearest_distances
 
-    backbone_recipe = stage_paths("extract_vgg_features")["backbone"]
-    recipe = json.loads(required(backbone_recipe, "extract_vgg_features").read_text())
+    recipe_path = required(stage_paths("extract_vgg_features")["backbone"], "extract_vgg_features")
+    recipe = json.loads(recipe_path.read_text())
     knn, threshold = novelty_reference()
+    knn_columns = model_columns("fit_knn", recipe, recipe_path)
     name, predict_features = breast_feature_model(model, knn)
-    backbone, preprocess = load_backbone(recipe), preprocess_function(recipe["backbone"])
+    columns_of_model = model_columns(BREAST_MODELS[name], recipe, recipe_path)
+    backbone, preprocess = rebuild_backbone(recipe, recipe_path), preprocess_function(recipe["backbone"])
 
     def columns(batch: np.ndarray) -> tuple[np.ndarray, dict]:
         features = np.asarray(backbone.predict_on_batch(preprocess(batch)))
-        distances = nearest_distances(knn, features)
-        return predict_features(features), dict(zip(NOVELTY_COLUMNS, (distances, distances > threshold)))
+        distances = nearest_distances(knn, features[:, knn_columns])
+        return predict_features(features[:, columns_of_model]), dict(
+            zip(NOVELTY_COLUMNS, (distances, distances > threshold)))
 
     return name, columns, tuple(recipe["class_names"]), recipe["image_size"], threshold
 
 
+def rebuild_backbone(recipe: dict, recipe_path: Path):
+    """The frozen backbone that ``recipe`` (``extract_vgg_features``'s ``--backbone``)
+    describes, refused unless its weights are the ones the features were extracted with."""
+    from stages.extract_vgg_features import load_backbone, weights_digest
+
+    weights = recipe["weights"]
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise StageError(
+            f"{weights}: the backbone's weights file, named in {recipe_path}, is not on this machine; "
+            f"`dvc pull` does not bring it (a local copy, not a DVC output): copy it to that path from "
+            f"the machine that ran extract_vgg_features (weights sha256 {recipe['weights_sha256'][:12]}...)"
+        )
+    backbone = load_backbone(recipe)
+    rebuilt = weights_digest(backbone)
+    if rebuilt != recipe["weights_sha256"]:
+        raise StageError(
+            f"{recipe_path}: the backbone rebuilt from weights {weights} is not the one the features were "
+            f"extracted with (weights sha256 {rebuilt[:12]}... against {recipe['weights_sha256'][:12]}...): "
+            f"the weights changed since; rerun `dvc repro evaluate@breast` so that every stage uses the same"
+        )
+    return backbone
+
+
+def model_columns(stage: str, recipe: dict, recipe_path: Path) -> np.ndarray:
+    """The columns of the backbone's features that ``stage``'s classifier takes, as its
+    ``--inputs`` file records them."""
+    from stages.breast import block_columns
+
+    inputs_path = required(stage_paths(stage)["inputs"], stage)
+    inputs = json.loads(inputs_path.read_text())
+    columns = block_columns(recipe["feature_blocks"], recipe["block_widths"], inputs["features"], str(inputs_path),
+                            recipe_path)
+    if len(columns) != inputs["n_features"]:
+        raise StageError(f"{inputs_path}: {inputs['n_features']} features, but its blocks are {len(columns)} wide "
+                         f"in {recipe_path}; rerun `dvc repro evaluate@breast`")
+    return columns
+
+
 def breast_feature_model(model: str, knn=None) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """``(name, class probabilities of backbone features)``: the model that ``fit_knn`` or
-    ``train_head`` saved and scored; ``breast`` picks one as ``choose_breast_model`` does.
+    """``(name, class probabilities of the classifier's features)``: the model that ``fit_knn``
+    or ``train_head`` saved and scored; ``breast`` picks one as ``choose_breast_model`` does.
     ``knn``: ``fit_knn``'s pipeline if already loaded (else it is loaded here when needed)."""
     from stages.fit_knn import load_knn
 
@@ -166,7 +209,8 @@ def choose_breast_model(metrics_dir: Path) -> str:
         classifier = stage_paths(stage)["predictions"].stem  # evaluate names its metrics so
         metrics = json.loads(required(metrics_dir / f"{classifier}.json", "evaluate@breast").read_text())
         chosen_on = metrics.get("cv", metrics["heldout"])
-        figures[model] = chosen_on.get("roc_auc", chosen_on["balanced_accuracy"]), chosen_on["protocol"]
+        value = chosen_on["roc_auc"] if "roc_auc" in chosen_on else chosen_on["balanced_accuracy"]
+        figures[model] = value, chosen_on["protocol"]
     best = max(figures, key=lambda model: figures[model][0])
     print(f"using {best}: " + ", ".join(f"{model} {value:.4f}" for model, (value, _) in figures.items())
           + f" ({figures[best][1]})", file=sys.stderr)

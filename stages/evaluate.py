@@ -1,12 +1,15 @@
 """Stage ``evaluate``: score one exercise's predictions.
 
-    python -m stages.evaluate --predictions FOLDER --metrics FOLDER --plots FOLDER
+    python -m stages.evaluate EXERCISE --predictions FOLDER --metrics FOLDER --plots FOLDER
 
-Reads every predictions file in ``--predictions`` (one per classifier of an exercise,
-written by the model stages: see ``stages.predictions``) and scores each of its
-evaluations with one function, ``score``, the same for every exercise: accuracy,
-balanced accuracy, each class's recall and the log loss, and for two classes the ROC
-AUC. Writes
+Reads ``evaluate.EXERCISE`` from params.yaml and every predictions file in
+``--predictions`` (one per classifier of an exercise, written by the model stages: see
+``stages.predictions``), and scores each of its evaluations with one function,
+``score``, the same for every exercise: accuracy, balanced accuracy, each class's recall
+and the log loss, and for two classes the ROC AUC. For two classes with a positive
+class (``positive_class``; by default ``malignant`` when the data has a class of that
+name, as BreastMNIST does), also ``sensitivity`` and ``specificity``, and the ROC curves
+plot that class's true-positive rate; with none, the second class's. Writes
 
 * ``<metrics>/<classifier>.json``: ``<evaluation>.<metric>``, e.g. ``heldout.roc_auc``,
   the same keys for every classifier, so that ``dvc metrics show`` prints one row per
@@ -29,20 +32,48 @@ from pathlib import Path
 import numpy as np
 
 from stages.cli import run_stage, stage_args
-from stages.errors import StageError
+from stages.errors import ParamsError, StageError
 from stages.outputs import atomic_path, write_json
+from stages.params import Section, read_params
 from stages.predictions import PROBABILITY_PREFIX, read_predictions
 
 # The order of evaluations in the metrics; ``heldout`` is what plots and thresholds use.
 EVALUATIONS = ("heldout", "validation", "cv", "resubstitution")
 DIGITS = 4
+# The class that is the positive one wherever the data names it (BreastMNIST's label 0).
+NAMED_POSITIVE_CLASS = "malignant"
 
 
-def score(actual: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...]) -> dict:
+class EvaluationSettings(Section):
+    positive_class: str | None
+
+
+class Params(Section):
+    evaluate: dict[str, EvaluationSettings]
+
+
+def positive_class(chosen: str | None, class_names: tuple[str, ...], key: str, path: Path) -> str | None:
+    """The positive class of an exercise's predictions: ``chosen`` (the params ``key``), which
+    must be one of two classes; or, when it is None, ``NAMED_POSITIVE_CLASS`` if the data
+    has a class of that name, else none."""
+    if chosen is None:
+        return NAMED_POSITIVE_CLASS if len(class_names) == 2 and NAMED_POSITIVE_CLASS in class_names else None
+    if chosen not in class_names:
+        raise ParamsError(f"params.yaml: {key}: {chosen!r} is not a class of {path} "
+                          f"(its classes: {', '.join(class_names)}); name one of them, or null")
+    if len(class_names) != 2:
+        raise ParamsError(f"params.yaml: {key}: a positive class needs two classes; {path} has {len(class_names)}")
+    return chosen
+
+
+def score(actual: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...],
+          positive: str | None = None) -> dict:
     """The metrics of one set of predictions; ``actual`` and ``predicted`` are class indices.
 
-    ``roc_auc`` (of the second class against the first) only for two classes, and only
-    when both occur in ``actual``.
+    ``roc_auc`` only for two classes, and only when both occur in ``actual``: of the
+    ``positive`` class against the other, or of the second class when there is none (the
+    same figure either way); with a ``positive`` class, ``sensitivity`` (its recall) and
+    ``specificity`` (the other's).
     """
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss, recall_score, roc_auc_score
 
@@ -56,9 +87,12 @@ def score(actual: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray, 
         "recall": {name: r for name, r in zip(class_names, recall)},
         "log_loss": log_loss(actual, probabilities, labels=labels),
     }
+    scored = class_names.index(positive) if positive else 1
+    if positive:
+        metrics.update(sensitivity=recall[scored], specificity=recall[1 - scored])
     if len(class_names) == 2 and len(np.unique(actual)) == 2:
-        metrics["roc_auc"] = roc_auc_score(actual, probabilities[:, 1])
-    return rounded(metrics)
+        metrics["roc_auc"] = roc_auc_score(actual == scored, probabilities[:, scored])
+    return rounded(metrics) | ({"positive_class": positive} if positive else {})
 
 
 def rounded(metrics: dict) -> dict:
@@ -73,7 +107,7 @@ def class_indices(column, class_names: tuple[str, ...], path: Path) -> np.ndarra
     return column.map(index).to_numpy()
 
 
-def score_evaluation(rows, class_names: tuple[str, ...], path: Path) -> dict:
+def score_evaluation(rows, class_names: tuple[str, ...], path: Path, positive: str | None = None) -> dict:
     """``score`` of one evaluation's rows, with its protocol and size; for cross-validation
     also the number of folds and the spread of accuracy over them."""
     actual = class_indices(rows["actual"], class_names, path)
@@ -81,7 +115,7 @@ def score_evaluation(rows, class_names: tuple[str, ...], path: Path) -> dict:
     probabilities = rows[[PROBABILITY_PREFIX + name for name in class_names]].to_numpy(np.float64)
     protocols = rows["protocol"].unique()
     metrics = {"protocol": str(protocols[0]), "n": int(len(rows))}
-    metrics.update(score(actual, predicted, probabilities, class_names))
+    metrics.update(score(actual, predicted, probabilities, class_names, positive))
     folds = rows["fold"].to_numpy()
     if (folds != "").all():
         per_fold = [np.mean(actual[folds == fold] == predicted[folds == fold]) for fold in np.unique(folds)]
@@ -89,28 +123,31 @@ def score_evaluation(rows, class_names: tuple[str, ...], path: Path) -> dict:
     return metrics
 
 
-def score_classifier(path: Path) -> tuple[dict, object, tuple[str, ...]]:
-    """Metrics per evaluation of one predictions file, its held-out rows and class names."""
+def score_classifier(path: Path, chosen_positive: str | None = None,
+                     key: str = "positive_class") -> tuple[dict, object, tuple[str, ...], str | None]:
+    """Metrics per evaluation of one predictions file, its held-out rows, class names and
+    positive class (``chosen_positive``, from the params ``key``, as ``positive_class`` reads it)."""
     frame, class_names = read_predictions(path)
+    positive = positive_class(chosen_positive, class_names, key, path)
     unknown = sorted(set(frame["evaluation"]) - set(EVALUATIONS))
     if unknown:
         raise StageError(f"{path}: unknown evaluation {unknown[0]!r} (expected {', '.join(EVALUATIONS)})")
     if "heldout" not in set(frame["evaluation"]):
         raise StageError(f"{path}: no heldout predictions")
     metrics = {
-        evaluation: score_evaluation(frame[frame["evaluation"] == evaluation], class_names, path)
+        evaluation: score_evaluation(frame[frame["evaluation"] == evaluation], class_names, path, positive)
         for evaluation in EVALUATIONS
         if (frame["evaluation"] == evaluation).any()
     }
-    return metrics, frame[frame["evaluation"] == "heldout"], class_names
+    return metrics, frame[frame["evaluation"] == "heldout"], class_names, positive
 
 
-def roc_curve_rows(model: str, heldout, class_names: tuple[str, ...]):
-    """The held-out ROC curve of one classifier: ``model``, ``fpr``, ``tpr`` in order."""
+def roc_curve_rows(model: str, heldout, positive: str):
+    """The held-out ROC curve of one classifier for the ``positive`` class: ``model``,
+    ``fpr``, ``tpr`` in order."""
     import pandas as pd
     from sklearn.metrics import roc_curve
 
-    positive = class_names[1]
     fpr, tpr, _ = roc_curve(heldout["actual"] == positive, heldout[PROBABILITY_PREFIX + positive])
     return pd.DataFrame({"model": model, "fpr": fpr.round(DIGITS), "tpr": tpr.round(DIGITS)})
 
@@ -118,24 +155,27 @@ def roc_curve_rows(model: str, heldout, class_names: tuple[str, ...]):
 def main(argv: list[str]) -> None:
     import pandas as pd
 
-    args = stage_args("evaluate", argv, "predictions", "metrics", "plots")
+    sections = read_params(Params).evaluate
+    args = stage_args("evaluate", argv, "predictions", "metrics", "plots", items=sections)
     files = sorted(args.predictions.glob("*.csv"))
     if not files:
         raise StageError(f"{args.predictions}/: no predictions files; run its model stages first")
     metrics, curves = {}, []
     for path in files:
         model = path.stem
-        metrics[model], heldout, class_names = score_classifier(path)
+        metrics[model], heldout, class_names, positive = score_classifier(
+            path, sections[args.name].positive_class, f"evaluate.{args.name}.positive_class")
         with atomic_path(args.plots / "confusion" / f"{model}.csv") as tmp:
             heldout[["actual", "predicted"]].to_csv(tmp, index=False)
         if "roc_auc" in metrics[model]["heldout"]:
-            curves.append(roc_curve_rows(model, heldout, class_names))
+            curves.append(roc_curve_rows(model, heldout, positive or class_names[1]))
     if curves:
         with atomic_path(args.plots / "roc.csv") as tmp:
             pd.concat(curves).to_csv(tmp, index=False)
     for model, by_evaluation in metrics.items():
         write_json(args.metrics / f"{model}.json", by_evaluation)
-        shown = {k: by_evaluation["heldout"][k] for k in ("accuracy", "balanced_accuracy", "roc_auc")
+        shown = {k: by_evaluation["heldout"][k] for k in ("accuracy", "balanced_accuracy", "sensitivity",
+                                                          "specificity", "roc_auc")
                  if k in by_evaluation["heldout"]}
         print(f"evaluate: {model}, held out ({by_evaluation['heldout']['protocol']}): {shown}")
 

@@ -1,25 +1,30 @@
-"""Stage ``extract_vgg_features``: one VGG feature vector per breast image.
+"""Stage ``extract_vgg_features``: VGG feature vectors of the breast images, one per block.
 
     python -m stages.extract_vgg_features --features FEATURES.npz --backbone BACKBONE.json
         --checkpoints FOLDER
 
 Reads ``extract_vgg_features`` from params.yaml and the images named by
-``extract_vgg_features.data``: ``medmnist`` (BreastMNIST 224x224, downloaded once and
-MD5-checked into Keras's cache), or under ``data/local/breast/`` a ``.npz`` in
-MedMNIST's layout or a folder with one subfolder of images per class. Writes the
-features (``--features``: arrays ``features`` float32 (N, D), ``labels`` int64 (N,),
-``split`` and ``source`` strings (N,), ``class_names`` strings) and the settings that
-rebuild the frozen backbone for new images (``--backbone``, read by
-``stages.classify``); the counts, seconds and speed go to the log and to
+``extract_vgg_features.data``: ``medmnist`` (MedMNIST's BreastMNIST at 28x28, upscaled
+to ``image_size``) or ``medmnist_224`` (the same images released at 224x224), each
+downloaded once and MD5-checked into Keras's cache; or, under ``data/local/breast/``, a
+``.npz`` in MedMNIST's layout or a folder with one subfolder of images per class. Writes
+the features (``--features``: ``features`` float32 (N, D), the blocks side by side, named
+by ``feature_blocks`` with their widths in ``block_widths``; ``labels`` int64 (N,),
+``split`` and ``source`` strings (N,), ``class_names`` strings) and what rebuilds the
+frozen backbone for new images (``--backbone``, read by ``stages.classify``, with a hash
+of the weights it was built from); the counts, seconds and speed go to the log and to
 ``runs/extract_vgg_features.json``.
 
-The defaults repeat the original: ImageNet VGG19 up to ``fc1`` (4096-d), images resized to
-224x224, grey repeated to three channels, VGG's ``preprocess_input``. Unlike the original,
-images are decoded and resized by ``workers`` threads a few batches ahead of the
-network, and run through it a batch at a time (split over the GPUs when there are
-several). Features are computed in chunks of ``chunk_size`` images, each saved to the
-``--checkpoints`` folder when done, so a killed run resumes from its last finished
-chunk; the folder is removed after a run succeeds.
+Every block that ``blocks`` names is written once: ``fit_knn`` and ``train_head`` each
+take the blocks they use from their own params (``features``), so a change of either
+classifier's blocks never reruns this stage. The original's VGG19 ``fc1`` (4096-d, on
+224x224 images) is ``layer: fc1`` with ``blocks: [5]``, written as the block ``fc1``.
+Images are resized to ``image_size``, grey repeated to three channels, and put through
+VGG's ``preprocess_input``. Unlike the original, images are decoded and resized by
+``workers`` threads a few batches ahead of the network, and run through it a batch at a
+time (split over the GPUs when there are several). Features are computed in chunks of
+``chunk_size`` images, each saved to the ``--checkpoints`` folder when done, so a killed
+run resumes from its last finished chunk; the folder is removed after a run succeeds.
 
 Memory does not grow with the number of images N except for: the (N, D) float32
 features; the labels, splits and names of the images (and, for a folder, its N paths);
@@ -60,11 +65,17 @@ from stages.zip_outputs import save_npz
 # that shape the features, written with the class names.
 RECIPE_KEYS = ("backbone", "weights", "layer", "blocks", "image_size")
 
-MEDMNIST = "medmnist"
 LOCAL_DATA_DIR = Path("data/local/breast")
 LOCAL_WEIGHTS_DIR = Path("data/local/weights")
-BREASTMNIST_URL = "https://zenodo.org/records/10519652/files/breastmnist_224.npz?download=1"
-BREASTMNIST_MD5 = "b56378a6eefa9fed602bb16d192d4c8b"
+# MedMNIST's BreastMNIST releases: params value -> (file name, URL, MD5). The 28x28 file is
+# the one every figure in the README was measured on (upscaled to image_size).
+MEDMNIST_RELEASES = {
+    "medmnist": ("breastmnist.npz", "https://zenodo.org/records/10519652/files/breastmnist.npz?download=1",
+                 "750601b1f35ba3300ea97c75c52ff8f6"),
+    "medmnist_224": ("breastmnist_224.npz",
+                     "https://zenodo.org/records/10519652/files/breastmnist_224.npz?download=1",
+                     "b56378a6eefa9fed602bb16d192d4c8b"),
+}
 BREASTMNIST_CLASSES = ("malignant", "normal_or_benign")  # label 0, label 1
 SPLITS = ("train", "val", "test")
 
@@ -83,11 +94,11 @@ PREFETCH_BATCHES = 2  # prepared batches waiting for the network, beyond one per
 RANDOM_WEIGHTS_SEED = 0
 
 class Extraction(Section):
-    data: local_or(LOCAL_DATA_DIR, MEDMNIST)  # type: ignore[valid-type]
+    data: local_or(LOCAL_DATA_DIR, *MEDMNIST_RELEASES)  # type: ignore[valid-type]
     backbone: Literal["vgg19", "vgg16"]
     weights: local_or(LOCAL_WEIGHTS_DIR, "imagenet", "none")  # type: ignore[valid-type]
     layer: Literal[TOP_LAYERS + POOLED_LAYERS]  # type: ignore[valid-type]
-    blocks: list[Annotated[int, Field(ge=1, le=5)]] = Field(min_length=1)
+    blocks: list[Annotated[int, Field(ge=1, le=5)]] = Field(min_length=1)  # every block a classifier may use
     image_size: int = Field(ge=32)
     batch_size: int = Field(ge=1)
     workers: int = Field(default=2, ge=1)  # threads that decode and resize; the features do not depend on it
@@ -135,14 +146,16 @@ class ImageSet:
 
 
 # --------------------------------------------------------------------------- data
-def download_breastmnist() -> Path:
-    """BreastMNIST 224x224 from Zenodo, cached by Keras and checked against its MD5."""
+def download_breastmnist(release: str) -> Path:
+    """A BreastMNIST release (``MEDMNIST_RELEASES``) from Zenodo, cached by Keras and checked
+    against its MD5."""
     import keras
 
-    with download_or_stop(f"BreastMNIST from {BREASTMNIST_URL}", "extract_vgg_features.data",
+    name, url, md5 = MEDMNIST_RELEASES[release]
+    with download_or_stop(f"BreastMNIST from {url}", "extract_vgg_features.data",
                           f"a .npz or an image folder under {LOCAL_DATA_DIR}/"):
         # Keras tells an MD5 by its length, and caches the file in ~/.keras/datasets.
-        return Path(keras.utils.get_file("breastmnist_224.npz", BREASTMNIST_URL, file_hash=BREASTMNIST_MD5))
+        return Path(keras.utils.get_file(name, url, file_hash=md5))
 
 
 def _check_npz_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -287,10 +300,10 @@ def load_image_folder(root: Path) -> ImageSet:
 
 
 def open_data(data: str) -> ImageSet:
-    """The images named by ``extract_vgg_features.data``: ``medmnist``, or a .npz or a
-    folder under ``data/local/breast/``, where DVC tracks it as a dependency."""
-    if data == MEDMNIST:
-        return load_npz_images(download_breastmnist())
+    """The images named by ``extract_vgg_features.data``: a ``MEDMNIST_RELEASES`` name, or a
+    .npz or a folder under ``data/local/breast/``, where DVC tracks it as a dependency."""
+    if data in MEDMNIST_RELEASES:
+        return load_npz_images(download_breastmnist(data))
     path = Path(data)
     if path.is_dir():
         return load_image_folder(path)
@@ -298,7 +311,7 @@ def open_data(data: str) -> ImageSet:
         if path.suffix.lower() != ".npz":
             raise StageError(f"{path}: unsupported data file; expected a .npz or a folder")
         return load_npz_images(path)
-    raise StageError(f"{path}: extract_vgg_features.data not found (nor is it '{MEDMNIST}')")
+    raise StageError(f"{path}: extract_vgg_features.data not found (nor is it {' or '.join(MEDMNIST_RELEASES)})")
 
 
 def prepare_image(image: np.ndarray, size: int, mode: str = "RGB") -> np.ndarray:
@@ -396,6 +409,29 @@ def build_extractor(backbone: str, weights: str, layer: str, image_size: int, bl
     pooled = [pool(name=f"block{b}_{layer}")(model.get_layer(f"block{b}_pool").output) for b in blocks]
     output = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="blocks")(pooled)
     return keras.Model(model.input, output, name=f"{backbone}_{layer}_blocks_{'_'.join(map(str, blocks))}")
+
+
+def feature_block_names(layer: str, blocks: Sequence[int]) -> list[str]:
+    """The names of the blocks that ``build_extractor``'s output holds side by side, in
+    order: ``block<b>`` for a pooled layer, the layer itself (``fc1``, ``fc2``) for the top."""
+    return [layer] if layer in TOP_LAYERS else [f"block{b}" for b in blocks]
+
+
+def block_widths(model, layer: str, names: Sequence[str]) -> list[int]:
+    """How many features each named block gives: its columns in the output, in order."""
+    if layer in TOP_LAYERS:
+        return [int(model.output_shape[-1])]
+    return [int(model.get_layer(f"{name}_{layer}").output.shape[-1]) for name in names]
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of the extractor's weights (shapes and float32 values, in layer order): which
+    network the features came from, whatever file or download carried the weights."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        value = np.ascontiguousarray(np.asarray(weight.numpy(), dtype=np.float32))
+        digest.update(repr(value.shape).encode() + value.tobytes())
+    return digest.hexdigest()
 
 
 def load_backbone(recipe: dict):
@@ -551,15 +587,22 @@ def main(argv: list[str]) -> None:
         checkpoint,
     )
     seconds = time.perf_counter() - started
+    names = feature_block_names(settings.layer, settings.blocks)
+    widths = block_widths(model, settings.layer, names)
     save_npz(
         args.features,
         features=features,
+        feature_blocks=np.array(names),
+        block_widths=np.array(widths, dtype=np.int64),
         labels=images.labels,
         split=images.split,
         source=images.source,
         class_names=np.array(images.class_names),
     )
-    write_json(args.backbone, {**recipe, "class_names": list(images.class_names)})
+    write_json(args.backbone, {
+        **recipe, "class_names": list(images.class_names), "feature_blocks": names, "block_widths": widths,
+        "weights_sha256": weights_digest(model),
+    })
     checkpoint.clear()
     counts = image_counts(images)
     write_run_facts("extract_vgg_features", {

@@ -1,10 +1,11 @@
 """Stage ``fit_knn``: L2-normalised VGG features into a k-nearest-neighbours classifier.
 
-    python -m stages.fit_knn --features FEATURES.npz --model KNN.skops --novelty NOVELTY.json
-        --predictions PREDICTIONS.csv
+    python -m stages.fit_knn --features FEATURES.npz --model KNN.skops --inputs INPUTS.json
+        --novelty NOVELTY.json --predictions PREDICTIONS.csv
 
-Reads ``seed``, ``breast_cv_folds`` and ``fit_knn`` from params.yaml and the features
-that ``extract_vgg_features`` wrote; writes the pipeline fitted on every non-test image
+Reads ``seed``, ``breast_cv_folds`` and ``fit_knn`` from params.yaml and, of the features
+that ``extract_vgg_features`` wrote, the blocks ``fit_knn.features`` names (``--inputs``
+records them for ``classify-images``); writes the pipeline fitted on every non-test image
 (``--model``, a skops file: loading it runs no code and accepts only the types in
 ``KNN_TYPES``) and its predictions (``--predictions``), which ``evaluate@breast`` scores: ``heldout`` and ``cv``
 by the protocol it shares with ``train_head`` (see ``stages.breast``), and
@@ -26,7 +27,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions
+from stages.breast import FeatureBlocks, FeatureSet, FoldParams, load_features, protocol_predictions, write_model_inputs
 from stages.cli import run_stage, stage_args
 from stages.errors import ParamsError, StageError, one_line
 from stages.outputs import write_json
@@ -46,6 +47,7 @@ KNN_TYPES = [
 
 
 class KnnSettings(Section):
+    features: FeatureBlocks
     k: int = Field(ge=1)  # neighbours
     metric: Literal["euclidean", "cosine", "manhattan", "chebyshev"]
     weights: Literal["uniform", "distance"]
@@ -127,20 +129,22 @@ def load_knn(path: Path):
 
 def main(argv: list[str]) -> None:
     params = read_params(Params)
-    args = stage_args("fit_knn", argv, "features", "model", "novelty", "predictions")
+    args = stage_args("fit_knn", argv, "features", "model", "inputs", "novelty", "predictions")
     settings = params.fit_knn
-    data = load_features(args.features)
+    data = load_features(args.features, settings.features, "fit_knn.features")
     print(
-        f"fit_knn: {len(data.labels)} images, {data.features.shape[1]}-d features; k={settings.k}, "
+        f"fit_knn: {len(data.labels)} images, {data.features.shape[1]}-d features of "
+        f"{', '.join(data.blocks)}; k={settings.k}, "
         f"{settings.metric}, {settings.weights}, {params.breast_cv_folds}-fold CV",
         flush=True,
     )
     model, frames = fit_and_predict(data, settings, params.breast_cv_folds, params.seed)
     save_skops(model, args.model)
+    write_model_inputs(args.inputs, data)
     novelty = novelty_threshold(model, settings.novelty_percentile)
     write_json(args.novelty, novelty)
     write_predictions(args.predictions, frames)
-    print(f"fit_knn: wrote {args.model}, {args.novelty} (threshold {novelty['threshold']:.4f}) and {args.predictions}")
+    print(f"fit_knn: wrote {args.model}, {args.inputs}, {args.novelty} (threshold {novelty['threshold']:.4f}) and {args.predictions}")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,23 @@
 """Stage ``train_head``: the original's transfer learning, a classifier trained on the frozen
 backbone's features.
 
-    python -m stages.train_head --features FEATURES.npz --model HEAD.keras --predictions PREDICTIONS.csv
-        --history HISTORY.csv
+    python -m stages.train_head --features FEATURES.npz --model HEAD.keras --inputs INPUTS.json
+        --predictions PREDICTIONS.csv --history FOLDER
 
 The original names it without doing it: "freezing all the CNN layers and defining our own
 output layer and training this with our data". The backbone is ``extract_vgg_features``'s,
 frozen by construction: this stage reads its features, so a change to the head never
 reruns the backbone.
 
-Reads ``seed``, ``breast_cv_folds`` and ``train_head`` from params.yaml and the features
-that ``extract_vgg_features`` wrote. The model is an ensemble of ``ensemble_members``
-heads whose class probabilities are averaged (a cross-validation ensemble): the images
-it is fitted on are split into that many stratified folds, and each head trains on all
-but one and stops at the epoch with the best ROC AUC on that one. With one member, the
-head trains on all the images and stops on the data's validation split, or on a
-stratified share of them (``validation_fraction``) when there is none. Never on the test
+Reads ``seed``, ``breast_cv_folds`` and ``train_head`` from params.yaml and, of the
+features that ``extract_vgg_features`` wrote, the blocks ``train_head.features`` names
+(``--inputs`` records them for ``classify-images``). The model is an ensemble of
+``ensemble_members`` heads whose class probabilities are averaged (a cross-validation
+ensemble): the images it is fitted on are split into that many stratified folds, and
+each head trains on all but one and stops at the epoch with the best ROC AUC on that
+one. With one member, the head trains on the training split and stops on the data's
+validation split or, when there is none, trains on the rest of the images it is fitted
+on and stops on a stratified share of them (``validation_fraction``). Never on the test
 split. Writes
 
 * ``--model``: the ensemble fitted on the non-test images, as one Keras model from raw
@@ -38,7 +40,15 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from stages.breast import FeatureSet, FoldParams, load_features, protocol_predictions, stratified_folds
+from stages.breast import (
+    FeatureBlocks,
+    FeatureSet,
+    FoldParams,
+    load_features,
+    protocol_predictions,
+    stratified_folds,
+    write_model_inputs,
+)
 from stages.cli import run_stage, stage_args
 from stages.errors import StageError
 from stages.history import write_history_csv
@@ -50,6 +60,7 @@ from stages.zip_outputs import save_keras_model
 
 
 class HeadSettings(Section):
+    features: FeatureBlocks
     hidden_units: int = Field(ge=0)
     dropout: float = Field(ge=0, le=0.9)
     l2: float = Field(ge=0)
@@ -274,15 +285,17 @@ def fit_and_predict(data: FeatureSet, settings: HeadSettings, n_folds: int, seed
 
 def main(argv: list[str]) -> None:
     params = read_params(Params)
-    args = stage_args("train_head", argv, "features", "model", "predictions", "history")
+    args = stage_args("train_head", argv, "features", "model", "inputs", "predictions", "history")
     settings, n_folds = params.train_head, params.breast_cv_folds
-    data = load_features(args.features)
-    print(f"train_head: {len(data.labels)} images, {data.features.shape[1]}-d features; hidden units "
+    data = load_features(args.features, settings.features, "train_head.features")
+    print(f"train_head: {len(data.labels)} images, {data.features.shape[1]}-d features of "
+          f"{', '.join(data.blocks)}; hidden units "
           f"{settings.hidden_units}, dropout {settings.dropout}, L2 {settings.l2}, "
           f"{settings.ensemble_members} member(s), {n_folds}-fold CV", flush=True)
     started = time.perf_counter()
     trainer, heads, frames = fit_and_predict(data, settings, n_folds, params.seed)
     save_keras_model(trainer.export(heads), args.model)
+    write_model_inputs(args.inputs, data)
     write_predictions(args.predictions, frames)
     shutil.rmtree(args.history, ignore_errors=True)  # no member of an earlier, larger ensemble
     for number, head in enumerate(heads, start=1):

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import check_thresholds, evaluate, fit_knn, train_head
+from stages import breast, check_thresholds, evaluate, fit_knn, train_head
 from stages import extract_vgg_features as extract
 from stages.breast import FeatureSet
 from stages.errors import ParamsError, StageError
@@ -92,7 +92,7 @@ def weights_files(tmp_path_factory) -> dict[str, Path]:
 
 
 HEAD_SETTINGS = {
-    "hidden_units": 16, "dropout": 0.2, "l2": 0.0001, "learning_rate": 0.01, "batch_size": 8,
+    "features": ["block5"], "hidden_units": 16, "dropout": 0.2, "l2": 0.0001, "learning_rate": 0.01, "batch_size": 8,
     "max_epochs": 30, "patience": 5, "class_weight": "none", "validation_fraction": 0.25, "ensemble_members": 2,
 }
 
@@ -105,8 +105,10 @@ def write_params(folder: Path, data: str, k: int = 3, **extract_overrides) -> No
             "data": data, "backbone": "vgg19", "weights": "none", "layer": "avg", "blocks": [5],
             "image_size": 32, "batch_size": 5, **extract_overrides,
         },
-        "fit_knn": {"k": k, "metric": "euclidean", "weights": "uniform", "novelty_percentile": 90},
+        "fit_knn": {"features": ["block5"], "k": k, "metric": "euclidean", "weights": "uniform",
+                    "novelty_percentile": 90},
         "train_head": HEAD_SETTINGS,
+        "evaluate": {"breast": {"positive_class": None}},
     }
     (folder / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
 
@@ -248,7 +250,8 @@ def test_failed_downloads_name_the_key_to_set(monkeypatch):
     with pytest.raises(StageError) as error:
         extract.open_data("medmnist")
     assert str(error.value) == (
-        f"could not download BreastMNIST from {extract.BREASTMNIST_URL} (URL fetch failure on https://example/x: "
+        f"could not download BreastMNIST from {extract.MEDMNIST_RELEASES['medmnist'][1]} (URL fetch failure on "
+        "https://example/x: "
         "None -- [Errno -2] Name or service not known); set extract_vgg_features.data to a .npz or an image "
         "folder under data/local/breast/"
     )
@@ -364,7 +367,7 @@ def test_extract_stage_loads_a_weights_file_from_data_local(tmp_path, monkeypatc
         ({"layer": "fc2", "image_size": 32}, "extract_vgg_features.image_size: must be 224 for layer fc2, got 32"),
         ({"weights": "vgg19.weights.h5"}, "extract_vgg_features.weights: must be imagenet or none, or a path under data/local/weights/"),
         ({"backbone": "resnet50"}, "extract_vgg_features.backbone: must be 'vgg19' or 'vgg16', got 'resnet50'"),
-        ({"data": "elsewhere/breast.npz"}, "extract_vgg_features.data: must be medmnist, or a path under data/local/breast/"),
+        ({"data": "elsewhere/breast.npz"}, "extract_vgg_features.data: must be medmnist or medmnist_224, or a path under data/local/breast/"),
     ],
 )
 def test_extract_stage_checks_params_before_reading_data(tmp_path, monkeypatch, overrides, message):
@@ -392,10 +395,19 @@ def clustered_features(n_per_class: int = 20, with_test: bool = True, seed: int 
         split=np.concatenate([per_class, per_class]),
         source=np.array([f"train_images[{i}]" for i in range(2 * n_per_class)]),
         class_names=("malignant", "normal_or_benign"),
+        blocks=("block5",),
     )
 
 
-SETTINGS = fit_knn.KnnSettings(k=5, metric="euclidean", weights="uniform", novelty_percentile=90)
+def save_feature_set(data: FeatureSet, path: str = "data/breast/features.npz") -> None:
+    """``data`` as extract_vgg_features writes it: its features are one block, block5."""
+    save_npz(path, features=data.features, feature_blocks=np.array(["block5"]),
+             block_widths=np.array([data.features.shape[1]]), labels=data.labels, split=data.split,
+             source=data.source, class_names=np.array(data.class_names))
+
+
+SETTINGS = fit_knn.KnnSettings(features=["block5"], k=5, metric="euclidean", weights="uniform",
+                               novelty_percentile=90)
 
 
 def knn_predictions(data, settings, seed=0, n_folds=4):
@@ -475,13 +487,12 @@ def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "medmnist")
     data = clustered_features()
-    save_npz(
-        "data/breast/features.npz", features=data.features, labels=data.labels, split=data.split,
-        source=data.source, class_names=np.array(data.class_names),
-    )
+    save_feature_set(data)
     fit_knn.main(stage_argv("fit_knn"))
     predictions, class_names = read_predictions(tmp_path / "predictions/breast/knn.csv")
     assert class_names == ("malignant", "normal_or_benign") and len(predictions) == 8 + 32 + 40
+    inputs = json.loads((tmp_path / "models/breast/knn_inputs.json").read_text())
+    assert inputs == {"features": ["block5"], "n_features": 16}
 
     model = fit_knn.load_knn(tmp_path / "models/breast/knn.skops")
     assert model.named_steps["knn"].n_samples_fit_ == 32 and model.predict(data.features[:2]).shape == (2,)
@@ -597,13 +608,37 @@ def test_the_backbone_recipe_rebuilds_the_same_features(tmp_path, monkeypatch, b
     write_params(tmp_path, "data/local/breast/breast.npz", blocks=[4, 5])
     extract.main(stage_argv("extract_vgg_features"))
     recipe = json.loads((tmp_path / "models/breast/backbone.json").read_text())
+    rebuilt = extract.load_backbone(recipe)
     assert recipe == {"backbone": "vgg19", "weights": "none", "layer": "avg", "blocks": [4, 5], "image_size": 32,
-                      "class_names": ["malignant", "normal_or_benign"]}
+                      "class_names": ["malignant", "normal_or_benign"], "feature_blocks": ["block4", "block5"],
+                      "block_widths": [512, 512], "weights_sha256": extract.weights_digest(rebuilt)}
     images = extract.load_npz_images(breast_npz)
     batch = next(extract.iterate_batches(images, 32, batch_size=4))
-    again = extract.load_backbone(recipe).predict_on_batch(extract.preprocess_function("vgg19")(batch))
+    again = rebuilt.predict_on_batch(extract.preprocess_function("vgg19")(batch))
     with np.load(tmp_path / "data/breast/features.npz") as saved:
         np.testing.assert_allclose(again, saved["features"][:4], rtol=1e-5, atol=1e-6)
+        assert saved["feature_blocks"].tolist() == ["block4", "block5"] and saved["block_widths"].tolist() == [512, 512]
+    # Each classifier takes its own blocks out of the one extraction, in the order it names them.
+    whole = np.load(tmp_path / "data/breast/features.npz")["features"]
+    block5 = breast.load_features(Path("data/breast/features.npz"), ["block5"], "fit_knn.features")
+    both = breast.load_features(Path("data/breast/features.npz"), ["block5", "block4"], "train_head.features")
+    np.testing.assert_array_equal(block5.features, whole[:, 512:])
+    np.testing.assert_array_equal(both.features, np.concatenate([whole[:, 512:], whole[:, :512]], axis=1))
+    assert block5.blocks == ("block5",)
+    with pytest.raises(ParamsError) as error:
+        breast.load_features(Path("data/breast/features.npz"), ["block3"], "fit_knn.features")
+    assert str(error.value) == ("params.yaml: fit_knn.features: block3 is not among the blocks of "
+                                "data/breast/features.npz (block4, block5); choose among those, or add it to "
+                                "extract_vgg_features.blocks")
+
+
+def test_the_weights_digest_tells_weights_apart(weights_files):
+    same = [extract.weights_digest(extract.build_extractor("vgg16", str(weights_files["vgg16"]), "avg", 32))
+            for _ in range(2)]
+    other_size = extract.weights_digest(extract.build_extractor("vgg16", str(weights_files["vgg16"]), "avg", 64))
+    random = extract.weights_digest(extract.load_backbone(
+        {"backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [5], "image_size": 32}))
+    assert same[0] == same[1] == other_size != random  # the image size changes no weight
 
 
 # --------------------------------------------------------------------------- the trained head
@@ -638,7 +673,7 @@ def test_head_stops_on_the_validation_split_or_a_share_of_the_training_images():
     no_val = clustered_features(n_per_class=40, with_test=False)
     everything = np.arange(80)
     no_val = FeatureSet(no_val.features, no_val.labels, np.full(80, "train"), no_val.source,
-                                no_val.class_names)
+                        no_val.class_names, no_val.blocks)
     fit, stop = train_head.stopping_split(no_val, everything, 0.25, seed=0)
     assert len(stop) == 20 and np.bincount(no_val.labels[stop]).tolist() == [10, 10]
     assert sorted([*fit, *stop]) == everything.tolist()
@@ -709,14 +744,15 @@ def test_train_head_stage_writes_its_outputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "medmnist")
     data = clustered_features(n_per_class=30)
-    save_npz("data/breast/features.npz", features=data.features, labels=data.labels, split=data.split,
-             source=data.source, class_names=np.array(data.class_names))
+    save_feature_set(data)
     train_head.main(stage_argv("train_head"))
     predictions, _ = read_predictions(tmp_path / "predictions/breast/head.csv")
     counts = predictions["evaluation"].value_counts().to_dict()
     # Each of the 2 members stopped on its own half of the 48 non-test images.
     assert counts == {"heldout": 12, "cv": 48, "validation": 48}
     assert set(predictions.loc[predictions["evaluation"] == "validation", "id"]) == set(data.source[data.split != "test"])
+    assert json.loads((tmp_path / "models/breast/head_inputs.json").read_text()) == {
+        "features": ["block5"], "n_features": 16}
     histories = sorted((tmp_path / "plots/breast/head_history").iterdir())
     assert [path.name for path in histories] == ["member_1.csv", "member_2.csv"]
     assert histories[0].read_text().splitlines()[0] == "epoch,accuracy,loss,val_roc_auc"

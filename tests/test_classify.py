@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages import augment_train_mnist, evaluate, extract_vgg_features, fit_knn, train_head
+from stages import augment_train_mnist, breast, evaluate, extract_vgg_features, fit_knn, train_head
 from stages import classify as classify_stage
 from stages.cli import run_stage
 from stages.errors import StageError
@@ -63,6 +63,10 @@ def save_images(folder: Path, images: np.ndarray, prefix: str) -> list[Path]:
     return paths
 
 
+def params_of(project: Path) -> dict:
+    return yaml.safe_load((project / "params.yaml").read_text())
+
+
 @pytest.fixture(scope="module")
 def breast_project(tmp_path_factory) -> Path:
     """The breast stages run on tiny MedMNIST-layout data, as `dvc repro evaluate@breast` would."""
@@ -71,10 +75,11 @@ def breast_project(tmp_path_factory) -> Path:
     np.savez(root / "data/local/breast/tiny.npz", **tiny_breast(n_train=30, n_val=10, n_test=12))
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["extract_vgg_features"].update(data="data/local/breast/tiny.npz", backbone="vgg16", weights="none",
-                                          layer="avg", blocks=[4, 5], image_size=32)
-    params["fit_knn"]["k"] = 3
+                                          layer="avg", blocks=[3, 4, 5], image_size=32)
+    params["fit_knn"].update(k=3, features=["block5"])  # each classifier on blocks of its own
     params["breast_cv_folds"] = 3
-    params["train_head"].update(hidden_units=8, max_epochs=10, patience=3, ensemble_members=3)
+    params["train_head"].update(features=["block5", "block3"], hidden_units=8, max_epochs=10, patience=3,
+                                ensemble_members=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(PROJECT / "dvc.yaml", root)  # where classify-images finds the models
     cwd = Path.cwd()
@@ -122,9 +127,10 @@ def test_the_model_used_is_the_one_whose_figures_are_reported(breast_project, mo
     images' features the probabilities that its stage reported for them."""
     monkeypatch.chdir(breast_project)
     name, probabilities = classify_stage.breast_feature_model(model)
-    with np.load("data/breast/features.npz") as saved:
-        test = saved["split"] == "test"
-        features, ids = saved["features"][test], saved["source"][test]
+    stage = classify_stage.BREAST_MODELS[name]
+    data = breast.load_features(Path("data/breast/features.npz"), params_of(breast_project)[stage]["features"], stage)
+    test = data.split == "test"
+    features, ids = data.features[test], data.source[test]
     predictions, class_names = read_predictions(Path(f"predictions/breast/{name.removeprefix('breast-')}.csv"))
     reported = predictions[predictions["evaluation"] == "heldout"].set_index("id").loc[ids]
     np.testing.assert_allclose(probabilities(features), reported[[f"p_{c}" for c in class_names]], rtol=0, atol=1e-6)
@@ -145,6 +151,99 @@ def test_images_unlike_the_training_images_are_flagged(breast_project):
     assert odd["unlike_training"].all()
     assert (f"flagged 2 of 6 images as unlike the training images (distance to the nearest one above "
             f"{threshold:.4f}: unlike_training)") in result.stderr
+
+
+def write_breast_metrics(folder: Path, cv: dict[str, float], test: dict[str, float]) -> None:
+    for classifier in ("knn", "head"):
+        (folder / "metrics/breast").mkdir(parents=True, exist_ok=True)
+        (folder / f"metrics/breast/{classifier}.json").write_text(json.dumps({
+            "heldout": {"protocol": "test split", "roc_auc": test[classifier]},
+            "cv": {"protocol": "5-fold stratified cross-validation of the non-test images", "roc_auc": cv[classifier]},
+        }))
+
+
+@pytest.mark.parametrize(("cv", "test", "chosen"), [
+    ({"knn": 0.90, "head": 0.85}, {"knn": 0.70, "head": 0.95}, "breast-knn"),
+    ({"knn": 0.80, "head": 0.88}, {"knn": 0.99, "head": 0.60}, "breast-head"),
+])
+def test_the_choice_follows_cross_validation_when_the_test_split_disagrees(tmp_path, monkeypatch, cv, test, chosen):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(PROJECT / "dvc.yaml", tmp_path)
+    write_breast_metrics(tmp_path, cv, test)
+    assert classify_stage.choose_breast_model(Path("metrics/breast")) == chosen
+
+
+def copy_of(project: Path, tmp_path: Path) -> Path:
+    """The trained project's files that classify-images reads, as a clone that ran `dvc pull` has them."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for part in ("dvc.yaml", "params.yaml", "models", "metrics", "new"):
+        (shutil.copytree if (project / part).is_dir() else shutil.copy)(project / part, clone / part)
+    return clone
+
+
+def use_weights(clone: Path, weights: str, digest_of: Path) -> None:
+    """Point the clone's backbone.json at ``weights``, as if the extraction had run from the
+    weights in ``digest_of``."""
+    recipe_path = clone / "models/breast/backbone.json"
+    recipe = json.loads(recipe_path.read_text())
+    built = extract_vgg_features.build_extractor(recipe["backbone"], str(digest_of), recipe["layer"],
+                                                 recipe["image_size"], recipe["blocks"])
+    recipe.update(weights=weights, weights_sha256=extract_vgg_features.weights_digest(built))
+    recipe_path.write_text(json.dumps(recipe))
+
+
+@pytest.fixture(scope="module")
+def two_weights_files(tmp_path_factory) -> tuple[Path, Path]:
+    """Two no-top VGG16 weights files with different random weights."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("weights")
+    files = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        files.append(folder / f"vgg16_{seed}.weights.h5")
+        keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(files[-1])
+    return files[0], files[1]
+
+
+def test_weights_replaced_in_place_are_refused(breast_project, tmp_path, two_weights_files):
+    clone = copy_of(breast_project, tmp_path)
+    local = clone / "data/local/weights/vgg16.weights.h5"
+    local.parent.mkdir(parents=True)
+    shutil.copy(two_weights_files[0], local)
+    use_weights(clone, "data/local/weights/vgg16.weights.h5", two_weights_files[0])
+    assert classify(clone, "--model", "breast-knn", "new").returncode == 0  # the weights it was built from
+    shutil.copy(two_weights_files[1], local)  # replaced in place: same path, other weights
+    refused = classify(clone, "--model", "breast-knn", "new")
+    assert refused.returncode == 2 and refused.stdout == ""
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: models/breast/backbone.json: the backbone rebuilt from weights "
+                           "data/local/weights/vgg16.weights.h5 is not the one the features were extracted with")
+    local.unlink()  # a colleague who only pulled: the local file is not a DVC output
+    missing = classify(clone, "--model", "breast-knn", "new")
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1] == (
+        "error: data/local/weights/vgg16.weights.h5: the backbone's weights file, named in "
+        "models/breast/backbone.json, is not on this machine; `dvc pull` does not bring it (a local copy, not a "
+        "DVC output): copy it to that path from the machine that ran extract_vgg_features (weights sha256 "
+        f"{json.loads((clone / 'models/breast/backbone.json').read_text())['weights_sha256'][:12]}...)")
+
+
+def test_a_clone_that_only_pulled_classifies_with_imagenet_weights_from_kerass_cache(
+        breast_project, tmp_path, monkeypatch, two_weights_files):
+    """``weights: imagenet``: Keras's download is simulated by a local file that its
+    cache hands back, as it would after a first download."""
+    from keras.src.utils import file_utils
+
+    clone = copy_of(breast_project, tmp_path)
+    use_weights(clone, "imagenet", two_weights_files[0])
+    fetched = []
+    monkeypatch.setattr(file_utils, "get_file", lambda name, *args, **kwargs: fetched.append(name)
+                        or str(two_weights_files[0]))
+    result = classify(clone, "--model", "breast", "new")
+    assert result.returncode == 0, result.stderr
+    assert fetched == ["vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"]
+    assert len(pd.read_csv(io.StringIO(result.stdout))) == 12
 
 
 def test_a_tampered_keras_model_is_refused_unloaded(tmp_path):

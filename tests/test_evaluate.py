@@ -8,13 +8,28 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from stages import evaluate
-from stages.errors import StageError
+from stages.errors import ParamsError, StageError
 from stages.predictions import prediction_frame, read_predictions, write_predictions
-from tests.conftest import stage_argv
+from tests.conftest import project_params, stage_argv
 
 BINARY = ("malignant", "benign")
+
+
+@pytest.fixture(autouse=True)
+def evaluate_params(tmp_path):
+    """params.yaml's evaluate section in the folder each test runs in; returns a function
+    that sets one exercise's positive class."""
+    params = {"evaluate": project_params()["evaluate"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def set_positive(exercise: str, name: str | None) -> None:
+        params["evaluate"][exercise]["positive_class"] = name
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    return set_positive
 
 
 def test_score_by_hand():
@@ -28,6 +43,13 @@ def test_score_by_hand():
         "accuracy": 0.5, "balanced_accuracy": 0.5, "recall": {"malignant": 0.5, "benign": 0.5},
         "log_loss": round(log_loss, 4), "roc_auc": 0.75,
     }
+    # With malignant positive: the same AUC (malignant's scores 0.9, 0.4 against 0.2, 0.7),
+    # and its recall is the sensitivity.
+    positive = evaluate.score(actual, probabilities.argmax(axis=1), probabilities, BINARY, "malignant")
+    assert positive == {**scores, "sensitivity": 0.5, "specificity": 0.5, "positive_class": "malignant"}
+    skewed = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])  # every image called malignant
+    assert evaluate.score(actual, skewed.argmax(axis=1), skewed, BINARY, "malignant")["sensitivity"] == 1.0
+    assert evaluate.score(actual, skewed.argmax(axis=1), skewed, BINARY, "benign")["sensitivity"] == 0.0
 
 
 def test_score_without_roc_auc_for_many_classes_or_one_class_present():
@@ -60,15 +82,20 @@ def test_evaluate_scores_every_classifier_and_writes_the_plot_files(tmp_path, mo
     assert list(knn) == ["heldout", "cv"] and list(head) == ["heldout"]
     assert knn["heldout"]["protocol"] == "test split" and knn["heldout"]["n"] == 20
     assert knn["cv"]["folds"] == 4 and knn["cv"]["n"] == 40 and knn["cv"]["accuracy_fold_std"] >= 0
+    # The data has a class called malignant: it is the positive class.
     assert set(knn["heldout"]) == set(head["heldout"]) == {
-        "protocol", "n", "accuracy", "balanced_accuracy", "recall", "log_loss", "roc_auc"
+        "protocol", "n", "accuracy", "balanced_accuracy", "recall", "sensitivity", "specificity", "log_loss",
+        "roc_auc", "positive_class"
     }
+    assert knn["heldout"]["positive_class"] == "malignant"
+    assert knn["heldout"]["sensitivity"] == knn["heldout"]["recall"]["malignant"]
+    assert knn["heldout"]["specificity"] == knn["heldout"]["recall"]["benign"]
     # The numbers are score()'s on the file's rows.
     frame, names = read_predictions(tmp_path / "predictions/breast/knn.csv")
     held = frame[frame["evaluation"] == "heldout"]
     actual = held["actual"].map({"malignant": 0, "benign": 1}).to_numpy()
     probabilities = held[["p_malignant", "p_benign"]].to_numpy()
-    expected = evaluate.score(actual, probabilities.argmax(axis=1), probabilities, names)
+    expected = evaluate.score(actual, probabilities.argmax(axis=1), probabilities, names, "malignant")
     assert {k: knn["heldout"][k] for k in expected} == expected
 
     confusion = pd.read_csv(tmp_path / "plots/breast/evaluation/confusion/knn.csv")
@@ -82,6 +109,53 @@ def test_evaluate_scores_every_classifier_and_writes_the_plot_files(tmp_path, mo
         area = float(np.sum(np.diff(curve["fpr"]) * (curve["tpr"].to_numpy()[1:] + curve["tpr"].to_numpy()[:-1]) / 2))
         model = curve["model"].iloc[0]
         assert math.isclose(area, {"knn": knn, "head": head}[model]["heldout"]["roc_auc"], abs_tol=1e-3)
+
+
+def scores_of_malignant(frame: pd.DataFrame) -> np.ndarray:
+    return frame["p_malignant"].to_numpy()
+
+
+def test_the_roc_curve_is_the_positive_classs(tmp_path, monkeypatch):
+    """The plotted true-positive rate is malignant's recall at each threshold, not benign's."""
+    monkeypatch.chdir(tmp_path)
+    rows = knn_like_predictions(np.random.default_rng(1))[0]
+    write_predictions("predictions/breast/knn.csv", [rows])
+    evaluate.main(stage_argv("evaluate", "breast"))
+    roc = pd.read_csv(tmp_path / "plots/breast/evaluation/roc.csv")
+    malignant = (rows["actual"] == "malignant").to_numpy()
+
+    def rates(scores: np.ndarray, positive: np.ndarray) -> set:
+        """(fpr, tpr) of calling positive every image scored at or above each threshold."""
+        called = [scores >= t for t in [np.inf, *np.unique(scores)]]
+        return {(round((c & ~positive).sum() / (~positive).sum(), 4), round((c & positive).sum() / positive.sum(), 4))
+                for c in called}
+
+    drawn = set(zip(roc["fpr"], roc["tpr"]))
+    assert drawn <= rates(scores_of_malignant(rows), malignant) and len(drawn) > 3
+    assert not drawn <= rates(rows["p_benign"].to_numpy(), ~malignant)  # not benign's curve
+    metrics = json.loads((tmp_path / "metrics/breast/knn.json").read_text())["heldout"]
+    assert metrics["sensitivity"] == metrics["recall"]["malignant"]
+
+
+def test_a_labs_classes_have_no_positive_class_unless_named(tmp_path, monkeypatch, evaluate_params):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(2)
+    p_dog = rng.uniform(size=20)
+    write_predictions("predictions/breast/knn.csv", [prediction_frame(
+        range(20), np.arange(20) % 2, np.stack([1 - p_dog, p_dog], 1), ("cat", "dog"), "heldout", "5-fold")])
+    evaluate.main(stage_argv("evaluate", "breast"))
+    unnamed = json.loads((tmp_path / "metrics/breast/knn.json").read_text())["heldout"]
+    assert "sensitivity" not in unnamed and "positive_class" not in unnamed
+    evaluate_params("breast", "cat")
+    evaluate.main(stage_argv("evaluate", "breast"))
+    named = json.loads((tmp_path / "metrics/breast/knn.json").read_text())["heldout"]
+    assert named["positive_class"] == "cat" and named["sensitivity"] == named["recall"]["cat"]
+    assert named["specificity"] == named["recall"]["dog"] and named["roc_auc"] == unnamed["roc_auc"]
+    evaluate_params("breast", "malignant")
+    with pytest.raises(ParamsError) as error:
+        evaluate.main(stage_argv("evaluate", "breast"))
+    assert str(error.value) == ("params.yaml: evaluate.breast.positive_class: 'malignant' is not a class of "
+                                "predictions/breast/knn.csv (its classes: cat, dog); name one of them, or null")
 
 
 def test_many_classes_get_a_confusion_file_and_no_roc(tmp_path, monkeypatch):
