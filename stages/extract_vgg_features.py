@@ -89,6 +89,10 @@ PROGRESS_EVERY = 5  # batches between progress lines
 CHUNK_SIZE = 1024  # images per checkpointed chunk: a killed run loses at most this many
 PREFETCH_BATCHES = 2  # prepared batches waiting for the network, beyond one per worker
 
+# Keys that change how fast the features come, not one byte of them: dvc.yaml leaves them
+# out of the stage's params deps, so turning them reruns nothing.
+SPEED_KEYS = ("workers", "chunk_size")
+
 # Only `weights: none` draws anything at random. A fixed seed, rather than params'
 # `seed`, keeps a change of the KNN's fold seed from rerunning a long extraction.
 RANDOM_WEIGHTS_SEED = 0

@@ -765,3 +765,46 @@ def test_train_head_stage_writes_its_outputs(tmp_path, monkeypatch):
     test = data.split == "test"
     np.testing.assert_allclose(model.predict(data.features[test], verbose=0)[:, 1],
                                heldout["p_normal_or_benign"].to_numpy(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the original's recipe
+def readme_recipe_overrides() -> dict[str, object]:
+    """The ``-S key=value`` pairs of the README's command for the original's recipe, values
+    parsed as YAML (as DVC parses them)."""
+    import shlex
+
+    import yaml
+
+    command = next(line.strip() for line in (PROJECT / "README.md").read_text().splitlines()
+                   if line.strip().startswith("dvc exp run") and "layer=fc1" in line)
+    words = shlex.split(command)
+    pairs = [words[i + 1] for i, word in enumerate(words) if word == "-S"]
+    return {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in pairs)}
+
+
+@pytest.mark.slow
+def test_the_originals_recipe_runs_as_the_readme_prints_it(tmp_path, monkeypatch, breast_npz):
+    """VGG19 up to fc1 on 224x224 images, both classifiers on fc1: the README's overrides on
+    tiny data, with random weights instead of the ImageNet download."""
+    overrides = readme_recipe_overrides()
+    assert overrides == {"extract_vgg_features.data": "medmnist_224", "extract_vgg_features.backbone": "vgg19",
+                         "extract_vgg_features.layer": "fc1", "extract_vgg_features.blocks": [5],
+                         "fit_knn.features": ["fc1"], "train_head.features": ["fc1"]}
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "data/local/breast/breast.npz", image_size=224)
+    params = json.loads((tmp_path / "params.yaml").read_text())
+    for key, value in overrides.items():
+        if key != "extract_vgg_features.data":  # a download: the tiny local copy stands in
+            section, name = key.split(".")
+            params[section][name] = value
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    extract.main(stage_argv("extract_vgg_features"))
+    fit_knn.main(stage_argv("fit_knn"))
+    train_head.main(stage_argv("train_head"))
+    evaluate.main(stage_argv("evaluate", "breast"))
+    with np.load(tmp_path / "data/breast/features.npz") as saved:
+        assert saved["feature_blocks"].tolist() == ["fc1"] and saved["features"].shape == (22, 4096)
+    for classifier in ("knn", "head"):
+        assert json.loads((tmp_path / f"models/breast/{classifier}_inputs.json").read_text())["features"] == ["fc1"]
+        heldout = json.loads((tmp_path / f"metrics/breast/{classifier}.json").read_text())["heldout"]
+        assert heldout["positive_class"] == "malignant" and heldout["n"] == 6

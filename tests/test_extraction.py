@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from stages import extract_vgg_features as extract
@@ -132,6 +133,63 @@ def test_one_or_two_workers_and_any_chunk_size_give_the_same_bytes(tmp_path, mon
     facts = json.loads((tmp_path / "runs/extract_vgg_features.json").read_text())
     assert facts["workers"] == 2 and facts["devices"] == ["/device:CPU:0"] and facts["resumed_images"] == 0
     assert not (tmp_path / CHECKPOINTS).exists()  # removed after success
+
+
+def kept_keys() -> list[str]:
+    return [key for key in extract.Extraction.model_fields if key not in extract.SPEED_KEYS]
+
+
+def test_every_key_but_the_speed_knobs_is_a_dep_of_the_stage():
+    """dvc.yaml's params deps of the stage are its keys but ``SPEED_KEYS``, which the test
+    above shows change no byte: turning them reruns nothing."""
+    declared = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"][STAGE]["params"]
+    assert declared == [f"{STAGE}.{key}" for key in kept_keys()]
+    assert set(extract.SPEED_KEYS) <= set(extract.Extraction.model_fields)
+
+
+@pytest.mark.slow
+def test_each_key_kept_can_change_the_features(tmp_path, monkeypatch):
+    """Each key of the stage's params deps changes the features of the same images: the
+    values, or for ``batch_size`` the rounding of oneDNN's kernels, which tile by the
+    batch's shape (seen with AVX2 kernels, which every x86-64 CI machine has; not with
+    SSE4.1 ones), so that same params mean same bytes."""
+    import keras
+
+    kept = kept_keys()
+    write_lab_folder(tmp_path / "data/local/breast/lab")
+    write_many_npz(tmp_path / "data/local/breast/other.npz", 18)
+    keras.utils.set_random_seed(3)
+    (tmp_path / "data/local/weights").mkdir(parents=True)
+    keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(
+        tmp_path / "data/local/weights/vgg16.weights.h5")
+    changes = {"data": "data/local/breast/other.npz", "backbone": "vgg19",
+               "weights": "data/local/weights/vgg16.weights.h5", "layer": "max", "blocks": [5], "image_size": 48}
+    assert sorted([*changes, "batch_size"]) == sorted(kept)
+    # Blocks 4 and 5: at 32x32, block 5 pools a single position, where avg and max agree.
+    base_params = {"data": "data/local/breast/lab", "batch_size": 4, "blocks": [4, 5]}
+
+    def features(**overrides) -> np.ndarray:
+        write_params(tmp_path, **{**base_params, **overrides})
+        run_here(tmp_path, monkeypatch)
+        with np.load(tmp_path / FEATURES) as saved:
+            return saved["features"]
+
+    base = features()
+    for key, value in changes.items():
+        changed = features(**{key: value})
+        assert changed.shape != base.shape or not np.array_equal(changed, base), key
+
+    def features_with_avx2_kernels(batch_size: int) -> np.ndarray:
+        write_params(tmp_path, **{**base_params, "batch_size": batch_size})
+        subprocess.run([sys.executable, "-m", f"stages.{STAGE}", *stage_argv(STAGE)], cwd=tmp_path, check=True,
+                       env={**tool_env(), "PYTHONPATH": str(PROJECT), "ONEDNN_MAX_CPU_ISA": "AVX2"},
+                       capture_output=True)
+        with np.load(tmp_path / FEATURES) as saved:
+            return saved["features"]
+
+    by_four, by_five = features_with_avx2_kernels(4), features_with_avx2_kernels(5)
+    assert not np.array_equal(by_four, by_five)
+    np.testing.assert_allclose(by_four, by_five, rtol=1e-3)  # rounding, not other features
 
 
 def test_workers_must_be_at_least_one(tmp_path, monkeypatch):

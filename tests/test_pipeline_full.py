@@ -183,6 +183,11 @@ def test_ci_workflow_then_same_bytes_diff_run_cache_and_thresholds(project_repo,
     assert missing.returncode == 1 and "MISSING" in missing.stdout
     assert "up to date" in dvc(a, "status").stdout  # changing a threshold reruns nothing
     git(a, "checkout", "-q", "thresholds.yaml")
+    # Turning the extraction's speed knobs reruns nothing: they change no byte of its outputs.
+    for key, value in {"extract_vgg_features.workers": 1, "extract_vgg_features.chunk_size": 7}.items():
+        edit_params(a, {key: value})
+        assert "Data and pipelines are up to date." in dvc(a, "status").stdout, key
+    git(a, "checkout", "-q", "params.yaml")
 
     # KNN params: only fit_knn and what reads its results rerun; the features and the head are kept.
     edit_params(a, {"fit_knn.k": 5})
