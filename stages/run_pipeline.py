@@ -12,7 +12,9 @@ repro's: 0 when every stage ran or was up to date, non-zero (255) when one could
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -56,14 +58,32 @@ def repro(args: list[str]) -> tuple[int, ReproLog]:
     """``dvc repro ARGS``, its output shown as it comes and read into a ``ReproLog``;
     returns its exit status and the log."""
     log = ReproLog()
-    # One stream for DVC's lines and the stages' own, so an error follows its stage.
+    # One stream for DVC's lines and the stages' own, so an error follows its stage. DVC
+    # gets a process group of its own, so that Ctrl-C or an error here reaches it and its
+    # stage only through `stop`, which waits for them to end.
     with subprocess.Popen([sys.executable, "-m", "dvc", "repro", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as dvc:
-        for line in dvc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            log.read(line.rstrip("\n"))
+                          stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True) as dvc:
+        try:
+            for line in dvc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                log.read(line.rstrip("\n"))
+        except BaseException:
+            stop(dvc)
+            raise
     return dvc.returncode, log
+
+
+def stop(dvc: subprocess.Popen) -> None:
+    """Interrupt DVC and the stage it runs, as Ctrl-C at a terminal does, and wait until they
+    have ended: a caller that cleans up afterwards (check-reproduction puts files back) must
+    not have DVC write after it."""
+    try:
+        os.killpg(dvc.pid, signal.SIGINT)
+    except ProcessLookupError:  # they had already ended
+        pass
+    rest, _ = dvc.communicate()  # drains its output, which a full pipe would otherwise block
+    sys.stdout.write(rest)
 
 
 def main(argv: list[str]) -> int:
