@@ -317,8 +317,9 @@ def test_two_devices_give_the_features_of_one(tmp_path, monkeypatch):
     run_here(tmp_path, monkeypatch)
     with np.load(tmp_path / FEATURES) as saved:
         one_device = saved["features"]
-    # Byte-equal on the CPU (in each of three trial runs): each device convolves its share of a
-    # batch as one device does the whole. GPUs, whose convolution algorithms may depend
-    # on the batch size, are not covered here.
-    np.testing.assert_array_equal(two_devices, one_device)
-    assert two_devices.tobytes() == one_device.tobytes()  # -0.0 and 0.0 too
+    # Each row is its own image's features, in order, whichever device computed it. Not
+    # byte-equal on every CPU: oneDNN may round a share of a batch differently from the
+    # whole (seen in CI: 1.6e-7 in a quarter of the rows; byte-equal on other machines).
+    np.testing.assert_allclose(two_devices, one_device, rtol=1e-5, atol=1e-6)
+    nearest = np.argmin(((two_devices[:, None] - one_device[None]) ** 2).sum(-1), axis=1)
+    assert nearest.tolist() == list(range(len(one_device)))  # the images differ: rows are told apart

@@ -58,7 +58,7 @@ def test_offline_the_quick_start_finishes_the_toy_exercise_and_names_each_downlo
     assert re.fullmatch(r"  augment_train_mnist: could not download MNIST .*; set augment_train_mnist\.data to "
                         r"a local \.npz under data/local/mnist/", summary[1])
     assert re.fullmatch(r"  extract_vgg_features: could not download BreastMNIST .*; set extract_vgg_features\.data"
-                        r" to .*; and could not download the ImageNet weights of vgg19 .*; set "
+                        r" to .*; and could not download the ImageNet weights of vgg16 .*; set "
                         r"extract_vgg_features\.weights to a weights file under data/local/weights/", summary[2])
     skipped = summary[3].removeprefix("  skipped, as they need those: ").split(", ")
     assert sorted(skipped) == ["evaluate@breast", "evaluate@mnist", "fit_knn", "train_head"]
