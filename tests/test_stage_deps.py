@@ -1,90 +1,75 @@
 """Each stage in dvc.yaml lists under ``deps`` exactly the project modules it runs, so that
-editing a module reruns the stages that import it, and no others.
-
-The imports are read with ``ast`` (no TensorFlow, nothing imported): every import in a
-module counts, those inside functions too, and then the imports of the modules it imports.
+editing a module reruns the stages that import it, and no others; ``tools/stage_deps.py``
+writes those lines from the imports (read with ``ast``: nothing is imported).
 """
 
 from __future__ import annotations
 
-import ast
 import re
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from tests.conftest import PROJECT
+from tools.stage_deps import differences, files_run_by, listed_code_deps, rewritten, stage_modules
 
-PACKAGE = "stages"
-STAGES_DIR = PROJECT / PACKAGE
-
-
-def module_file(module: str) -> Path | None:
-    """The file of a project module (``stages.x`` -> stages/x.py), or None for any other module."""
-    parts = module.split(".")
-    if parts[0] != PACKAGE:
-        return None
-    path = PROJECT.joinpath(*parts)
-    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+DVC_YAML = PROJECT / "dvc.yaml"
 
 
-def imported_modules(path: Path) -> set[str]:
-    """The project modules that the code in ``path`` imports, by name; ``from stages import x``
-    names the module ``stages.x`` when there is one, else the package."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"{path}: relative import; this test reads absolute ones only"
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if (file := module_file(f"{node.module}.{alias.name}")) and file.is_file())
-    return {module for module in found if module_file(module)}
+@pytest.mark.parametrize("stage", sorted(stage_modules(DVC_YAML)))
+def test_deps_list_exactly_the_modules_the_stage_runs(stage):
+    run = set(files_run_by(stage_modules(DVC_YAML)[stage]))
+    listed = set(listed_code_deps(DVC_YAML)[stage])
+    assert listed == run, (f"{stage}: dvc.yaml's deps miss {sorted(run - listed) or 'nothing'} and list "
+                           f"{sorted(listed - run) or 'nothing'} that it does not run: python tools/stage_deps.py")
 
 
-def runs_code(init: Path) -> bool:
-    """Whether a package's ``__init__.py`` holds more than a docstring: importing any of its
-    modules runs it first, so then it counts as code of every stage."""
-    body = ast.parse(init.read_text()).body
-    return any(not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)) for node in body)
+def test_every_stage_runs_a_module_of_the_package():
+    assert set(stage_modules(DVC_YAML)) == set(dvc_stages()), "a stage's cmd is not `python -m stages.<module>`"
 
 
-def project_files_run_by(module: str) -> set[str]:
-    """The files of the project modules that ``python -m <module>`` runs, relative to the project."""
-    seen, todo = set(), [module]
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        todo += imported_modules(module_file(current))
-    files = {module_file(name) for name in seen}
-    init = STAGES_DIR / "__init__.py"
-    files.discard(init)  # counted below, by what it holds
-    if runs_code(init):
-        files.add(init)
-    return {file.relative_to(PROJECT).as_posix() for file in files}
+def edit_stage(text: str, stage: str, old: str, new: str) -> str:
+    """dvc.yaml's ``text`` with ``old`` replaced by ``new`` in ``stage``'s block alone."""
+    start = text.index(f"\n  {stage}:\n")
+    end = re.search(r"\n  \w+:\n|\n\S", text[start + 1:]).start() + start + 1
+    assert old in text[start:end], (stage, old)
+    return text[:start] + text[start:end].replace(old, new, 1) + text[end:]
+
+
+def test_the_writer_puts_back_what_a_hand_edit_changed(tmp_path):
+    text = DVC_YAML.read_text()
+    # A maintainer's edits: a module left out of train_toy's deps, one too many in
+    # fit_knn's, and every code dep of evaluate's gone.
+    doctored = edit_stage(text, "train_toy", "        - stages/history.py\n", "")
+    doctored = edit_stage(doctored, "fit_knn", "      - stages/fit_knn.py\n",
+                          "      - stages/fit_knn.py\n      - stages/devices.py\n")
+    evaluate_lines = "".join(f"        - {dep}\n" for dep in listed_code_deps(DVC_YAML)["evaluate"])
+    doctored = edit_stage(doctored, "evaluate", evaluate_lines, "")
+    path = tmp_path / "dvc.yaml"
+    path.write_text(doctored)
+    assert [line.split(":")[0] for line in differences(path)] == ["train_toy", "fit_knn", "evaluate"]
+    tool = [sys.executable, str(PROJECT / "tools/stage_deps.py"), "--dvc-yaml", str(path)]
+    check = subprocess.run([*tool, "--check"], capture_output=True, text=True)
+    assert check.returncode == 1
+    assert "fit_knn: dvc.yaml's deps miss nothing and list ['stages/devices.py']" in check.stdout
+    assert path.read_text() == doctored  # --check changes nothing
+    write = subprocess.run(tool, capture_output=True, text=True)
+    assert write.returncode == 0, write.stdout + write.stderr
+    # Back as before, but that evaluate's code deps now follow its data dep.
+    assert path.read_text() == edit_stage(edit_stage(text, "evaluate", evaluate_lines, ""), "evaluate",
+                                          "        - predictions/${item}\n",
+                                          "        - predictions/${item}\n" + evaluate_lines)
+    assert differences(path) == []
+    wanted = {stage: files_run_by(module) for stage, module in stage_modules(DVC_YAML).items()}
+    assert rewritten(text, wanted) == text  # the committed dvc.yaml is the writer's own output
 
 
 def dvc_stages() -> dict[str, dict]:
-    """dvc.yaml's stages, a ``foreach`` stage by its ``do`` body (its deps are the same for every item)."""
-    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml's stages, a ``foreach`` stage by its ``do`` body."""
+    stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
     return {name: definition.get("do", definition) for name, definition in stages.items()}
-
-
-@pytest.mark.parametrize("stage", sorted(dvc_stages()))
-def test_deps_list_exactly_the_modules_the_stage_runs(stage):
-    body = dvc_stages()[stage]
-    command = re.match(rf"python -m ({PACKAGE}\.\w+)", body["cmd"])
-    assert command, f"{stage}: cmd does not start with `python -m {PACKAGE}.<module>`"
-    listed = {dep for dep in body["deps"] if dep.startswith(f"{PACKAGE}/") and dep.endswith(".py")}
-    run = project_files_run_by(command.group(1))
-    assert listed == run, (
-        f"{stage}: dvc.yaml's deps miss {sorted(run - listed) or 'nothing'} "
-        f"and list {sorted(listed - run) or 'nothing'} that it does not import"
-    )
 
 
 def test_local_data_folders_are_deps_of_the_stages_that_read_them():
