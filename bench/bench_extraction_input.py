@@ -136,7 +136,7 @@ def bench_memory(sizes: list[int]) -> None:
         with tempfile.TemporaryDirectory(prefix="bench_memory_") as folder:
             data = Path(folder) / "data/local/breast/lab"
             write_images(data, count, (40, 40))
-            settings = {"data": "data/local/breast/lab", "backbone": "vgg16", "weights": "none", "layer": "avg",
+            settings = {"data": "lab", "backbone": "vgg16", "weights": "none", "layer": "avg",
                         "blocks": [5], "image_size": 32, "batch_size": BATCH_SIZE, "workers": 2}
             (Path(folder) / "params.yaml").write_text(json.dumps({"extract_vgg_features": settings}))
             context = multiprocessing.get_context("spawn")

@@ -5,12 +5,12 @@
 
 Reads ``seed`` and ``augment_train_mnist`` from params.yaml, and MNIST either from
 Keras (downloaded once, hash-checked, cached in ~/.keras/datasets) or from a local
-``.npz`` under ``data/local/mnist/`` with Keras's keys. Writes the model (the weights
-of the epoch with the best validation accuracy), its per-epoch history and its
-predictions on the validation images and the test set, which ``evaluate@mnist``
-scores. A run killed halfway resumes from its last finished epoch, kept in the
-checkpoints folder (git-ignored, not a DVC output), and ends with the same weights as
-an uninterrupted run.
+``.npz`` with Keras's keys in ``data/local/mnist/``, which ``augment_train_mnist.data``
+names. Writes the model (the weights of the epoch with the best validation accuracy),
+its per-epoch history and its predictions on the validation images and the test set,
+which ``evaluate@mnist`` scores. A run killed halfway resumes from its last finished
+epoch, kept in the checkpoints folder (git-ignored, not a DVC output), and ends with the
+same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from stages.devices import describe_devices, device_names, distribution_strategy
 from stages.errors import ParamsError, StageError
 from stages.history import write_history_csv
 from stages.inputs import read_npz
-from stages.local_data import download_or_stop, local_or
+from stages.local_data import download_or_stop, local_copy, local_or
 from stages.outputs import write_json
 from stages.params import Section, read_params
 from stages.predictions import prediction_frame, write_predictions
@@ -53,8 +53,8 @@ class Augmentation(Section):
 
 
 class MnistTraining(Section):
-    # "keras" (downloaded once, hash-checked, cached in ~/.keras/datasets) or a local .npz
-    data: local_or(LOCAL_DATA_DIR, "keras")  # type: ignore[valid-type]
+    # "keras" (downloaded once, hash-checked, cached in ~/.keras/datasets) or a local .npz's name
+    data: local_or(LOCAL_DATA_DIR, "file", "keras")  # type: ignore[valid-type]
     validation_size: int = Field(ge=10)
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -99,16 +99,18 @@ def check_mnist_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
 
 
 def load_mnist(data: str) -> dict[str, np.ndarray]:
-    """MNIST as Keras's four arrays, from Keras's download (``data == "keras"``) or a local file."""
+    """MNIST as Keras's four arrays, from Keras's download (``data == "keras"``) or the local
+    file of that name in ``LOCAL_DATA_DIR``."""
     if data == "keras":
         import keras
 
         with download_or_stop("MNIST through Keras", "augment_train_mnist.data",
-                              f"a local .npz under {LOCAL_DATA_DIR}/"):
+                              "a .npz with Keras's keys", LOCAL_DATA_DIR):
             (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
         return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-    arrays = read_npz(Path(data), ("x_train", "y_train", "x_test", "y_test"))
-    check_mnist_arrays(arrays, data)
+    path = local_copy(LOCAL_DATA_DIR, data)
+    arrays = read_npz(path, ("x_train", "y_train", "x_test", "y_test"))
+    check_mnist_arrays(arrays, str(path))
     return arrays
 
 

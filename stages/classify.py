@@ -129,10 +129,10 @@ def breast_classifier(model: str) -> tuple[str, Callable, tuple, int, float]:
 def rebuild_backbone(recipe: dict, recipe_path: Path):
     """The frozen backbone that ``recipe`` (``extract_vgg_features``'s ``--backbone``)
     describes, refused unless its weights are the ones the features were extracted with."""
-    from stages.extract_vgg_features import load_backbone, weights_digest
+    from stages.extract_vgg_features import WEIGHTS_KEYWORDS, load_backbone, weights_digest
 
-    weights = recipe["weights"]
-    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+    weights = recipe["weights"]  # a keyword, or the path of the local weights file
+    if weights not in WEIGHTS_KEYWORDS and not Path(weights).is_file():
         raise StageError(
             f"{weights}: the backbone's weights file, named in {recipe_path}, is not on this machine; "
             f"`dvc pull` does not bring it (a local copy, not a DVC output): copy it to that path from "

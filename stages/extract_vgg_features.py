@@ -6,14 +6,14 @@
 Reads ``extract_vgg_features`` from params.yaml and the images named by
 ``extract_vgg_features.data``: ``medmnist`` (MedMNIST's BreastMNIST at 28x28, upscaled
 to ``image_size``) or ``medmnist_224`` (the same images released at 224x224), each
-downloaded once and MD5-checked into Keras's cache; or, under ``data/local/breast/``, a
-``.npz`` in MedMNIST's layout or a folder with one subfolder of images per class. Writes
-the features (``--features``: ``features`` float32 (N, D), the blocks side by side, named
-by ``feature_blocks`` with their widths in ``block_widths``; ``labels`` int64 (N,),
-``split`` and ``source`` strings (N,), ``class_names`` strings) and what rebuilds the
-frozen backbone for new images (``--backbone``, read by ``stages.classify``, with a hash
-of the weights it was built from); the counts, seconds and speed go to the log and to
-``runs/extract_vgg_features.json``.
+downloaded once and MD5-checked into Keras's cache; or the name of a local copy in
+``data/local/breast/``: a ``.npz`` in MedMNIST's layout or a folder with one subfolder of
+images per class. Writes the features (``--features``: ``features`` float32 (N, D), the
+blocks side by side, named by ``feature_blocks`` with their widths in ``block_widths``;
+``labels`` int64 (N,), ``split`` and ``source`` strings (N,), ``class_names`` strings)
+and what rebuilds the frozen backbone for new images (``--backbone``, read by
+``stages.classify``, with a hash of the weights it was built from); the counts, seconds
+and speed go to the log and to ``runs/extract_vgg_features.json``.
 
 Every block that ``blocks`` names is written once: ``fit_knn`` and ``train_head`` each
 take the blocks they use from their own params (``features``), so a change of either
@@ -53,7 +53,7 @@ from stages.cli import run_stage, stage_args
 from stages.devices import describe_devices, distribution_strategy
 from stages.errors import StageError, one_line
 from stages.inputs import read_npz, require_keys
-from stages.local_data import DownloadError, download_or_stop, local_or
+from stages.local_data import DownloadError, download_or_stop, local_copy, local_or
 from stages.outputs import atomic_path, write_json
 from stages.params import Section, read_params
 from stages.resume import ResumeFolder
@@ -62,8 +62,9 @@ from stages.seeding import seed_everything
 from stages.zip_outputs import save_npz
 
 # How to rebuild the frozen backbone for new images (``stages.classify``): the settings
-# that shape the features, written with the class names.
+# that shape the features, written with the class names (a local weights file by its path).
 RECIPE_KEYS = ("backbone", "weights", "layer", "blocks", "image_size")
+WEIGHTS_KEYWORDS = ("imagenet", "none")  # Keras's download, or random weights
 
 LOCAL_DATA_DIR = Path("data/local/breast")
 LOCAL_WEIGHTS_DIR = Path("data/local/weights")
@@ -98,9 +99,9 @@ SPEED_KEYS = ("workers", "chunk_size")
 RANDOM_WEIGHTS_SEED = 0
 
 class Extraction(Section):
-    data: local_or(LOCAL_DATA_DIR, *MEDMNIST_RELEASES)  # type: ignore[valid-type]
+    data: local_or(LOCAL_DATA_DIR, "file or folder", *MEDMNIST_RELEASES)  # type: ignore[valid-type]
     backbone: Literal["vgg19", "vgg16"]
-    weights: local_or(LOCAL_WEIGHTS_DIR, "imagenet", "none")  # type: ignore[valid-type]
+    weights: local_or(LOCAL_WEIGHTS_DIR, "file", *WEIGHTS_KEYWORDS)  # type: ignore[valid-type]
     layer: Literal[TOP_LAYERS + POOLED_LAYERS]  # type: ignore[valid-type]
     blocks: list[Annotated[int, Field(ge=1, le=5)]] = Field(min_length=1)  # every block a classifier may use
     image_size: int = Field(ge=32)
@@ -157,7 +158,7 @@ def download_breastmnist(release: str) -> Path:
 
     name, url, md5 = MEDMNIST_RELEASES[release]
     with download_or_stop(f"BreastMNIST from {url}", "extract_vgg_features.data",
-                          f"a .npz or an image folder under {LOCAL_DATA_DIR}/"):
+                          "a .npz or an image folder", LOCAL_DATA_DIR):
         # Keras tells an MD5 by its length, and caches the file in ~/.keras/datasets.
         return Path(keras.utils.get_file(name, url, file_hash=md5))
 
@@ -304,11 +305,11 @@ def load_image_folder(root: Path) -> ImageSet:
 
 
 def open_data(data: str) -> ImageSet:
-    """The images named by ``extract_vgg_features.data``: a ``MEDMNIST_RELEASES`` name, or a
-    .npz or a folder under ``data/local/breast/``, where DVC tracks it as a dependency."""
+    """The images named by ``extract_vgg_features.data``: a ``MEDMNIST_RELEASES`` name, or the
+    name of a .npz or a folder in ``LOCAL_DATA_DIR``, where DVC tracks it as a dependency."""
     if data in MEDMNIST_RELEASES:
         return load_npz_images(download_breastmnist(data))
-    path = Path(data)
+    path = local_copy(LOCAL_DATA_DIR, data)
     if path.is_dir():
         return load_image_folder(path)
     if path.is_file():
@@ -388,7 +389,7 @@ def build_extractor(backbone: str, weights: str, layer: str, image_size: int, bl
     shape = {"include_top": top, "input_shape": (image_size, image_size, 3)}
     if weights == "imagenet":
         with download_or_stop(f"the ImageNet weights of {backbone}", "extract_vgg_features.weights",
-                              f"a weights file under {LOCAL_WEIGHTS_DIR}/"):
+                              f"a weights file of {backbone}", LOCAL_WEIGHTS_DIR):
             model = architecture(weights="imagenet", **shape)
     elif weights == "none":
         model = architecture(weights=None, **shape)
@@ -438,10 +439,16 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
+def weights_source(weights: str) -> str:
+    """What ``build_extractor`` loads for ``extract_vgg_features.weights``: its keyword, or the
+    path of the local file it names (backbone.json records it, for classify-images)."""
+    return weights if weights in WEIGHTS_KEYWORDS else local_copy(LOCAL_WEIGHTS_DIR, weights).as_posix()
+
+
 def load_backbone(recipe: dict):
-    """The extractor that ``recipe`` (the ``RECIPE_KEYS`` of params, as saved in
-    ``models/breast/backbone.json``) describes; random weights come from a fixed seed,
-    so they are the same every time."""
+    """The extractor that ``recipe`` (the ``RECIPE_KEYS`` of params, a local weights file by
+    its path, as saved in ``models/breast/backbone.json``) describes; random weights come
+    from a fixed seed, so they are the same every time."""
     seed_everything(RANDOM_WEIGHTS_SEED)
     return build_extractor(recipe["backbone"], recipe["weights"], recipe["layer"], recipe["image_size"],
                            recipe["blocks"])
@@ -555,7 +562,7 @@ def image_counts(images: ImageSet) -> dict:
 def main(argv: list[str]) -> None:
     settings = read_params(Params).extract_vgg_features
     args = stage_args("extract_vgg_features", argv, "features", "backbone", "checkpoints")
-    recipe = settings.model_dump(include=set(RECIPE_KEYS))
+    recipe = {**settings.model_dump(include=set(RECIPE_KEYS)), "weights": weights_source(settings.weights)}
     try:
         images = open_data(settings.data)
     except DownloadError as data_error:

@@ -5,8 +5,8 @@
 This is ``dvc repro --keep-going``: a stage that fails stops only the stages that need
 its outputs. Offline, the downloads of MNIST, BreastMNIST and the ImageNet weights fail,
 and the toy exercise still runs to its metrics and plots. It ends with one line per
-stage that could not run, the reason that stage gave (for a download, the params key to
-point at a local copy), and the stages skipped because of it. The exit status is dvc
+stage that could not run, the reason that stage gave (for a download, where a local copy
+goes and the params key that names it), and the stages skipped because of it. The exit status is dvc
 repro's: 0 when every stage ran or was up to date, non-zero (255) when one could not.
 """
 

@@ -20,6 +20,9 @@ PROJECT_FILES = [
     "dvc.yaml", "params.yaml", "thresholds.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
     ".dvc/plots/offline.html", ".dvc/plots/roc.json",
     "data/local/README.md", "data/local/.gitignore", "data/local/mnist/.gitkeep", "data/local/breast/.gitkeep", "data/local/weights/.gitkeep",
+    # The download keywords' marker files: the stages' dependencies when params name a download.
+    "data/local/mnist/keras", "data/local/breast/medmnist", "data/local/breast/medmnist_224",
+    "data/local/weights/imagenet", "data/local/weights/none",
 ]
 
 
@@ -231,12 +234,12 @@ def small_pipeline_params() -> dict[str, object]:
     run cache serves them."""
     return {
         **small_toy_params(),
-        "augment_train_mnist.data": "data/local/mnist/tiny.npz",
+        "augment_train_mnist.data": "tiny.npz",
         "augment_train_mnist.validation_size": 40,
         "augment_train_mnist.epochs": 2,
         "augment_train_mnist.batch_size": 32,
         "augment_train_mnist.epoch_fraction": 1.0,
-        "extract_vgg_features.data": "data/local/breast/tiny.npz",
+        "extract_vgg_features.data": "tiny.npz",
         "extract_vgg_features.backbone": "vgg16",
         "extract_vgg_features.weights": "none",
         "extract_vgg_features.layer": "avg",

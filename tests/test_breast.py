@@ -227,8 +227,8 @@ def test_bad_folder_is_named_in_one_line(image_folder, how, message):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ("data/local/breast/missing.npz", "data/local/breast/missing.npz: extract_vgg_features.data not found"),
-        ("data/local/breast/list.csv", "data/local/breast/list.csv: unsupported data file"),
+        ("missing.npz", "data/local/breast/missing.npz: extract_vgg_features.data not found"),
+        ("list.csv", "data/local/breast/list.csv: unsupported data file"),
     ],
 )
 def test_data_that_is_not_there_or_not_tracked(tmp_path, monkeypatch, data, message):
@@ -252,12 +252,13 @@ def test_failed_downloads_name_the_key_to_set(monkeypatch):
     assert str(error.value) == (
         f"could not download BreastMNIST from {extract.MEDMNIST_RELEASES['medmnist'][1]} (URL fetch failure on "
         "https://example/x: "
-        "None -- [Errno -2] Name or service not known); set extract_vgg_features.data to a .npz or an image "
-        "folder under data/local/breast/"
+        "None -- [Errno -2] Name or service not known); put a .npz or an image folder in data/local/breast/ "
+        "and set extract_vgg_features.data to its name"
     )
     monkeypatch.setattr(keras.applications, "VGG16", offline)
     with pytest.raises(StageError, match=r"^could not download the ImageNet weights of vgg16 \(URL fetch "
-                       r"failure .*\); set extract_vgg_features.weights to a weights file under data/local/weights/$"):
+                       r"failure .*\); put a weights file of vgg16 in data/local/weights/ and set "
+                       r"extract_vgg_features.weights to its name$"):
         extract.build_extractor("vgg16", "imagenet", "avg", 32)
 
 
@@ -268,9 +269,10 @@ def test_offline_the_stage_names_both_downloads_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(keras.utils, "get_file", offline)
     monkeypatch.setattr(keras.applications, "VGG16", offline)
     write_params(tmp_path, "medmnist", backbone="vgg16", weights="imagenet")
-    with pytest.raises(DownloadError, match=r"^could not download BreastMNIST .*; set "
-                       r"extract_vgg_features\.data to .*; and could not download the ImageNet weights of vgg16 "
-                       r".*; set extract_vgg_features\.weights to a weights file under data/local/weights/$"):
+    with pytest.raises(DownloadError, match=r"^could not download BreastMNIST .*; put .* and set "
+                       r"extract_vgg_features\.data to its name; and could not download the ImageNet weights of "
+                       r"vgg16 .*; put a weights file of vgg16 in data/local/weights/ and set "
+                       r"extract_vgg_features\.weights to its name$"):
         extract.main(stage_argv("extract_vgg_features"))
     assert not (tmp_path / "data/breast").exists()
 
@@ -326,7 +328,7 @@ def test_weights_file_that_does_not_fit_is_named(weights_files, tmp_path, weight
 
 def test_extract_stage_writes_features_for_a_folder(tmp_path, monkeypatch, image_folder):
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, "data/local/breast/lab")
+    write_params(tmp_path, "lab")
     extract.main(stage_argv("extract_vgg_features"))
     with np.load(tmp_path / "data/breast/features.npz") as saved:
         assert saved["features"].shape == (12, 512) and saved["features"].dtype == np.float32
@@ -341,7 +343,7 @@ def test_extract_stage_writes_features_for_a_folder(tmp_path, monkeypatch, image
 
 def test_extract_stage_keeps_the_npz_splits(tmp_path, monkeypatch, breast_npz):
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, "data/local/breast/breast.npz", layer="max", batch_size=8)
+    write_params(tmp_path, "breast.npz", layer="max", batch_size=8)
     extract.main(stage_argv("extract_vgg_features"))
     with np.load(tmp_path / "data/breast/features.npz") as saved:
         assert saved["split"].tolist() == ["train"] * 12 + ["val"] * 4 + ["test"] * 6
@@ -355,24 +357,37 @@ def test_extract_stage_loads_a_weights_file_from_data_local(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data/local/weights").mkdir(parents=True)
     shutil.copy(weights_files["vgg19"], tmp_path / "data/local/weights/vgg19_notop.weights.h5")
-    write_params(tmp_path, "data/local/breast/breast.npz", weights="data/local/weights/vgg19_notop.weights.h5")
+    write_params(tmp_path, "breast.npz", weights="vgg19_notop.weights.h5")
     extract.main(stage_argv("extract_vgg_features"))
     with np.load(tmp_path / "data/breast/features.npz") as saved:
         assert saved["features"].shape == (22, 512)
+    # classify-images rebuilds the backbone from the file's path, wherever it runs from.
+    recipe = json.loads((tmp_path / "models/breast/backbone.json").read_text())
+    assert recipe["weights"] == "data/local/weights/vgg19_notop.weights.h5"
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"layer": "fc2", "image_size": 32}, "extract_vgg_features.image_size: must be 224 for layer fc2, got 32"),
-        ({"weights": "vgg19.weights.h5"}, "extract_vgg_features.weights: must be imagenet or none, or a path under data/local/weights/"),
+        ({"weights": "vgg19.weights.h5"}, "extract_vgg_features.weights: data/local/weights/vgg19.weights.h5 not "
+                                          "found: put the file there, or set it to imagenet or none; "),
+        ({"weights": "data/local/weights/vgg19.weights.h5"},
+         "extract_vgg_features.weights: must be imagenet or none, or the name of a file inside data/local/weights/, "
+         "not a path: set it to vgg19.weights.h5, the name of the file inside data/local/weights/ "),
         ({"backbone": "resnet50"}, "extract_vgg_features.backbone: must be 'vgg19' or 'vgg16', got 'resnet50'"),
-        ({"data": "elsewhere/breast.npz"}, "extract_vgg_features.data: must be medmnist or medmnist_224, or a path under data/local/breast/"),
+        ({"data": "elsewhere/breast.npz"},
+         "extract_vgg_features.data: must be medmnist or medmnist_224, or the name of a file or folder inside "
+         "data/local/breast/, not a path: set it to breast.npz, the name of the file or folder inside "
+         "data/local/breast/ "),
+        ({"data": "missing.npz"}, "extract_vgg_features.data: data/local/breast/missing.npz not found: put the "
+                                  "file or folder there, or set it to medmnist or medmnist_224; "),
     ],
 )
 def test_extract_stage_checks_params_before_reading_data(tmp_path, monkeypatch, overrides, message):
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, overrides.pop("data", "data/local/breast/missing.npz"), **overrides)
+    # A download by default: a bad key must stop the stage before it is tried.
+    write_params(tmp_path, overrides.pop("data", "medmnist"), **overrides)
     with pytest.raises(ParamsError, match=f"^params.yaml: {message}"):
         extract.main(stage_argv("extract_vgg_features"))
 
@@ -535,7 +550,7 @@ def test_a_tampered_knn_file_is_refused_unloaded(tmp_path):
 
 def test_both_stages_and_evaluate_on_a_folder(tmp_path, monkeypatch, image_folder):
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, "data/local/breast/lab")
+    write_params(tmp_path, "lab")
     extract.main(stage_argv("extract_vgg_features"))
     fit_knn.main(stage_argv("fit_knn"))
     train_head.main(stage_argv("train_head"))
@@ -598,14 +613,14 @@ def test_several_blocks_are_pooled_and_concatenated():
 )
 def test_bad_blocks_are_named(tmp_path, monkeypatch, overrides, message):
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, "data/local/breast/missing.npz", **overrides)
+    write_params(tmp_path, "medmnist", **overrides)  # a bad key stops the stage before the download
     with pytest.raises(ParamsError, match=re.escape(f"params.yaml: extract_vgg_features.{message}")):
         extract.main(stage_argv("extract_vgg_features"))
 
 
 def test_the_backbone_recipe_rebuilds_the_same_features(tmp_path, monkeypatch, breast_npz):
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, "data/local/breast/breast.npz", blocks=[4, 5])
+    write_params(tmp_path, "breast.npz", blocks=[4, 5])
     extract.main(stage_argv("extract_vgg_features"))
     recipe = json.loads((tmp_path / "models/breast/backbone.json").read_text())
     rebuilt = extract.load_backbone(recipe)
@@ -791,7 +806,7 @@ def test_the_originals_recipe_runs_as_the_readme_prints_it(tmp_path, monkeypatch
                          "extract_vgg_features.layer": "fc1", "extract_vgg_features.blocks": [5],
                          "fit_knn.features": ["fc1"], "train_head.features": ["fc1"]}
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, "data/local/breast/breast.npz", image_size=224)
+    write_params(tmp_path, "breast.npz", image_size=224)
     params = json.loads((tmp_path / "params.yaml").read_text())
     for key, value in overrides.items():
         if key != "extract_vgg_features.data":  # a download: the tiny local copy stands in

@@ -74,7 +74,7 @@ def breast_project(tmp_path_factory) -> Path:
     (root / "data/local/breast").mkdir(parents=True)
     np.savez(root / "data/local/breast/tiny.npz", **tiny_breast(n_train=30, n_val=10, n_test=12))
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["extract_vgg_features"].update(data="data/local/breast/tiny.npz", backbone="vgg16", weights="none",
+    params["extract_vgg_features"].update(data="tiny.npz", backbone="vgg16", weights="none",
                                           layer="avg", blocks=[3, 4, 5], image_size=32)
     params["fit_knn"].update(k=3, features=["block5"])  # each classifier on blocks of its own
     params["breast_cv_folds"] = 3
@@ -296,7 +296,7 @@ def test_digits_get_the_cnns_own_probabilities(tmp_path, monkeypatch):
     (tmp_path / "data/local/mnist").mkdir(parents=True)
     np.savez(tmp_path / "data/local/mnist/tiny.npz", **arrays)
     settings = yaml.safe_load((PROJECT / "params.yaml").read_text())["augment_train_mnist"]
-    settings.update(data="data/local/mnist/tiny.npz", validation_size=40, epochs=1, batch_size=16, epoch_fraction=1.0)
+    settings.update(data="tiny.npz", validation_size=40, epochs=1, batch_size=16, epoch_fraction=1.0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"seed": 0, "augment_train_mnist": settings}))
     shutil.copy(PROJECT / "dvc.yaml", tmp_path)
     augment_train_mnist.main(stage_argv("augment_train_mnist"))

@@ -123,9 +123,9 @@ def test_input_runs_a_bounded_number_of_batches_ahead():
 # --------------------------------------------------------------------------- the stage
 def test_one_or_two_workers_and_any_chunk_size_give_the_same_bytes(tmp_path, monkeypatch):
     write_lab_folder(tmp_path / "data/local/breast/lab")
-    write_params(tmp_path, "data/local/breast/lab", workers=1)
+    write_params(tmp_path, "lab", workers=1)
     one_worker = run_here(tmp_path, monkeypatch)
-    write_params(tmp_path, "data/local/breast/lab", workers=2, chunk_size=5)  # chunks of 8, two batches
+    write_params(tmp_path, "lab", workers=2, chunk_size=5)  # chunks of 8, two batches
     assert run_here(tmp_path, monkeypatch) == one_worker
     with np.load(tmp_path / FEATURES) as saved:
         assert saved["features"].shape == (18, 512)
@@ -162,11 +162,11 @@ def test_each_key_kept_can_change_the_features(tmp_path, monkeypatch):
     (tmp_path / "data/local/weights").mkdir(parents=True)
     keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(
         tmp_path / "data/local/weights/vgg16.weights.h5")
-    changes = {"data": "data/local/breast/other.npz", "backbone": "vgg19",
-               "weights": "data/local/weights/vgg16.weights.h5", "layer": "max", "blocks": [5], "image_size": 48}
+    changes = {"data": "other.npz", "backbone": "vgg19",
+               "weights": "vgg16.weights.h5", "layer": "max", "blocks": [5], "image_size": 48}
     assert sorted([*changes, "batch_size"]) == sorted(kept)
     # Blocks 4 and 5: at 32x32, block 5 pools a single position, where avg and max agree.
-    base_params = {"data": "data/local/breast/lab", "batch_size": 4, "blocks": [4, 5]}
+    base_params = {"data": "lab", "batch_size": 4, "blocks": [4, 5]}
 
     def features(**overrides) -> np.ndarray:
         write_params(tmp_path, **{**base_params, **overrides})
@@ -193,7 +193,7 @@ def test_each_key_kept_can_change_the_features(tmp_path, monkeypatch):
 
 
 def test_workers_must_be_at_least_one(tmp_path, monkeypatch):
-    write_params(tmp_path, "data/local/breast/lab", workers=0)
+    write_params(tmp_path, "medmnist", workers=0)  # a bad key stops the stage before the download
     with pytest.raises(ParamsError, match=r"^params.yaml: extract_vgg_features.workers: must be greater"):
         run_here(tmp_path, monkeypatch)
 
@@ -213,7 +213,7 @@ def spoil(path: Path, how: str) -> None:
 def test_a_bad_image_stops_the_stage_naming_it_with_no_output(tmp_path, monkeypatch, how, name):
     lab = write_lab_folder(tmp_path / "data/local/breast/lab")
     spoil(lab / name, how)
-    write_params(tmp_path, "data/local/breast/lab", chunk_size=4)
+    write_params(tmp_path, "lab", chunk_size=4)
     with pytest.raises(StageError) as error:
         run_here(tmp_path, monkeypatch)
     assert str(error.value).startswith(f"data/local/breast/lab/{name}: cannot read image")
@@ -228,7 +228,7 @@ def test_a_bad_image_stops_the_stage_naming_it_with_no_output(tmp_path, monkeypa
 @pytest.mark.slow  # second tier: child processes of TensorFlow
 def test_a_killed_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     write_many_npz(tmp_path / "data/local/breast/many.npz", 400)
-    write_params(tmp_path, "data/local/breast/many.npz", batch_size=8, chunk_size=16)
+    write_params(tmp_path, "many.npz", batch_size=8, chunk_size=16)
     child = stage_child(tmp_path)
     chunks = tmp_path / CHECKPOINTS
     while len(list(chunks.glob("chunk-*.npy"))) < 2 and child.poll() is None:
@@ -278,7 +278,7 @@ def test_chunks_of_other_settings_or_images_are_not_reused(tmp_path, monkeypatch
 
     def run(stop_after: int | None = None, **settings) -> bytes | None:
         """A run over the 18 images in chunks of 8 (two batches); interrupted, it leaves two chunks."""
-        write_params(tmp_path, "data/local/breast/lab", chunk_size=8, **settings)
+        write_params(tmp_path, "lab", chunk_size=8, **settings)
         if stop_after is None:
             return run_here(tmp_path, monkeypatch)
         with monkeypatch.context() as patch, pytest.raises(Interrupted):
@@ -306,7 +306,7 @@ def test_chunks_of_other_settings_or_images_are_not_reused(tmp_path, monkeypatch
 @pytest.mark.slow  # second tier: child processes of TensorFlow
 def test_two_devices_give_the_features_of_one(tmp_path, monkeypatch):
     write_many_npz(tmp_path / "data/local/breast/few.npz", 23)
-    write_params(tmp_path, "data/local/breast/few.npz", batch_size=5, chunk_size=10)  # last batch: 3 images
+    write_params(tmp_path, "few.npz", batch_size=5, chunk_size=10)  # last batch: 3 images
     child = stage_child(tmp_path, "-c", two_cpu_devices_script(STAGE))
     log = child.communicate()[0]
     assert child.returncode == 0, log

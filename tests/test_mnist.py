@@ -19,7 +19,8 @@ from stages.outputs import write_json
 from stages.predictions import read_predictions
 from tests.conftest import PROJECT, stage_argv, tiny_mnist, tool_env, two_cpu_devices_script
 
-LOCAL_FILE = "data/local/mnist/tiny.npz"
+LOCAL_NAME = "tiny.npz"  # augment_train_mnist.data: the file's name inside data/local/mnist/
+LOCAL_FILE = f"data/local/mnist/{LOCAL_NAME}"
 # How far the held-out accuracy of a two-device run may fall from a one-device run's on
 # the tiny data's 40 test digits (1.0 and 0.9 on a 2-core CPU; chance is 0.1).
 TWO_DEVICE_ACCURACY_GAP = 0.2
@@ -28,7 +29,7 @@ TWO_DEVICE_ACCURACY_GAP = 0.2
 def small_settings(**overrides) -> dict:
     with open(Path(__file__).resolve().parents[1] / "params.yaml") as f:
         settings = yaml.safe_load(f)["augment_train_mnist"]
-    settings.update(data=LOCAL_FILE, validation_size=40, epochs=3, batch_size=16, epoch_fraction=1.0)
+    settings.update(data=LOCAL_NAME, validation_size=40, epochs=3, batch_size=16, epoch_fraction=1.0)
     settings.update(overrides)
     return settings
 
@@ -194,7 +195,7 @@ def test_training_mirrored_over_two_devices(workdir, capsys):
 
 @pytest.mark.slow  # second tier: XLA compiles the model, half a minute on 2 cores
 def test_mixed_precision_and_xla_options_run(workdir, capsys):
-    arrays = mnist.load_mnist(LOCAL_FILE)
+    arrays = mnist.load_mnist(LOCAL_NAME)
     settings = mnist.MnistTraining(**small_settings(epochs=1, mixed_precision=True, jit_compile=True,
                                                     deterministic=False))
     x, y = arrays["x_train"], arrays["y_train"]
@@ -273,21 +274,52 @@ def test_failed_download_says_what_to_do(monkeypatch):
         mnist.load_mnist("keras")
     assert str(error.value) == (
         "could not download MNIST through Keras (URL fetch failure on https://example/mnist.npz: None -- "
-        "[Errno -2] Name or service not known); set augment_train_mnist.data to a local .npz under data/local/mnist/"
+        "[Errno -2] Name or service not known); put a .npz with Keras's keys in data/local/mnist/ and set "
+        "augment_train_mnist.data to its name"
     )
 
 
-def test_unreadable_or_absent_file_and_path_outside_the_local_folder(workdir):
+def test_unreadable_or_absent_file_is_named(workdir):
     (workdir / LOCAL_FILE).write_text("not an npz")
     with pytest.raises(StageError, match=rf"^{LOCAL_FILE}: not a readable \.npz file"):
-        mnist.load_mnist(LOCAL_FILE)
+        mnist.load_mnist(LOCAL_NAME)
     with pytest.raises(StageError, match=r"^data/local/mnist/absent\.npz: not found"):
-        mnist.load_mnist("data/local/mnist/absent.npz")
+        mnist.load_mnist("absent.npz")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("data/local/mnist/mnist.npz",
+         "augment_train_mnist.data: must be keras, or the name of a file inside data/local/mnist/, not a path: "
+         "set it to mnist.npz, the name of the file inside data/local/mnist/ (copy or link it there, so that DVC "
+         "tracks it), got 'data/local/mnist/mnist.npz'"),
+        ("/elsewhere/mnist.npz", "augment_train_mnist.data: must be keras, or the name of a file inside "
+         "data/local/mnist/, not a path: set it to mnist.npz, the name of the file inside data/local/mnist/ "
+         "(copy or link it there, so that DVC tracks it), got '/elsewhere/mnist.npz'"),
+        ("absent.npz", "augment_train_mnist.data: data/local/mnist/absent.npz not found: put the file there, "
+         "or set it to keras; got 'absent.npz'"),
+    ],
+)
+def test_a_path_or_a_name_not_in_the_local_folder_is_refused_before_any_work(workdir, monkeypatch, data, message):
     params = yaml.safe_load((workdir / "params.yaml").read_text())
-    params["augment_train_mnist"]["data"] = "/elsewhere/mnist.npz"
+    params["augment_train_mnist"]["data"] = data
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ParamsError, match=r"augment_train_mnist\.data: must be keras, or a path under data/local/mnist/"):
+    monkeypatch.setattr(mnist, "load_mnist", lambda data: pytest.fail("read the data before checking params"))
+    with pytest.raises(ParamsError) as error:
         mnist.main(stage_argv("augment_train_mnist"))
+    assert str(error.value) == f"params.yaml: {message}"
+
+
+def test_a_keyword_means_its_download_whatever_file_has_its_name(workdir, monkeypatch):
+    import keras
+
+    download = tiny_mnist(seed=1)
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: (
+        (download["x_train"], download["y_train"]), (download["x_test"], download["y_test"])))
+    with open(workdir / "data/local/mnist/keras", "wb") as shadow:  # other digits, under the keyword's name
+        np.savez(shadow, **tiny_mnist(seed=2))
+    assert np.array_equal(mnist.load_mnist("keras")["x_train"], download["x_train"])
 
 
 def test_xla_under_op_determinism_stops_before_any_work(workdir, monkeypatch):

@@ -55,11 +55,12 @@ def test_offline_the_quick_start_finishes_the_toy_exercise_and_names_each_downlo
     result = subprocess.run(["run-pipeline"], cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 255, result.stdout + result.stderr
     summary = result.stdout[result.stdout.index("run-pipeline: 2 stage(s) could not run:"):].splitlines()
-    assert re.fullmatch(r"  augment_train_mnist: could not download MNIST .*; set augment_train_mnist\.data to "
-                        r"a local \.npz under data/local/mnist/", summary[1])
-    assert re.fullmatch(r"  extract_vgg_features: could not download BreastMNIST .*; set extract_vgg_features\.data"
-                        r" to .*; and could not download the ImageNet weights of vgg16 .*; set "
-                        r"extract_vgg_features\.weights to a weights file under data/local/weights/", summary[2])
+    assert re.fullmatch(r"  augment_train_mnist: could not download MNIST .*; put a \.npz with Keras's keys in "
+                        r"data/local/mnist/ and set augment_train_mnist\.data to its name", summary[1])
+    assert re.fullmatch(r"  extract_vgg_features: could not download BreastMNIST .*; put .* in data/local/breast/ "
+                        r"and set extract_vgg_features\.data to its name; and could not download the ImageNet weights "
+                        r"of vgg16 .*; put .* in data/local/weights/ and set extract_vgg_features\.weights to its "
+                        r"name", summary[2])
     skipped = summary[3].removeprefix("  skipped, as they need those: ").split(", ")
     assert sorted(skipped) == ["evaluate@breast", "evaluate@mnist", "fit_knn", "train_head"]
     assert stages_run(result.stdout) == ["augment_train_mnist", "evaluate@toy", "extract_vgg_features",

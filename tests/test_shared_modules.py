@@ -39,7 +39,7 @@ class Training(Section):
 class Params(Section):
     seed: int = Field(ge=0)
     train: Training
-    data: local_or(Path("data/local/x"), "download")  # type: ignore[valid-type]
+    data: local_or(Path("data/local/x"), "file", "download")  # type: ignore[valid-type]
 
 
 GOOD = "seed: 1\ntrain: {epochs: 3, rate: 0.1, layers: [3, 5], mode: a, fast: false}\ndata: download\n"
@@ -51,11 +51,14 @@ def read(tmp_path, text):
     return read_params(Params, path)
 
 
-def test_valid_params_are_returned_typed(tmp_path):
+def test_valid_params_are_returned_typed(tmp_path, monkeypatch):
     params = read(tmp_path, GOOD.replace("rate: 0.1", "rate: 1"))
     assert params.seed == 1 and params.train.rate == 1.0 and isinstance(params.train.rate, float)
     assert params.train.layers == [3, 5] and params.train.fast is False and params.data == "download"
-    assert read(tmp_path, GOOD.replace("data: download", "data: data/local/x/y.npz")).data == "data/local/x/y.npz"
+    monkeypatch.chdir(tmp_path)  # the local folder is relative to the project root
+    (tmp_path / "data/local/x").mkdir(parents=True)
+    (tmp_path / "data/local/x/y.npz").write_bytes(b"")
+    assert read(tmp_path, GOOD.replace("data: download", "data: y.npz")).data == "y.npz"
 
 
 @pytest.mark.parametrize(
@@ -75,11 +78,20 @@ def test_valid_params_are_returned_typed(tmp_path):
         (("seed: 1\n", ""), "seed: missing key"),
         (("mode: a, fast: false", "mode: b, fast: true"), "train.fast: needs mode a"),
         (("data: download", "data: /elsewhere/y.npz"),
-         "data: must be download, or a path under data/local/x/ (copy or link it there, so that DVC tracks it), "
-         "got '/elsewhere/y.npz'"),
+         "data: must be download, or the name of a file inside data/local/x/, not a path: set it to y.npz, the "
+         "name of the file inside data/local/x/ (copy or link it there, so that DVC tracks it), got '/elsewhere/y.npz'"),
+        (("data: download", "data: data/local/x/y.npz"),
+         "data: must be download, or the name of a file inside data/local/x/, not a path: set it to y.npz, the "
+         "name of the file inside data/local/x/ (copy or link it there, so that DVC tracks it), "
+         "got 'data/local/x/y.npz'"),
+        (("data: download", "data: '..'"), "data: must be download, or the name of a file inside data/local/x/, "
+         "got '..'"),
+        (("data: download", "data: absent.npz"),
+         "data: data/local/x/absent.npz not found: put the file there, or set it to download; got 'absent.npz'"),
     ],
 )
-def test_bad_params_name_the_key(tmp_path, change, message):
+def test_bad_params_name_the_key(tmp_path, monkeypatch, change, message):
+    monkeypatch.chdir(tmp_path)  # the local folder is relative to the project root
     with pytest.raises(ParamsError) as error:
         read(tmp_path, GOOD.replace(*change))
     assert str(error.value) == f"{tmp_path / 'params.yaml'}: {message}"

@@ -72,13 +72,22 @@ def dvc_stages() -> dict[str, dict]:
     return {name: definition.get("do", definition) for name, definition in stages.items()}
 
 
-def test_local_data_folders_are_deps_of_the_stages_that_read_them():
-    # A params value may name a local copy instead of a download only under these
-    # folders (stages.local_data.local_or), so that DVC reruns the stage when it changes.
-    from stages import augment_train_mnist, extract_vgg_features
+def test_a_stage_depends_on_the_one_entry_of_data_local_its_params_name():
+    # A params value names a download by its keyword, or a local copy by its name inside a
+    # folder of data/local/ (stages.local_data.local_or); the stage's dep is that one entry,
+    # the keyword's marker file for a download, so that a file dropped in the folder reruns
+    # only the stage that reads it (tests/test_local_copies.py runs DVC on it).
+    from stages import augment_train_mnist as mnist
+    from stages import extract_vgg_features as extract
 
     stages = dvc_stages()
-    for stage, folders in (("augment_train_mnist", [augment_train_mnist.LOCAL_DATA_DIR]),
-                           ("extract_vgg_features", [extract_vgg_features.LOCAL_DATA_DIR,
-                                                     extract_vgg_features.LOCAL_WEIGHTS_DIR])):
-        assert {folder.as_posix() for folder in folders} <= set(stages[stage]["deps"]), stage
+    for stage, reads in (
+        ("augment_train_mnist", [("data", mnist.LOCAL_DATA_DIR, ["keras"])]),
+        ("extract_vgg_features", [("data", extract.LOCAL_DATA_DIR, extract.MEDMNIST_RELEASES),
+                                  ("weights", extract.LOCAL_WEIGHTS_DIR, extract.WEIGHTS_KEYWORDS)]),
+    ):
+        local_deps = {dep for dep in stages[stage]["deps"] if dep.startswith("data/local/")}
+        assert local_deps == {f"{folder.as_posix()}/${{{stage}.{key}}}" for key, folder, _ in reads}, stage
+        for key, folder, keywords in reads:
+            for keyword in keywords:
+                assert (PROJECT / folder / keyword).is_file(), f"{stage}.{key}: no marker file for {keyword}"
