@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,39 @@ def test_tensorflow_start_up_lines_are_dropped_unless_the_user_set_a_log_level(u
         assert lines == ["E0000 00:00:1795814390.981311    9022 other.cc:52] a real error", "a stage line"]
     else:
         assert len(lines) == 5  # the user asked for TensorFlow's own output
+
+
+# A stage that dies: without unwinding, on a C++ abort (CUDA error, failed check) or the
+# OOM killer's SIGKILL, or on Ctrl-C, which reaches its whole process group. The lines it
+# wrote to file descriptor 2 just before are the ones that say why, and must reach the
+# log; TensorFlow's start-up lines are still dropped.
+DYING_STAGE = """
+import os, resource, signal
+from stages.cli import run_stage
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file from the abort
+def main(argv):
+    os.write(2, b"I0000 00:00:1795814380.884829    9022 port.cc:153] oneDNN custom operations are on. You may\\n")
+    os.write(2, b"F0000 00:00:1795814390.981311    9022 cuda_executor.cc:52] Check failed: the reason it dies\\n")
+    {death}
+run_stage(main)
+"""
+
+
+@pytest.mark.parametrize("death, status, last_line", [
+    ("os.abort()", -signal.SIGABRT, None),
+    ("os.kill(os.getpid(), signal.SIGKILL)", -signal.SIGKILL, None),
+    ("os.killpg(os.getpgrp(), signal.SIGINT)", -signal.SIGINT, "KeyboardInterrupt"),
+])
+def test_a_stage_that_dies_still_shows_its_last_stderr_lines(death, status, last_line):
+    env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    env.pop("STAGES_DEFAULT_TF_CPP_MIN_LOG_LEVEL", None)
+    result = subprocess.run([sys.executable, "-c", DYING_STAGE.format(death=death)], env=env,
+                            capture_output=True, text=True, timeout=60, start_new_session=True)
+    assert result.returncode == status
+    lines = result.stderr.splitlines()
+    assert lines[0] == "F0000 00:00:1795814390.981311    9022 cuda_executor.cc:52] Check failed: the reason it dies"
+    if last_line is None:
+        assert len(lines) == 1
+    else:  # the traceback after it
+        assert lines[-1] == last_line
