@@ -15,7 +15,7 @@ import pydantic
 import pytest
 from pydantic import Field
 
-from stages.errors import ParamsError
+from stages.errors import ParamsError, StageError
 from stages.local_data import local_or
 from stages.outputs import atomic_path, write_json
 from stages.params import Name, Section, read_params
@@ -189,6 +189,81 @@ def test_skops_files_hold_no_time_and_no_address(tmp_path, monkeypatch):
     assert (tmp_path / "a.skops").read_bytes() == (tmp_path / "b.skops").read_bytes()
     assert np.array_equal(load_knn(tmp_path / "b.skops").predict_proba(x), models[0].predict_proba(x))
 
+
+
+def test_skops_files_are_the_same_from_another_process(tmp_path):
+    # Another process, other addresses: what a rerun of the stage sees.
+    save = ("import sys, numpy as np; from stages.fit_knn import make_knn_pipeline; "
+            "from stages.zip_outputs import save_skops; "
+            "x, y = np.random.default_rng(0).random((8, 32), dtype=np.float32), np.arange(8) % 2; "
+            "save_skops(make_knn_pipeline(3).fit(x, y), sys.argv[1])")
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", save, tmp_path / f"{name}.skops"], check=True,
+                       env={**tool_env(), "PYTHONPATH": str(PROJECT)})
+    assert (tmp_path / "a.skops").read_bytes() == (tmp_path / "b.skops").read_bytes()
+
+
+def rename_schema(members):
+    return {("state.json" if name == "schema.json" else name): content for name, content in members.items()}
+
+
+# Files that skops might write one day, made from today's: what save_skops must refuse
+# rather than write with bytes that change from run to run.
+SKOPS_DOCTORINGS = {
+    "spacing": (lambda members: {**members, "schema.json": members["schema.json"].replace(b'"__id__": ', b'"__id__":')},
+                r'"__id__": \d+ left as written in schema\.json'),
+    "extra member": (lambda members: {**members, "notes.txt": b"x"}, "member notes.txt, which schema.json does not name"),
+    "no schema": (rename_schema, "no schema.json"),
+    "not JSON": (lambda members: {**members, "schema.json": b"schema: 1"}, r"schema\.json is not JSON \(.*\)"),
+}
+
+
+def skops_stop_message(path, what):
+    import skops
+
+    return (rf"{re.escape(str(path))}: skops {re.escape(skops.__version__)} wrote a file that "
+            rf"stages/zip_outputs\.py cannot make the same from run to run: {what}")
+
+
+@pytest.mark.parametrize("doctoring", SKOPS_DOCTORINGS)
+def test_a_skops_file_it_does_not_recognise_stops_with_one_line(tmp_path, monkeypatch, doctoring):
+    import io
+    import zipfile
+
+    import numpy as np
+    import skops.io
+
+    from stages.fit_knn import make_knn_pipeline
+
+    doctor, what = SKOPS_DOCTORINGS[doctoring]
+    dumps = skops.io.dumps
+
+    def doctored_dumps(obj):
+        with zipfile.ZipFile(io.BytesIO(dumps(obj))) as saved:
+            members = doctor({name: saved.read(name) for name in saved.namelist()})
+        doctored = io.BytesIO()
+        with zipfile.ZipFile(doctored, "w") as archive:
+            for name, content in members.items():
+                archive.writestr(name, content)
+        return doctored.getvalue()
+
+    monkeypatch.setattr(skops.io, "dumps", doctored_dumps)
+    x, y = np.random.default_rng(0).random((8, 32), dtype=np.float32), np.arange(8) % 2
+    path = tmp_path / "knn.skops"
+    with pytest.raises(StageError) as stop:
+        save_skops(make_knn_pipeline(3).fit(x, y), path)
+    assert re.fullmatch(skops_stop_message(path, what), str(stop.value))
+    assert not path.exists()
+
+
+def test_a_skops_file_with_random_names_stops_with_one_line(tmp_path):
+    # skops names the file of a bytes object after a random UUID.
+    path = tmp_path / "blob.skops"
+    with pytest.raises(StageError) as stop:
+        save_skops({"blob": b"\x00\x01"}, path)
+    assert re.fullmatch(skops_stop_message(path, r'"file": "[^"]+\.bin" left as written in schema\.json'),
+                        str(stop.value))
+    assert not path.exists()
 
 NOISY_STAGE = """
 import os, sys
