@@ -7,8 +7,8 @@ import argparse
 import contextlib
 import os
 import re
+import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -44,38 +44,58 @@ TENSORFLOW_NOISE = re.compile(
 )
 
 
+# The filter that quiet_tensorflow_stderr runs in a process of its own: it reads the
+# stage's stderr from its standard input until every writer has closed it, and writes
+# each line but TensorFlow's chatter to its own stderr, the real one.
+STDERR_FILTER = """
+import os, re, sys
+noise = re.compile(sys.argv[1])
+for line in sys.stdin.buffer:
+    if not noise.search(line.decode(errors="replace")):
+        sys.stderr.buffer.write(line)
+        sys.stderr.buffer.flush()
+os._exit(0)  # without the interpreter's clean-up, milliseconds the stage would wait for
+"""
+
+
 @contextlib.contextmanager
 def quiet_tensorflow_stderr() -> Iterator[None]:
     """Drop TensorFlow's start-up chatter (``TENSORFLOW_NOISE``) from this process's stderr.
 
     The C++ libraries write to file descriptor 2 directly, so the descriptor is routed
-    through a pipe, and a thread passes on every line but those. Left alone when the
+    through a pipe to a small filter process that passes on every line but those. A
+    process, not a thread: when the stage dies abruptly (abort, SIGKILL), the filter
+    still reads what is left in the pipe, the lines that say why. Left alone when the
     user set TF_CPP_MIN_LOG_LEVEL themselves: they asked for what TensorFlow prints.
     """
     if TF_LOG_LEVEL_FROM_USER:
         yield
         return
     sys.stderr.flush()
-    saved, real_stderr = os.dup(2), os.dup(2)  # one to restore, one for the thread
+    # os.pipe's ends are not inherited, so the filter holds no write end of its own: its
+    # input ends when the stage's stderr closes, be it on exit or on the stage's death.
     read_end, write_end = os.pipe()
+    # -I -S: the standard library alone, nothing from the environment or site-packages, to
+    # start fast. A session of its own: Ctrl-C or a kill of the stage's process group does
+    # not reach it, and it stays to pass on what the dying stage wrote (a traceback, say).
+    stderr_filter = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", STDERR_FILTER, TENSORFLOW_NOISE.pattern],
+        stdin=read_end, stdout=subprocess.DEVNULL, start_new_session=True,
+    )
+    os.close(read_end)
+    saved = os.dup(2)
     os.dup2(write_end, 2)
     os.close(write_end)
-
-    def pass_on() -> None:
-        with open(read_end, "rb") as lines, open(real_stderr, "wb", buffering=0) as out:
-            for line in lines:
-                if not TENSORFLOW_NOISE.search(line.decode(errors="replace")):
-                    out.write(line)
-
-    thread = threading.Thread(target=pass_on, daemon=True)
-    thread.start()
     try:
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(saved, 2)  # closes the pipe's last write end, so the thread sees its end
+        os.dup2(saved, 2)  # closes the pipe's last write end here, so the filter sees its end
         os.close(saved)
-        thread.join(timeout=5)
+        # Its last lines out before the stage's next ones. A process the stage started and
+        # left running may still hold the pipe: then the filter goes on passing its lines.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            stderr_filter.wait(timeout=5)
 
 
 def run_stage(main: Callable[[list[str]], None]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pydantic
 import pytest
 from pydantic import Field
 
-from stages.errors import ParamsError
+from stages.errors import ParamsError, StageError
 from stages.local_data import local_or
 from stages.outputs import atomic_path, write_json
 from stages.params import Name, Section, read_params
@@ -201,6 +202,81 @@ def test_skops_files_hold_no_time_and_no_address(tmp_path, monkeypatch):
     assert np.array_equal(load_knn(tmp_path / "b.skops").predict_proba(x), models[0].predict_proba(x))
 
 
+
+def test_skops_files_are_the_same_from_another_process(tmp_path):
+    # Another process, other addresses: what a rerun of the stage sees.
+    save = ("import sys, numpy as np; from stages.fit_knn import make_knn_pipeline; "
+            "from stages.zip_outputs import save_skops; "
+            "x, y = np.random.default_rng(0).random((8, 32), dtype=np.float32), np.arange(8) % 2; "
+            "save_skops(make_knn_pipeline(3).fit(x, y), sys.argv[1])")
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", save, tmp_path / f"{name}.skops"], check=True,
+                       env={**tool_env(), "PYTHONPATH": str(PROJECT)})
+    assert (tmp_path / "a.skops").read_bytes() == (tmp_path / "b.skops").read_bytes()
+
+
+def rename_schema(members):
+    return {("state.json" if name == "schema.json" else name): content for name, content in members.items()}
+
+
+# Files that skops might write one day, made from today's: what save_skops must refuse
+# rather than write with bytes that change from run to run.
+SKOPS_DOCTORINGS = {
+    "spacing": (lambda members: {**members, "schema.json": members["schema.json"].replace(b'"__id__": ', b'"__id__":')},
+                r'"__id__": \d+ left as written in schema\.json'),
+    "extra member": (lambda members: {**members, "notes.txt": b"x"}, "member notes.txt, which schema.json does not name"),
+    "no schema": (rename_schema, "no schema.json"),
+    "not JSON": (lambda members: {**members, "schema.json": b"schema: 1"}, r"schema\.json is not JSON \(.*\)"),
+}
+
+
+def skops_stop_message(path, what):
+    import skops
+
+    return (rf"{re.escape(str(path))}: skops {re.escape(skops.__version__)} wrote a file that "
+            rf"stages/zip_outputs\.py cannot make the same from run to run: {what}")
+
+
+@pytest.mark.parametrize("doctoring", SKOPS_DOCTORINGS)
+def test_a_skops_file_it_does_not_recognise_stops_with_one_line(tmp_path, monkeypatch, doctoring):
+    import io
+    import zipfile
+
+    import numpy as np
+    import skops.io
+
+    from stages.fit_knn import make_knn_pipeline
+
+    doctor, what = SKOPS_DOCTORINGS[doctoring]
+    dumps = skops.io.dumps
+
+    def doctored_dumps(obj):
+        with zipfile.ZipFile(io.BytesIO(dumps(obj))) as saved:
+            members = doctor({name: saved.read(name) for name in saved.namelist()})
+        doctored = io.BytesIO()
+        with zipfile.ZipFile(doctored, "w") as archive:
+            for name, content in members.items():
+                archive.writestr(name, content)
+        return doctored.getvalue()
+
+    monkeypatch.setattr(skops.io, "dumps", doctored_dumps)
+    x, y = np.random.default_rng(0).random((8, 32), dtype=np.float32), np.arange(8) % 2
+    path = tmp_path / "knn.skops"
+    with pytest.raises(StageError) as stop:
+        save_skops(make_knn_pipeline(3).fit(x, y), path)
+    assert re.fullmatch(skops_stop_message(path, what), str(stop.value))
+    assert not path.exists()
+
+
+def test_a_skops_file_with_random_names_stops_with_one_line(tmp_path):
+    # skops names the file of a bytes object after a random UUID.
+    path = tmp_path / "blob.skops"
+    with pytest.raises(StageError) as stop:
+        save_skops({"blob": b"\x00\x01"}, path)
+    assert re.fullmatch(skops_stop_message(path, r'"file": "[^"]+\.bin" left as written in schema\.json'),
+                        str(stop.value))
+    assert not path.exists()
+
 NOISY_STAGE = """
 import os, sys
 from stages.cli import run_stage
@@ -230,3 +306,39 @@ def test_tensorflow_start_up_lines_are_dropped_unless_the_user_set_a_log_level(u
         assert lines == ["E0000 00:00:1795814390.981311    9022 other.cc:52] a real error", "a stage line"]
     else:
         assert len(lines) == 5  # the user asked for TensorFlow's own output
+
+
+# A stage that dies: without unwinding, on a C++ abort (CUDA error, failed check) or the
+# OOM killer's SIGKILL, or on Ctrl-C, which reaches its whole process group. The lines it
+# wrote to file descriptor 2 just before are the ones that say why, and must reach the
+# log; TensorFlow's start-up lines are still dropped.
+DYING_STAGE = """
+import os, resource, signal
+from stages.cli import run_stage
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file from the abort
+def main(argv):
+    os.write(2, b"I0000 00:00:1795814380.884829    9022 port.cc:153] oneDNN custom operations are on. You may\\n")
+    os.write(2, b"F0000 00:00:1795814390.981311    9022 cuda_executor.cc:52] Check failed: the reason it dies\\n")
+    {death}
+run_stage(main)
+"""
+
+
+@pytest.mark.parametrize("death, status, last_line", [
+    ("os.abort()", -signal.SIGABRT, None),
+    ("os.kill(os.getpid(), signal.SIGKILL)", -signal.SIGKILL, None),
+    ("os.killpg(os.getpgrp(), signal.SIGINT)", -signal.SIGINT, "KeyboardInterrupt"),
+])
+def test_a_stage_that_dies_still_shows_its_last_stderr_lines(death, status, last_line):
+    env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    env.pop("STAGES_DEFAULT_TF_CPP_MIN_LOG_LEVEL", None)
+    result = subprocess.run([sys.executable, "-c", DYING_STAGE.format(death=death)], env=env,
+                            capture_output=True, text=True, timeout=60, start_new_session=True)
+    assert result.returncode == status
+    lines = result.stderr.splitlines()
+    assert lines[0] == "F0000 00:00:1795814390.981311    9022 cuda_executor.cc:52] Check failed: the reason it dies"
+    if last_line is None:
+        assert len(lines) == 1
+    else:  # the traceback after it
+        assert lines[-1] == last_line
