@@ -33,8 +33,9 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))  # run from anywhere, no install
 
-from stages import extract_vgg_features as stage  # noqa: E402
-from stages.dvc_yaml import stage_command  # noqa: E402
+from stages import extract_vgg_features as stage
+from stages.commands.classify import stage_command
+from stages.shared import images as shared_images
 
 IMAGE_SIZE = 224  # the stage's default input size
 BATCH_SIZE = 32  # the stage's default batch
@@ -68,7 +69,9 @@ def old_read(paths: list[Path]) -> int:
     count = 0
     for start in range(0, len(paths), BATCH_SIZE):
         batch = paths[start : start + BATCH_SIZE]
-        count += len(np.stack([stage.prepare_image(stage.read_image_file(path), IMAGE_SIZE) for path in batch]))
+        count += len(
+            np.stack([shared_images.prepare_image(shared_images.read_image_file(path), IMAGE_SIZE) for path in batch])
+        )
     return count
 
 
@@ -84,9 +87,12 @@ def bench_input(n_images: int, rounds: int) -> None:
         images = stage.load_image_folder(root)  # the stage's listing and header check
         paths = [root / source for source in images.source]
         megabytes = sum(p.stat().st_size for p in paths) / 2**20
-        print(f"(a) input alone: {len(paths)} images of 500x400 (half JPEG, half PNG; {megabytes:.0f} MiB) "
-              f"written in {time.perf_counter() - started:.0f}s, resized to {IMAGE_SIZE}x{IMAGE_SIZE}, "
-              f"batches of {BATCH_SIZE}", flush=True)
+        print(
+            f"(a) input alone: {len(paths)} images of 500x400 (half JPEG, half PNG; {megabytes:.0f} MiB) "
+            f"written in {time.perf_counter() - started:.0f}s, resized to {IMAGE_SIZE}x{IMAGE_SIZE}, "
+            f"batches of {BATCH_SIZE}",
+            flush=True,
+        )
         for path in paths:  # into the page cache, so that the first turn does not pay for the disk
             path.read_bytes()
         ways = {
@@ -105,14 +111,19 @@ def bench_input(n_images: int, rounds: int) -> None:
                 seconds = time.perf_counter() - started
                 rates[name].append(count / seconds)
                 busy[name] = (time.process_time() - cpu_started) / seconds
-            print(f"  round {number + 1} (load average {os.getloadavg()[0]:.1f}): "
-                  + ", ".join(f"{name} {rates[name][-1]:.1f}/s using {busy[name]:.2f} cores" for name in order),
-                  flush=True)
+            print(
+                f"  round {number + 1} (load average {os.getloadavg()[0]:.1f}): "
+                + ", ".join(f"{name} {rates[name][-1]:.1f}/s using {busy[name]:.2f} cores" for name in order),
+                flush=True,
+            )
         old = names[0]
         for name in names:
             ratios = [new / before for new, before in zip(rates[name], rates[old])]
-            print(f"  {name:26s} median {statistics.median(rates[name]):6.1f} images/s; ratio to old per round "
-                  f"{', '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f}x)", flush=True)
+            print(
+                f"  {name:26s} median {statistics.median(rates[name]):6.1f} images/s; ratio to old per round "
+                f"{', '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f}x)",
+                flush=True,
+            )
 
 
 def run_stage_in_child(folder: str, results: multiprocessing.Queue) -> None:
@@ -129,15 +140,26 @@ def run_stage_in_child(folder: str, results: multiprocessing.Queue) -> None:
 
 
 def bench_memory(sizes: list[int]) -> None:
-    print(f"(b) peak RSS of a whole stage run (VGG16 avg at 32x32, random weights, batch {BATCH_SIZE}, "
-          f"workers 2, chunks of {stage.CHUNK_SIZE}), each in a child process:", flush=True)
+    print(
+        f"(b) peak RSS of a whole stage run (VGG16 avg at 32x32, random weights, batch {BATCH_SIZE}, "
+        f"workers 2, chunks of {stage.CHUNK_SIZE}), each in a child process:",
+        flush=True,
+    )
     peaks = {}
     for count in sizes:
         with tempfile.TemporaryDirectory(prefix="bench_memory_") as folder:
             data = Path(folder) / "data/local/breast/lab"
             write_images(data, count, (40, 40))
-            settings = {"data": "lab", "backbone": "vgg16", "weights": "none", "layer": "avg",
-                        "blocks": [5], "image_size": 32, "batch_size": BATCH_SIZE, "workers": 2}
+            settings = {
+                "data": "lab",
+                "backbone": "vgg16",
+                "weights": "none",
+                "layer": "avg",
+                "blocks": [5],
+                "image_size": 32,
+                "batch_size": BATCH_SIZE,
+                "workers": 2,
+            }
             (Path(folder) / "params.yaml").write_text(json.dumps({"extract_vgg_features": settings}))
             context = multiprocessing.get_context("spawn")
             results = context.Queue()
@@ -147,22 +169,33 @@ def bench_memory(sizes: list[int]) -> None:
             child.join()
             peaks[count] = result["peak_rss_mib"]
             all_prepared = count * 32 * 32 * 3 * 4 / 2**20
-            print(f"  {count:6d} images: peak RSS {result['peak_rss_mib']:.0f} MiB, {result['seconds']:.0f}s "
-                  f"(every prepared image held at once would be {all_prepared:.0f} MiB; "
-                  f"the features are {count * 512 * 4 / 2**20:.1f} MiB)", flush=True)
+            print(
+                f"  {count:6d} images: peak RSS {result['peak_rss_mib']:.0f} MiB, {result['seconds']:.0f}s "
+                f"(every prepared image held at once would be {all_prepared:.0f} MiB; "
+                f"the features are {count * 512 * 4 / 2**20:.1f} MiB)",
+                flush=True,
+            )
     smallest, largest = min(peaks), max(peaks)
     if largest > smallest:
         growth = (peaks[largest] - peaks[smallest]) * 2**20 / (largest - smallest)
-        print(f"  growth from {smallest} to {largest} images: {peaks[largest] - peaks[smallest]:.0f} MiB, "
-              f"{growth / 1024:.1f} KiB per image", flush=True)
+        print(
+            f"  growth from {smallest} to {largest} images: {peaks[largest] - peaks[smallest]:.0f} MiB, "
+            f"{growth / 1024:.1f} KiB per image",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="images for the input benchmark (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="turns of each way of reading (default 3)")
-    parser.add_argument("--memory-images", type=int, nargs="*", default=[1000, 10000],
-                        help="image counts for the memory runs (default 1000 10000; none to skip)")
+    parser.add_argument(
+        "--memory-images",
+        type=int,
+        nargs="*",
+        default=[1000, 10000],
+        help="image counts for the memory runs (default 1000 10000; none to skip)",
+    )
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPU cores", flush=True)
     bench_input(args.images, args.rounds)

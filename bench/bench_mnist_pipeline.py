@@ -32,10 +32,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages import augment_train_mnist as mnist  # noqa: E402
-from stages.cli import run_stage  # noqa: E402
-from stages.inputs import read_npz  # noqa: E402
-from stages.seeding import seed_everything  # noqa: E402
+from stages import augment_train_mnist as mnist
+from stages.shared.files import read_npz
+from stages.shared.runtime import (
+    run_stage,
+    seed_everything,
+)
 
 ROTATION, SHIFT, ZOOM = 20, 0.1, 0.2
 
@@ -89,11 +91,13 @@ def keras_stock_layers():
     import keras
     from keras import layers
 
-    stock = keras.Sequential([
-        layers.RandomRotation(ROTATION / 360, fill_mode="constant", seed=1),
-        layers.RandomTranslation(SHIFT, SHIFT, fill_mode="constant", seed=2),
-        layers.RandomZoom((-ZOOM, ZOOM), fill_mode="constant", seed=3),
-    ])
+    stock = keras.Sequential(
+        [
+            layers.RandomRotation(ROTATION / 360, fill_mode="constant", seed=1),
+            layers.RandomTranslation(SHIFT, SHIFT, fill_mode="constant", seed=2),
+            layers.RandomZoom((-ZOOM, ZOOM), fill_mode="constant", seed=3),
+        ]
+    )
     return lambda images, seed: stock(images, training=True)  # they keep their own random state
 
 
@@ -106,8 +110,9 @@ def seed_generator(x, y, batch_size):
     import tensorflow as tf
     from tf_keras.preprocessing.image import ImageDataGenerator
 
-    datagen = ImageDataGenerator(rotation_range=ROTATION, width_shift_range=SHIFT, height_shift_range=SHIFT,
-                                 zoom_range=ZOOM)
+    datagen = ImageDataGenerator(
+        rotation_range=ROTATION, width_shift_range=SHIFT, height_shift_range=SHIFT, zoom_range=ZOOM
+    )
     flow = datagen.flow(x[..., None].astype(np.float32) / 255.0, y, batch_size=batch_size, seed=1)
     signature = (tf.TensorSpec((batch_size, 28, 28, 1), tf.float32), tf.TensorSpec((batch_size,), y.dtype))
     return tf.data.Dataset.from_generator(lambda: flow, output_signature=signature).prefetch(tf.data.AUTOTUNE)
@@ -153,9 +158,12 @@ def main(argv: list[str]) -> None:
     except ImportError:
         print("tf-keras is not installed (pip install -e '.[bench]'): skipping variant c", file=sys.stderr)
         keys.remove("c")
-    print(f"{os.cpu_count()} CPU cores; op determinism {'off' if args.no_deterministic else 'on'}; "
-          f"{args.rounds} rounds of {args.steps} timed batches of {args.batch_size} per variant, "
-          f"after {args.warmup} warm-up batches", flush=True)
+    print(
+        f"{os.cpu_count()} CPU cores; op determinism {'off' if args.no_deterministic else 'on'}; "
+        f"{args.rounds} rounds of {args.steps} timed batches of {args.batch_size} per variant, "
+        f"after {args.warmup} warm-up batches",
+        flush=True,
+    )
     seed_everything(0, deterministic=not args.no_deterministic)
     x, y = load_images(args.npz, 8192)
     # A model per variant, so that each keeps its own compiled training step.
@@ -164,21 +172,25 @@ def main(argv: list[str]) -> None:
         images_per_second(batches, model.train_function, args.warmup, args.batch_size)
     speeds: dict[str, list[float]] = {key: [] for key in keys}
     for round_ in range(args.rounds):
-        for key in keys[round_ % len(keys):] + keys[:round_ % len(keys)]:  # rotate who goes first
+        for key in keys[round_ % len(keys) :] + keys[: round_ % len(keys)]:  # rotate who goes first
             model, batches = runs[key]
             speeds[key].append(images_per_second(batches, model.train_function, args.steps, args.batch_size))
         print(f"round {round_ + 1}: " + ", ".join(f"{key} {speeds[key][-1]:.0f}" for key in keys), flush=True)
 
-    feeds = {key: images_per_second(batches, next, args.feed_steps, args.batch_size, untimed=1)
-             for key, (_, batches) in runs.items()}
+    feeds = {
+        key: images_per_second(batches, next, args.feed_steps, args.batch_size, untimed=1)
+        for key, (_, batches) in runs.items()
+    }
 
     def ratio(top: str, bottom: str) -> str:
         ratios = [t / b for t, b in zip(speeds[top], speeds[bottom])]
         return f"{top}/{bottom} = {median(ratios):.3f} (rounds {min(ratios):.3f}-{max(ratios):.3f})"
 
     for key in keys:
-        print(f"{key}: {VARIANTS[key]:<48} {median(speeds[key]):6.0f} images/s trained (median of "
-              f"{args.rounds} rounds); the input alone: {feeds[key]:6.0f} images/s")
+        print(
+            f"{key}: {VARIANTS[key]:<48} {median(speeds[key]):6.0f} images/s trained (median of "
+            f"{args.rounds} rounds); the input alone: {feeds[key]:6.0f} images/s"
+        )
     print(f"{ratio('a', 'b')}  goal >= 0.95: augmentation costs under 5%")
     if "c" in keys:
         print(f"{ratio('a', 'c')}  goal >= 1.0: at least as fast as the original's loop")

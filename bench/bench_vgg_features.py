@@ -28,8 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
-from stages import extract_vgg_features as stage  # noqa: E402
-from stages.seeding import seed_everything  # noqa: E402
+from stages import extract_vgg_features as stage
+from stages.shared import images as shared_images
+from stages.shared.runtime import seed_everything
 
 SEED = 0
 
@@ -77,23 +78,24 @@ def load_images(npz: str | None, count: int) -> stage.ImageSet:
 
 def original_way(model, preprocess, images: stage.ImageSet, image_size: int) -> np.ndarray:
     """As the original: the whole data set in memory as floats, then one predict per image."""
-    prepared = np.stack([stage.prepare_image(images.read(i), image_size) for i in range(len(images))])
+    prepared = np.stack([shared_images.prepare_image(images.read(i), image_size) for i in range(len(images))])
     rows = [model.predict(preprocess(image[np.newaxis]), verbose=0)[0] for image in prepared]
     return np.stack(rows)
 
 
 def stage_way(model, preprocess, images: stage.ImageSet, image_size: int, batch_size: int) -> np.ndarray:
     forward = stage.make_forward_pass(model, preprocess)
-    features, _ = stage.extract_features(forward, model.output_shape[-1], images, image_size, batch_size,
-                                         progress_every=None)
+    features, _ = stage.extract_features(
+        forward, model.output_shape[-1], images, image_size, batch_size, progress_every=None
+    )
     return features
 
 
 def run_one_way(way: str, args: argparse.Namespace, results: multiprocessing.Queue) -> None:
     """In a child process: build the model, warm it up, then time one way over the images."""
     seed_everything(SEED)
-    model = stage.build_extractor(args.backbone, "none", args.layer, args.image_size)
-    preprocess = stage.preprocess_function(args.backbone)
+    model = shared_images.build_extractor(args.backbone, "none", args.layer, args.image_size)
+    preprocess = shared_images.preprocess_function(args.backbone)
     images = load_images(args.npz, args.images)
     warm_up = np.zeros((args.batch_size, args.image_size, args.image_size, 3), "float32")
     if way == "original":
@@ -126,8 +128,8 @@ def main() -> None:
     parser.add_argument("--npz", help="take the images from this .npz (MedMNIST layout), not random ones")
     parser.add_argument("--batch-size", type=int, default=16, help="the stage's batch size (default 16)")
     parser.add_argument("--backbone", choices=("vgg19", "vgg16"), default="vgg19")
-    parser.add_argument("--layer", choices=(*stage.TOP_LAYERS, *stage.POOLED_LAYERS), default="fc1")
-    parser.add_argument("--image-size", type=int, default=stage.TOP_IMAGE_SIZE)
+    parser.add_argument("--layer", choices=(*shared_images.TOP_LAYERS, *shared_images.POOLED_LAYERS), default="fc1")
+    parser.add_argument("--image-size", type=int, default=shared_images.TOP_IMAGE_SIZE)
     args = parser.parse_args()
 
     print(

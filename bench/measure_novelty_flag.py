@@ -31,12 +31,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
-from stages import classify, fit_knn  # noqa: E402
-from stages.dvc_yaml import stage_paths  # noqa: E402
-from stages.inputs import read_npz  # noqa: E402
-from stages.breast import load_features  # noqa: E402
-from stages.extract_vgg_features import prepare_image  # noqa: E402
-from stages.params import read_params  # noqa: E402
+from stages import fit_knn
+from stages.commands import classify
+from stages.commands.classify import stage_paths
+from stages.shared import breast
+from stages.shared import images as shared_images
+from stages.shared.breast import load_features
+from stages.shared.config import read_params
+from stages.shared.files import read_npz
 
 SEED = 0
 
@@ -61,8 +63,11 @@ def other_kinds(mnist: Path, n: int) -> dict[str, np.ndarray]:
         image = np.full((28, 28), rng.integers(0, 256), float)
         for _ in range(int(rng.integers(1, 4))):
             r, c, h, w = rng.integers(3, 25), rng.integers(3, 25), rng.integers(2, 10), rng.integers(2, 10)
-            inside = ((rows - r) / h) ** 2 + ((cols - c) / w) ** 2 <= 1 if rng.random() < 0.5 else \
-                (abs(rows - r) <= h) & (abs(cols - c) <= w)
+            inside = (
+                ((rows - r) / h) ** 2 + ((cols - c) / w) ** 2 <= 1
+                if rng.random() < 0.5
+                else (abs(rows - r) <= h) & (abs(cols - c) <= w)
+            )
             image[inside] = rng.integers(0, 256)
         shapes.append(image)
     flats = []
@@ -72,8 +77,11 @@ def other_kinds(mnist: Path, n: int) -> dict[str, np.ndarray]:
         ramp = (ramp - ramp.min()) / np.ptp(ramp)
         flats.append(np.full((28, 28), low, float) if i % 2 else low + (high - low) * ramp)
     return {
-        "MNIST digits": digits, "uniform noise, grey": grey_noise, "uniform noise, colour": colour_noise,
-        "smooth random textures": np.asarray(textures, np.uint8), "geometric shapes": np.asarray(shapes, np.uint8),
+        "MNIST digits": digits,
+        "uniform noise, grey": grey_noise,
+        "uniform noise, colour": colour_noise,
+        "smooth random textures": np.asarray(textures, np.uint8),
+        "geometric shapes": np.asarray(shapes, np.uint8),
         "flat images and gradients": np.asarray(flats, np.uint8),
     }
 
@@ -82,7 +90,9 @@ def flagged(columns, size: int, images: np.ndarray, batch_size: int = 32) -> tup
     """classify-images' ``unlike_training`` and ``nearest_distance`` for an array of images."""
     flags, distances = [], []
     for start in range(0, len(images), batch_size):
-        batch = np.stack([prepare_image(image, size, "RGB") for image in images[start:start + batch_size]])
+        batch = np.stack(
+            [shared_images.prepare_image(image, size, "RGB") for image in images[start : start + batch_size]]
+        )
         other = columns(batch)[1]
         flags.append(other["unlike_training"])
         distances.append(other["nearest_distance"])
@@ -97,7 +107,7 @@ def unseen_class_rate(features_path: Path, percentile: float) -> tuple[int, floa
     malignant = (data.split == "test") & (data.labels == data.class_names.index("malignant"))
     knn = fit_knn.make_knn_pipeline(1).fit(data.features[benign], data.labels[benign])
     threshold = fit_knn.novelty_threshold(knn, percentile)["threshold"]
-    return int(malignant.sum()), float((fit_knn.nearest_distances(knn, data.features[malignant]) > threshold).mean())
+    return int(malignant.sum()), float((breast.nearest_distances(knn, data.features[malignant]) > threshold).mean())
 
 
 def main() -> None:
@@ -109,18 +119,26 @@ def main() -> None:
     args = parser.parse_args()
     _, columns, _, size, threshold = classify.breast_classifier("breast-head")
     novelty = json.loads(stage_paths("fit_knn")["novelty"].read_text())
-    kinds = {"BreastMNIST test split (in distribution)": read_npz(args.breast, ("test_images",))["test_images"],
-             **other_kinds(args.mnist, args.per_kind)}
-    print(f"threshold {threshold:.4f}: the {novelty['percentile']:g}th percentile of the "
-          f"{novelty['training_images']} training images' leave-one-out nearest-neighbour distances\n")
+    kinds = {
+        "BreastMNIST test split (in distribution)": read_npz(args.breast, ("test_images",))["test_images"],
+        **other_kinds(args.mnist, args.per_kind),
+    }
+    print(
+        f"threshold {threshold:.4f}: the {novelty['percentile']:g}th percentile of the "
+        f"{novelty['training_images']} training images' leave-one-out nearest-neighbour distances\n"
+    )
     print("| images | n | flagged | rate | median distance |\n| --- | --- | --- | --- | --- |")
     for kind, images in kinds.items():
         flags, distances = flagged(columns, size, images)
-        print(f"| {kind} | {len(flags)} | {int(flags.sum())} | {flags.mean():.3f} | {np.median(distances):.4f} |",
-              flush=True)
+        print(
+            f"| {kind} | {len(flags)} | {int(flags.sum())} | {flags.mean():.3f} | {np.median(distances):.4f} |",
+            flush=True,
+        )
     n, rate = unseen_class_rate(args.features, novelty["percentile"])
-    print(f"| malignant test scans against a benign-or-normal-only reference (a class the reference lacks) | "
-          f"{n} | {round(rate * n)} | {rate:.3f} | |")
+    print(
+        f"| malignant test scans against a benign-or-normal-only reference (a class the reference lacks) | "
+        f"{n} | {round(rate * n)} | {rate:.3f} | |"
+    )
 
 
 if __name__ == "__main__":

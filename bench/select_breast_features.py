@@ -26,11 +26,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
-from stages import fit_knn, train_head  # noqa: E402
-from stages.breast import load_features  # noqa: E402
-from stages.inputs import read_npz  # noqa: E402
-from stages.params import read_params  # noqa: E402
-from select_breast_head import figures  # noqa: E402
+from select_breast_head import figures
+
+from stages import fit_knn, train_head
+from stages.shared.breast import load_features
+from stages.shared.config import read_params
+from stages.shared.files import read_npz
 
 
 def default_candidates(blocks: list[str], classifier: str) -> list[list[str]]:
@@ -60,16 +61,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
     args = parser.parse_args()
     extracted = read_npz(args.features, ["feature_blocks"])["feature_blocks"].tolist()
-    candidates = ([c.split(",") for c in args.candidates] if args.candidates
-                  else default_candidates(extracted, args.classifier))
+    candidates = (
+        [c.split(",") for c in args.candidates] if args.candidates else default_candidates(extracted, args.classifier)
+    )
     cv, test = {}, {}
     for blocks, seed in itertools.product(candidates, args.seeds):
         started = time.perf_counter()
         data, frames = predictions(args.classifier, args.features, blocks, seed)
         cv[",".join(blocks), seed] = figures(frames, "cv", data.class_names)
         test[",".join(blocks), seed] = figures(frames, "heldout", data.class_names)
-        print(f"{args.classifier} {','.join(blocks)} seed {seed}: cv ACC/AUC {cv[','.join(blocks), seed][0]:.4f} / "
-              f"{cv[','.join(blocks), seed][1]:.4f}, {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+        print(
+            f"{args.classifier} {','.join(blocks)} seed {seed}: cv ACC/AUC {cv[','.join(blocks), seed][0]:.4f} / "
+            f"{cv[','.join(blocks), seed][1]:.4f}, {time.perf_counter() - started:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
     names = [",".join(blocks) for blocks in candidates]
     print(f"| {args.classifier}: blocks | cv ACC, mean (std) | cv ROC AUC, mean (std) |\n| --- | --- | --- |")
     for name in names:

@@ -22,11 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
-from stages import train_head  # noqa: E402
-from stages.params import read_params  # noqa: E402
-from stages.breast import load_features  # noqa: E402
-from stages.evaluate import score  # noqa: E402
-from stages.predictions import PROBABILITY_PREFIX  # noqa: E402
+from stages import train_head
+from stages.evaluate import score
+from stages.shared.breast import load_features
+from stages.shared.config import read_params
+from stages.shared.predictions import PROBABILITY_PREFIX
 
 
 def figures(frames: list, evaluation: str, class_names: tuple[str, ...]) -> tuple[float, float]:
@@ -36,8 +36,9 @@ def figures(frames: list, evaluation: str, class_names: tuple[str, ...]) -> tupl
     rows = pd.concat(frames, ignore_index=True).query("evaluation == @evaluation")
     index = {name: i for i, name in enumerate(class_names)}
     probabilities = rows[[PROBABILITY_PREFIX + name for name in class_names]].to_numpy(np.float64)
-    metrics = score(rows["actual"].map(index).to_numpy(), rows["predicted"].map(index).to_numpy(), probabilities,
-                    class_names)
+    metrics = score(
+        rows["actual"].map(index).to_numpy(), rows["predicted"].map(index).to_numpy(), probabilities, class_names
+    )
     return metrics["accuracy"], metrics["roc_auc"]
 
 
@@ -55,18 +56,29 @@ def main() -> None:
         for seed in args.seeds:
             started = time.perf_counter()
             _, _, frames = train_head.fit_and_predict(data, settings, params.breast_cv_folds, seed)
-            table[members, seed] = (*figures(frames, "cv", data.class_names),
-                                    *figures(frames, "heldout", data.class_names), time.perf_counter() - started)
-            print(f"members {members} seed {seed}: cv ACC/AUC {table[members, seed][0]:.4f} / "
-                  f"{table[members, seed][1]:.4f}, {table[members, seed][4]:.0f}s", file=sys.stderr, flush=True)
-    print("| members | seed | cv ACC | cv AUC | test ACC | test AUC | seconds |\n| --- | --- | --- | --- | --- | --- | --- |")
+            table[members, seed] = (
+                *figures(frames, "cv", data.class_names),
+                *figures(frames, "heldout", data.class_names),
+                time.perf_counter() - started,
+            )
+            print(
+                f"members {members} seed {seed}: cv ACC/AUC {table[members, seed][0]:.4f} / "
+                f"{table[members, seed][1]:.4f}, {table[members, seed][4]:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(
+        "| members | seed | cv ACC | cv AUC | test ACC | test AUC | seconds |\n| --- | --- | --- | --- | --- | --- | --- |"
+    )
     for (members, seed), row in table.items():
         print(f"| {members} | {seed} | " + " | ".join(f"{value:.4f}" for value in row[:4]) + f" | {row[4]:.0f} |")
     for members in args.members:
         rows = np.array([table[members, seed] for seed in args.seeds])
-        print(f"| {members} | mean (std) | " + " | ".join(f"{m:.4f} ({s:.4f})" for m, s in
-                                                      zip(rows.mean(0)[:4], rows.std(0, ddof=1)[:4]))
-              + f" | {rows[:, 4].mean():.0f} |")
+        print(
+            f"| {members} | mean (std) | "
+            + " | ".join(f"{m:.4f} ({s:.4f})" for m, s in zip(rows.mean(0)[:4], rows.std(0, ddof=1)[:4]))
+            + f" | {rows[:, 4].mean():.0f} |"
+        )
     chosen = max(args.members, key=lambda m: np.mean([table[m, seed][1] for seed in args.seeds]))
     print(f"\nchosen by mean cv ROC AUC: ensemble_members {chosen}")
 

@@ -10,7 +10,7 @@ dvc.yaml can list under each stage's ``deps`` exactly the modules it runs
 import os
 
 # TensorFlow's C++ chatter would bury the stages' own progress lines; errors still
-# show. A user's own setting wins, and then stages.cli does not filter stderr either.
+# show. A user's own setting wins, and then stages.shared.runtime does not filter stderr either.
 # The default is marked, so that a process started by one that imported `stages` (dvc
 # run from the tests, say) does not take it for the user's. It is set here, on the
 # package, because importing any stage runs this first, before the stage imports TensorFlow.

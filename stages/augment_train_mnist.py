@@ -25,24 +25,31 @@ import numpy as np
 import pydantic
 from pydantic import Field
 
-from stages.cli import run_stage, stage_args
-from stages.devices import describe_devices, device_names, distribution_strategy
-from stages.errors import ParamsError, StageError
-from stages.history import write_history_csv
-from stages.inputs import read_npz
-from stages.local_data import download_or_stop, local_copy, local_or
-from stages.outputs import write_json
-from stages.params import Section, read_params
-from stages.predictions import prediction_frame, write_predictions
-from stages.resume import ResumeFolder
-from stages.run_facts import write_run_facts
-from stages.seeding import seed_everything
-from stages.zip_outputs import save_keras_model
+from stages.shared.config import ParamsError, Section, StageError, read_params
+from stages.shared.files import (
+    download_or_stop,
+    local_copy,
+    local_or,
+    read_npz,
+    save_keras_model,
+    write_history_csv,
+    write_json,
+)
+from stages.shared.images import MNIST_CLASS_NAMES, MNIST_IMAGE_SHAPE, MNIST_NUM_CLASSES, mnist_model_input
+from stages.shared.predictions import prediction_frame, write_predictions
+from stages.shared.runtime import (
+    ResumeFolder,
+    describe_devices,
+    device_names,
+    distribution_strategy,
+    run_stage,
+    seed_everything,
+    stage_args,
+    write_run_facts,
+)
 
-NUM_CLASSES = 10
-CLASS_NAMES = tuple(str(digit) for digit in range(NUM_CLASSES))
-IMAGE_SHAPE = (28, 28)
 LOCAL_DATA_DIR = Path("data/local/mnist")
+
 
 class Augmentation(Section):
     """The original's ImageDataGenerator settings."""
@@ -71,8 +78,10 @@ class MnistTraining(Section):
     def xla_needs_nondeterministic_ops(self) -> MnistTraining:
         if self.jit_compile and self.deterministic:
             # Keras would quietly train without XLA: say so before any work instead.
-            raise ValueError("jit_compile: Keras does not compile with XLA under op determinism; "
-                             "set augment_train_mnist.deterministic to false to use it")
+            raise ValueError(
+                "jit_compile: Keras does not compile with XLA under op determinism; "
+                "set augment_train_mnist.deterministic to false to use it"
+            )
         return self
 
 
@@ -86,7 +95,7 @@ def check_mnist_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
     """Stop with a message naming ``source`` unless Keras's four arrays in ``arrays`` look like MNIST."""
     for part in ("train", "test"):
         x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
-        if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+        if x.ndim != 3 or x.shape[1:] != MNIST_IMAGE_SHAPE:
             raise StageError(f"{source}: x_{part} must have shape (N, 28, 28), got {x.shape}")
         if x.dtype != np.uint8:
             raise StageError(f"{source}: x_{part} must be uint8 pixels 0-255, got {x.dtype}")
@@ -94,7 +103,7 @@ def check_mnist_arrays(arrays: dict[str, np.ndarray], source: str) -> None:
             raise StageError(f"{source}: y_{part} must have shape ({len(x)},), got {y.shape}")
         if not np.issubdtype(y.dtype, np.integer):
             raise StageError(f"{source}: y_{part} must hold integer labels, got {y.dtype}")
-        if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
+        if len(y) and (y.min() < 0 or y.max() >= MNIST_NUM_CLASSES):
             raise StageError(f"{source}: y_{part} has labels outside 0-9 ({y.min()}..{y.max()})")
 
 
@@ -104,8 +113,9 @@ def load_mnist(data: str) -> dict[str, np.ndarray]:
     if data == "keras":
         import keras
 
-        with download_or_stop("MNIST through Keras", "augment_train_mnist.data",
-                              "a .npz with Keras's keys", LOCAL_DATA_DIR):
+        with download_or_stop(
+            "MNIST through Keras", "augment_train_mnist.data", "a .npz with Keras's keys", LOCAL_DATA_DIR
+        ):
             (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
         return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     path = local_copy(LOCAL_DATA_DIR, data)
@@ -148,7 +158,7 @@ def make_model(dropout: float = 0.5):
         x = layers.Activation("relu")(x)
         return layers.Dropout(dropout)(x)
 
-    inputs = keras.Input(shape=(*IMAGE_SHAPE, 1), name="digit")
+    inputs = keras.Input(shape=(*MNIST_IMAGE_SHAPE, 1), name="digit")
     x = conv_block(inputs, 32)
     x = conv_block(x, 32)
     x = layers.MaxPooling2D()(x)
@@ -158,28 +168,21 @@ def make_model(dropout: float = 0.5):
     x = layers.Flatten()(x)
     x = dense_block(x, 512)
     x = dense_block(x, 256)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="digit_probabilities")(x)
+    outputs = layers.Dense(MNIST_NUM_CLASSES, activation="softmax", dtype="float32", name="digit_probabilities")(x)
     return keras.Model(inputs, outputs, name="mnist_cnn")
 
 
 def make_augmentation(rotation_degrees: float, shift: float, zoom: float):
     """The original's ImageDataGenerator settings as one Keras layer, or None when all are 0.
 
-    See ``stages.augmentation`` for why one ``RandomAffine`` rather than Keras's
+    See ``stages.shared.augmentation`` for why one ``RandomAffine`` rather than Keras's
     separate rotation, translation and zoom layers.
     """
     if not (rotation_degrees or shift or zoom):
         return None
-    from stages.augmentation import RandomAffine
+    from stages.shared.augmentation import RandomAffine
 
     return RandomAffine(rotation_degrees, shift, zoom, name="augmentation")
-
-
-def to_model_input(images):
-    """uint8 (B, 28, 28) -> float32 (B, 28, 28, 1) in [0, 1]."""
-    import tensorflow as tf
-
-    return tf.cast(images, tf.float32)[..., None] / 255.0
 
 
 def train_dataset(x, y, batch_size: int, steps: int, augmentation, seed: int):
@@ -200,7 +203,7 @@ def train_dataset(x, y, batch_size: int, steps: int, augmentation, seed: int):
 
     def prepare(index, batch):
         images, labels = batch
-        images = to_model_input(images)
+        images = mnist_model_input(images)
         if augmentation is not None:
             images = augmentation(images, seed=tf.stack([tf.constant(seed, tf.int64), index]))
         return images, labels
@@ -305,10 +308,12 @@ def epoch_bookkeeping(best_model, state: dict, seed: int, images_per_epoch: int,
                 state.update(best_epoch=epoch + 1, best_val_accuracy=float(logs["val_accuracy"]))
             state["epochs_done"] = epoch + 1
             state["train_seconds"] += took
-            print(f"epoch {epoch + 1}/{self.params['epochs']}  loss={logs['loss']:.4f}  "
-                  f"accuracy={logs['accuracy']:.4f}  val_accuracy={logs['val_accuracy']:.4f}"
-                  f"{'  (best so far)' if improved else ''}  {took:.1f}s, {images_per_epoch / took:.0f} images/s",
-                  flush=True)
+            print(
+                f"epoch {epoch + 1}/{self.params['epochs']}  loss={logs['loss']:.4f}  "
+                f"accuracy={logs['accuracy']:.4f}  val_accuracy={logs['val_accuracy']:.4f}"
+                f"{'  (best so far)' if improved else ''}  {took:.1f}s, {images_per_epoch / took:.0f} images/s",
+                flush=True,
+            )
             if checkpoint:
                 checkpoint.save(self.model, best_model, state)
 
@@ -362,24 +367,36 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
                 jit_compile=settings.jit_compile,
             )
             best_model = keras.models.clone_model(model)
-            state = {"epochs_done": 0, "history": {}, "best_epoch": 0, "best_val_accuracy": -1.0,
-                     "train_seconds": 0.0}
+            state = {"epochs_done": 0, "history": {}, "best_epoch": 0, "best_val_accuracy": -1.0, "train_seconds": 0.0}
 
     augmentation = make_augmentation(**settings.augmentation.model_dump())
-    print(f"training on {device}: {len(y_train)} images, {len(y_val)} held out for validation, "
-          f"{steps} steps of {batch_size} per epoch, {epochs} epochs; XLA {on_off(model.jit_compile)}, "
-          f"mixed precision {on_off(settings.mixed_precision)}, "
-          f"op determinism {on_off(settings.deterministic)}", flush=True)
+    print(
+        f"training on {device}: {len(y_train)} images, {len(y_val)} held out for validation, "
+        f"{steps} steps of {batch_size} per epoch, {epochs} epochs; XLA {on_off(model.jit_compile)}, "
+        f"mixed precision {on_off(settings.mixed_precision)}, "
+        f"op determinism {on_off(settings.deterministic)}",
+        flush=True,
+    )
     remaining = range(state["epochs_done"], epochs)
     if remaining:
-        batches = functools.reduce(lambda a, b: a.concatenate(b), [
-            train_dataset(x_train, y_train, batch_size, steps, augmentation, epoch_seed(seed, epoch))
-            for epoch in remaining
-        ])
-        model.fit(batches, epochs=epochs, initial_epoch=remaining.start, steps_per_epoch=steps,
-                  validation_data=(to_model_input(x_val), y_val), validation_batch_size=batch_size,
-                  shuffle=False, verbose=0,
-                  callbacks=[epoch_bookkeeping(best_model, state, seed, steps * batch_size, checkpoint)])
+        batches = functools.reduce(
+            lambda a, b: a.concatenate(b),
+            [
+                train_dataset(x_train, y_train, batch_size, steps, augmentation, epoch_seed(seed, epoch))
+                for epoch in remaining
+            ],
+        )
+        model.fit(
+            batches,
+            epochs=epochs,
+            initial_epoch=remaining.start,
+            steps_per_epoch=steps,
+            validation_data=(mnist_model_input(x_val), y_val),
+            validation_batch_size=batch_size,
+            shuffle=False,
+            verbose=0,
+            callbacks=[epoch_bookkeeping(best_model, state, seed, steps * batch_size, checkpoint)],
+        )
 
     summary = {
         "best_epoch": state["best_epoch"],
@@ -403,20 +420,33 @@ def main(argv: list[str]) -> None:
     model, history, summary = train(x_fit, y_fit, x_val, y_val, settings, params.seed, checkpoint)
 
     def probabilities(x):
-        return model.predict(to_model_input(x), batch_size=settings.batch_size, verbose=0)
+        return model.predict(mnist_model_input(x), batch_size=settings.batch_size, verbose=0)
 
     predictions = [
-        prediction_frame([f"x_train[{i}]" for i in val], y_val, probabilities(x_val), CLASS_NAMES,
-                         "validation", f"{len(val)} training images held out to choose the epoch"),
-        prediction_frame([f"x_test[{i}]" for i in range(len(y_test))], y_test, probabilities(x_test),
-                         CLASS_NAMES, "heldout", "test set"),
+        prediction_frame(
+            [f"x_train[{i}]" for i in val],
+            y_val,
+            probabilities(x_val),
+            MNIST_CLASS_NAMES,
+            "validation",
+            f"{len(val)} training images held out to choose the epoch",
+        ),
+        prediction_frame(
+            [f"x_test[{i}]" for i in range(len(y_test))],
+            y_test,
+            probabilities(x_test),
+            MNIST_CLASS_NAMES,
+            "heldout",
+            "test set",
+        ),
     ]
     save_keras_model(model, args.model)
     write_history_csv(history, args.history)
     write_predictions(args.predictions, predictions)
     trainable = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
-    write_run_facts("augment_train_mnist", {**summary, "params_total": model.count_params(),
-                                            "params_trainable": trainable})
+    write_run_facts(
+        "augment_train_mnist", {**summary, "params_total": model.count_params(), "params_trainable": trainable}
+    )
     checkpoint.clear()
     print(f"augment_train_mnist: {summary}")
 

@@ -4,7 +4,7 @@
 
 Reads ``evaluate.EXERCISE`` from params.yaml and every predictions file in
 ``--predictions`` (one per classifier of an exercise, written by the model stages: see
-``stages.predictions``), and scores each of its evaluations with one function,
+``stages.shared.predictions``), and scores each of its evaluations with one function,
 ``score``, the same for every exercise: accuracy, balanced accuracy, each class's recall
 and the log loss, and for two classes the ROC AUC. For two classes with a positive
 class (``positive_class``; by default ``malignant`` when the data has a class of that
@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.cli import run_stage, stage_args
-from stages.errors import ParamsError, StageError
-from stages.outputs import atomic_path, write_json
-from stages.params import Section, read_params
-from stages.predictions import PROBABILITY_PREFIX, read_predictions
+from stages.shared.config import ParamsError, Section, StageError, read_params
+from stages.shared.files import atomic_path, write_json
+from stages.shared.predictions import PROBABILITY_PREFIX, read_predictions
+from stages.shared.runtime import run_stage, stage_args
 
 # The order of evaluations in the metrics; ``heldout`` is what plots and thresholds use.
 EVALUATIONS = ("heldout", "validation", "cv", "resubstitution")
@@ -59,15 +58,22 @@ def positive_class(chosen: str | None, class_names: tuple[str, ...], key: str, p
     if chosen is None:
         return NAMED_POSITIVE_CLASS if len(class_names) == 2 and NAMED_POSITIVE_CLASS in class_names else None
     if chosen not in class_names:
-        raise ParamsError(f"params.yaml: {key}: {chosen!r} is not a class of {path} "
-                          f"(its classes: {', '.join(class_names)}); name one of them, or null")
+        raise ParamsError(
+            f"params.yaml: {key}: {chosen!r} is not a class of {path} "
+            f"(its classes: {', '.join(class_names)}); name one of them, or null"
+        )
     if len(class_names) != 2:
         raise ParamsError(f"params.yaml: {key}: a positive class needs two classes; {path} has {len(class_names)}")
     return chosen
 
 
-def score(actual: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...],
-          positive: str | None = None) -> dict:
+def score(
+    actual: np.ndarray,
+    predicted: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: tuple[str, ...],
+    positive: str | None = None,
+) -> dict:
     """The metrics of one set of predictions; ``actual`` and ``predicted`` are class indices.
 
     ``roc_auc`` only for two classes, and only when both occur in ``actual``: of the
@@ -123,8 +129,9 @@ def score_evaluation(rows, class_names: tuple[str, ...], path: Path, positive: s
     return metrics
 
 
-def score_classifier(path: Path, chosen_positive: str | None = None,
-                     key: str = "positive_class") -> tuple[dict, object, tuple[str, ...], str | None]:
+def score_classifier(
+    path: Path, chosen_positive: str | None = None, key: str = "positive_class"
+) -> tuple[dict, object, tuple[str, ...], str | None]:
     """Metrics per evaluation of one predictions file, its held-out rows, class names and
     positive class (``chosen_positive``, from the params ``key``, as ``positive_class`` reads it)."""
     frame, class_names = read_predictions(path)
@@ -164,7 +171,8 @@ def main(argv: list[str]) -> None:
     for path in files:
         model = path.stem
         metrics[model], heldout, class_names, positive = score_classifier(
-            path, sections[args.name].positive_class, f"evaluate.{args.name}.positive_class")
+            path, sections[args.name].positive_class, f"evaluate.{args.name}.positive_class"
+        )
         with atomic_path(args.plots / "confusion" / f"{model}.csv") as tmp:
             heldout[["actual", "predicted"]].to_csv(tmp, index=False)
         if "roc_auc" in metrics[model]["heldout"]:
@@ -174,9 +182,11 @@ def main(argv: list[str]) -> None:
             pd.concat(curves).to_csv(tmp, index=False)
     for model, by_evaluation in metrics.items():
         write_json(args.metrics / f"{model}.json", by_evaluation)
-        shown = {k: by_evaluation["heldout"][k] for k in ("accuracy", "balanced_accuracy", "sensitivity",
-                                                          "specificity", "roc_auc")
-                 if k in by_evaluation["heldout"]}
+        shown = {
+            k: by_evaluation["heldout"][k]
+            for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc")
+            if k in by_evaluation["heldout"]
+        }
         print(f"evaluate: {model}, held out ({by_evaluation['heldout']['protocol']}): {shown}")
 
 

@@ -12,7 +12,7 @@ images per class. Writes the features (``--features``: ``features`` float32 (N, 
 blocks side by side, named by ``feature_blocks`` with their widths in ``block_widths``;
 ``labels`` int64 (N,), ``split`` and ``source`` strings (N,), ``class_names`` strings)
 and what rebuilds the frozen backbone for new images (``--backbone``, read by
-``stages.classify``, with a hash of the weights it was built from); the counts, seconds
+``stages.commands.classify``, with a hash of the weights it was built from); the counts, seconds
 and speed go to the log and to ``runs/extract_vgg_features.json``.
 
 Every block that ``blocks`` names is written once: ``fit_knn`` and ``train_head`` each
@@ -36,9 +36,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -49,43 +48,67 @@ import numpy as np
 import pydantic
 from pydantic import Field
 
-from stages.cli import run_stage, stage_args
-from stages.devices import describe_devices, distribution_strategy
-from stages.errors import StageError, one_line
-from stages.inputs import read_npz, require_keys
-from stages.local_data import DownloadError, download_or_stop, local_copy, local_or
-from stages.outputs import atomic_path, write_json
-from stages.params import Section, read_params
-from stages.resume import ResumeFolder
-from stages.run_facts import write_run_facts
-from stages.seeding import seed_everything
-from stages.zip_outputs import save_npz
+from stages.shared.config import Section, StageError, read_params
+from stages.shared.files import (
+    DownloadError,
+    atomic_path,
+    download_or_stop,
+    local_copy,
+    local_or,
+    read_npz,
+    require_keys,
+    save_npz,
+    write_json,
+)
+from stages.shared.images import (
+    IMAGE_SUFFIXES,
+    LOCAL_WEIGHTS_DIR,
+    POOLED_LAYERS,
+    TOP_IMAGE_SIZE,
+    TOP_LAYERS,
+    WEIGHTS_KEYWORDS,
+    block_widths,
+    feature_block_names,
+    files_under,
+    is_skipped,
+    load_backbone,
+    prepare_image,
+    preprocess_function,
+    read_image_file,
+    weights_digest,
+    weights_source,
+)
+from stages.shared.runtime import (
+    ResumeFolder,
+    describe_devices,
+    distribution_strategy,
+    run_stage,
+    stage_args,
+    write_run_facts,
+)
 
-# How to rebuild the frozen backbone for new images (``stages.classify``): the settings
+# How to rebuild the frozen backbone for new images (``stages.commands.classify``): the settings
 # that shape the features, written with the class names (a local weights file by its path).
 RECIPE_KEYS = ("backbone", "weights", "layer", "blocks", "image_size")
-WEIGHTS_KEYWORDS = ("imagenet", "none")  # Keras's download, or random weights
 
 LOCAL_DATA_DIR = Path("data/local/breast")
-LOCAL_WEIGHTS_DIR = Path("data/local/weights")
 # MedMNIST's BreastMNIST releases: params value -> (file name, URL, MD5). The 28x28 file is
 # the one every figure in the README was measured on (upscaled to image_size).
 MEDMNIST_RELEASES = {
-    "medmnist": ("breastmnist.npz", "https://zenodo.org/records/10519652/files/breastmnist.npz?download=1",
-                 "750601b1f35ba3300ea97c75c52ff8f6"),
-    "medmnist_224": ("breastmnist_224.npz",
-                     "https://zenodo.org/records/10519652/files/breastmnist_224.npz?download=1",
-                     "b56378a6eefa9fed602bb16d192d4c8b"),
+    "medmnist": (
+        "breastmnist.npz",
+        "https://zenodo.org/records/10519652/files/breastmnist.npz?download=1",
+        "750601b1f35ba3300ea97c75c52ff8f6",
+    ),
+    "medmnist_224": (
+        "breastmnist_224.npz",
+        "https://zenodo.org/records/10519652/files/breastmnist_224.npz?download=1",
+        "b56378a6eefa9fed602bb16d192d4c8b",
+    ),
 }
 BREASTMNIST_CLASSES = ("malignant", "normal_or_benign")  # label 0, label 1
 SPLITS = ("train", "val", "test")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-# What Windows and macOS leave in folders of images; skipped like hidden (dot) files.
-SYSTEM_FILES = ("thumbs.db", "desktop.ini", "__macosx")
-TOP_LAYERS = ("fc1", "fc2")  # Dense layers of the classifier head: need include_top and 224x224
-POOLED_LAYERS = ("avg", "max")  # global pooling of the last conv block: any size from 32
-TOP_IMAGE_SIZE = 224
 PROGRESS_EVERY = 5  # batches between progress lines
 CHUNK_SIZE = 1024  # images per checkpointed chunk: a killed run loses at most this many
 PREFETCH_BATCHES = 2  # prepared batches waiting for the network, beyond one per worker
@@ -94,9 +117,6 @@ PREFETCH_BATCHES = 2  # prepared batches waiting for the network, beyond one per
 # out of the stage's params deps, so turning them reruns nothing.
 SPEED_KEYS = ("workers", "chunk_size")
 
-# Only `weights: none` draws anything at random. A fixed seed, rather than params'
-# `seed`, keeps a change of the KNN's fold seed from rerunning a long extraction.
-RANDOM_WEIGHTS_SEED = 0
 
 class Extraction(Section):
     data: local_or(LOCAL_DATA_DIR, "file or folder", *MEDMNIST_RELEASES)  # type: ignore[valid-type]
@@ -119,8 +139,9 @@ class Extraction(Section):
         if len(set(self.blocks)) != len(self.blocks):
             raise ValueError(f"blocks: a block twice in {self.blocks}")
         if self.layer in TOP_LAYERS and self.blocks != [5]:
-            raise ValueError(f"blocks: must be [5] for layer {self.layer} (only avg and max pool several "
-                             f"blocks), got {self.blocks}")
+            raise ValueError(
+                f"blocks: must be [5] for layer {self.layer} (only avg and max pool several blocks), got {self.blocks}"
+            )
         return self
 
 
@@ -157,8 +178,9 @@ def download_breastmnist(release: str) -> Path:
     import keras
 
     name, url, md5 = MEDMNIST_RELEASES[release]
-    with download_or_stop(f"BreastMNIST from {url}", "extract_vgg_features.data",
-                          "a .npz or an image folder", LOCAL_DATA_DIR):
+    with download_or_stop(
+        f"BreastMNIST from {url}", "extract_vgg_features.data", "a .npz or an image folder", LOCAL_DATA_DIR
+    ):
         # Keras tells an MD5 by its length, and caches the file in ~/.keras/datasets.
         return Path(keras.utils.get_file(name, url, file_hash=md5))
 
@@ -168,20 +190,16 @@ def _check_npz_split(path: Path, split: str, images: np.ndarray, labels: np.ndar
     grey_or_rgb = images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)
     if images.dtype != np.uint8 or not grey_or_rgb:
         raise StageError(
-            f"{path}: {split}_images must be uint8 (N, H, W) or (N, H, W, 3), "
-            f"got {images.dtype} {images.shape}"
+            f"{path}: {split}_images must be uint8 (N, H, W) or (N, H, W, 3), got {images.dtype} {images.shape}"
         )
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise StageError(
-            f"{path}: {split}_labels must be integers of shape (N,) or (N, 1), "
-            f"got {labels.dtype} {labels.shape}"
+            f"{path}: {split}_labels must be integers of shape (N,) or (N, 1), got {labels.dtype} {labels.shape}"
         )
     if len(labels) != len(images):
-        raise StageError(
-            f"{path}: {split}_labels has {len(labels)} labels for {len(images)} {split}_images"
-        )
+        raise StageError(f"{path}: {split}_labels has {len(labels)} labels for {len(images)} {split}_images")
     if len(labels) and not np.isin(labels, (0, 1)).all():
         raise StageError(
             f"{path}: {split}_labels must be 0 (malignant) or 1 (normal or benign), "
@@ -221,42 +239,6 @@ def load_npz_images(path: Path) -> ImageSet:
         class_names=BREASTMNIST_CLASSES,
         identity=identity,
     )
-
-
-def read_image_file(path: Path, header_only: bool = False) -> np.ndarray | None:
-    """Decode one image file to uint8 (H, W) grey or (H, W, 3) colour.
-
-    16-bit grey (common in lab TIFF and PNG) is scaled from its full range to 8 bits;
-    palette, alpha and CMYK images become RGB. With ``header_only``, read the format,
-    size and mode but no pixels, a fraction of a decode, and return None: a file that
-    is no image stops there, one cut short after a valid header only when decoded.
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            if header_only:
-                return None
-            image.load()  # Image.open only reads the header; this finds truncation
-            if image.mode.startswith("I"):
-                pixels = np.asarray(image, dtype=np.float64) * (255 / 65535)
-                return np.clip(pixels, 0, 255).astype(np.uint8)
-            if image.mode != "L":
-                image = image.convert("RGB")
-            return np.asarray(image)
-    except OSError as err:  # unreadable, truncated, or not an image at all
-        raise StageError(f"{path}: cannot read image ({one_line(err)})") from None
-
-
-def is_skipped(name: str) -> bool:
-    """Whether a file or folder name is one that a folder of images collects by itself."""
-    return name.startswith(".") or name.lower() in SYSTEM_FILES
-
-
-def files_under(folder: Path) -> list[Path]:
-    """The files in ``folder`` and its subfolders, sorted, but those ``is_skipped`` names."""
-    return sorted(path for path in folder.rglob("*")
-                  if path.is_file() and not any(is_skipped(part) for part in path.relative_to(folder).parts))
 
 
 def load_image_folder(root: Path) -> ImageSet:
@@ -319,17 +301,6 @@ def open_data(data: str) -> ImageSet:
     raise StageError(f"{path}: extract_vgg_features.data not found (nor is it {' or '.join(MEDMNIST_RELEASES)})")
 
 
-def prepare_image(image: np.ndarray, size: int, mode: str = "RGB") -> np.ndarray:
-    """uint8 grey or RGB image -> float32 in 0..255, resized bilinearly to (size, size):
-    (size, size, 3) with grey repeated to RGB, or, for ``mode`` ``"L"``, (size, size) grey."""
-    from PIL import Image
-
-    picture = Image.fromarray(image).convert(mode)
-    if picture.size != (size, size):
-        picture = picture.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(picture, dtype=np.float32)
-
-
 def iterate_batches(
     images: ImageSet, image_size: int, batch_size: int, workers: int = 1, start: int = 0, stop: int | None = None
 ) -> Iterator[np.ndarray]:
@@ -364,96 +335,7 @@ def iterate_batches(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-# --------------------------------------------------------------------------- model
-def preprocess_function(backbone: str) -> Callable[[np.ndarray], np.ndarray]:
-    """The backbone's ``preprocess_input`` (RGB to BGR, ImageNet mean subtracted)."""
-    import keras
-
-    return getattr(keras.applications, backbone).preprocess_input
-
-
-def build_extractor(backbone: str, weights: str, layer: str, image_size: int, blocks: Sequence[int] = (5,)):
-    """A Keras model from (size, size, 3) preprocessed images to ``layer``'s features.
-
-    ``weights`` is ``imagenet`` (downloaded by Keras), ``none`` (random, for tests
-    and benchmarks) or a path to a weights file saved from the same backbone; for
-    ``avg``/``max`` a file of the whole network works as well as a no-top one. For
-    ``avg``/``max``, each of ``blocks`` (conv blocks 1 to 5) is pooled over the image
-    at its last pooling layer, and the vectors are concatenated in that order: earlier
-    blocks see finer, less ImageNet-specific patterns.
-    """
-    import keras
-
-    top = layer in TOP_LAYERS
-    architecture = {"vgg19": keras.applications.VGG19, "vgg16": keras.applications.VGG16}[backbone]
-    shape = {"include_top": top, "input_shape": (image_size, image_size, 3)}
-    if weights == "imagenet":
-        with download_or_stop(f"the ImageNet weights of {backbone}", "extract_vgg_features.weights",
-                              f"a weights file of {backbone}", LOCAL_WEIGHTS_DIR):
-            model = architecture(weights="imagenet", **shape)
-    elif weights == "none":
-        model = architecture(weights=None, **shape)
-    else:
-        weights_file = Path(weights)
-        if not weights_file.is_file():
-            raise StageError(f"{weights_file}: extract_vgg_features.weights file not found")
-        model = architecture(weights=None, **shape)
-        expected = f"{backbone} weights" + ("" if top else " (whole network or no-top)")
-        try:
-            with warnings.catch_warnings():  # Keras warns layer by layer before it raises
-                warnings.simplefilter("ignore")
-                model.load_weights(weights_file)
-        except (ValueError, OSError) as err:
-            raise StageError(
-                f"{weights_file}: does not fit backbone {backbone} with layer {layer}; "
-                f"expected {expected} ({one_line(err)})"
-            ) from None
-    if top:
-        return keras.Model(model.input, model.get_layer(layer).output, name=f"{backbone}_{layer}")
-    pool = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}[layer]
-    pooled = [pool(name=f"block{b}_{layer}")(model.get_layer(f"block{b}_pool").output) for b in blocks]
-    output = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="blocks")(pooled)
-    return keras.Model(model.input, output, name=f"{backbone}_{layer}_blocks_{'_'.join(map(str, blocks))}")
-
-
-def feature_block_names(layer: str, blocks: Sequence[int]) -> list[str]:
-    """The names of the blocks that ``build_extractor``'s output holds side by side, in
-    order: ``block<b>`` for a pooled layer, the layer itself (``fc1``, ``fc2``) for the top."""
-    return [layer] if layer in TOP_LAYERS else [f"block{b}" for b in blocks]
-
-
-def block_widths(model, layer: str, names: Sequence[str]) -> list[int]:
-    """How many features each named block gives: its columns in the output, in order."""
-    if layer in TOP_LAYERS:
-        return [int(model.output_shape[-1])]
-    return [int(model.get_layer(f"{name}_{layer}").output.shape[-1]) for name in names]
-
-
-def weights_digest(model) -> str:
-    """SHA-256 of the extractor's weights (shapes and float32 values, in layer order): which
-    network the features came from, whatever file or download carried the weights."""
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        value = np.ascontiguousarray(np.asarray(weight.numpy(), dtype=np.float32))
-        digest.update(repr(value.shape).encode() + value.tobytes())
-    return digest.hexdigest()
-
-
-def weights_source(weights: str) -> str:
-    """What ``build_extractor`` loads for ``extract_vgg_features.weights``: its keyword, or the
-    path of the local file it names (backbone.json records it, for classify-images)."""
-    return weights if weights in WEIGHTS_KEYWORDS else local_copy(LOCAL_WEIGHTS_DIR, weights).as_posix()
-
-
-def load_backbone(recipe: dict):
-    """The extractor that ``recipe`` (the ``RECIPE_KEYS`` of params, a local weights file by
-    its path, as saved in ``models/breast/backbone.json``) describes; random weights come
-    from a fixed seed, so they are the same every time."""
-    seed_everything(RANDOM_WEIGHTS_SEED)
-    return build_extractor(recipe["backbone"], recipe["weights"], recipe["layer"], recipe["image_size"],
-                           recipe["blocks"])
-
-
+# --------------------------------------------------------------------------- the network
 def make_forward_pass(model, preprocess: Callable[[np.ndarray], np.ndarray], strategy=None):
     """A function from a float32 batch of prepared images to its float32 features.
 
@@ -610,17 +492,30 @@ def main(argv: list[str]) -> None:
         source=images.source,
         class_names=np.array(images.class_names),
     )
-    write_json(args.backbone, {
-        **recipe, "class_names": list(images.class_names), "feature_blocks": names, "block_widths": widths,
-        "weights_sha256": weights_digest(model),
-    })
+    write_json(
+        args.backbone,
+        {
+            **recipe,
+            "class_names": list(images.class_names),
+            "feature_blocks": names,
+            "block_widths": widths,
+            "weights_sha256": weights_digest(model),
+        },
+    )
     checkpoint.clear()
     counts = image_counts(images)
-    write_run_facts("extract_vgg_features", {
-        **counts, "feature_dim": int(features.shape[1]), "devices": devices, "workers": settings.workers,
-        "resumed_images": resumed, "seconds": round(seconds, 1),
-        "images_per_second": round((len(images) - resumed) / seconds, 2),
-    })
+    write_run_facts(
+        "extract_vgg_features",
+        {
+            **counts,
+            "feature_dim": int(features.shape[1]),
+            "devices": devices,
+            "workers": settings.workers,
+            "resumed_images": resumed,
+            "seconds": round(seconds, 1),
+            "images_per_second": round((len(images) - resumed) / seconds, 2),
+        },
+    )
     print(f"extract_vgg_features: wrote {args.features} {features.shape} in {seconds:.0f}s; {counts}")
 
 

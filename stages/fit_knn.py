@@ -7,8 +7,8 @@ Reads ``seed``, ``breast_cv_folds`` and ``fit_knn`` from params.yaml and, of the
 that ``extract_vgg_features`` wrote, the blocks ``fit_knn.features`` names (``--inputs``
 records them for ``classify-images``); writes the pipeline fitted on every non-test image
 (``--model``, a skops file: loading it runs no code and accepts only the types in
-``KNN_TYPES``) and its predictions (``--predictions``), which ``evaluate@breast`` scores: ``heldout`` and ``cv``
-by the protocol it shares with ``train_head`` (see ``stages.breast``), and
+``stages.commands.classify.KNN_TYPES``) and its predictions (``--predictions``), which ``evaluate@breast`` scores: ``heldout`` and ``cv``
+by the protocol it shares with ``train_head`` (see ``stages.shared.breast``), and
 ``resubstitution``: fitted on all the images and predicting them, the way the original got
 its 88%. That one measures memory, not generalisation. (The original also scored raw
 features against a fit on normalised ones; the pipeline here normalises both.)
@@ -21,29 +21,24 @@ L2-normalised feature space.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
-from stages.breast import FeatureBlocks, FeatureSet, FoldParams, load_features, protocol_predictions, write_model_inputs
-from stages.cli import run_stage, stage_args
-from stages.errors import ParamsError, StageError, one_line
-from stages.outputs import write_json
-from stages.params import Section, read_params
-from stages.predictions import prediction_frame, write_predictions
-from stages.zip_outputs import save_skops
-
-
-# What fit_knn's model file may hold besides the Python and NumPy types skops always
-# trusts: loading refuses anything else, so a model swapped on a shared DVC remote
-# cannot run code in classify-images.
-KNN_TYPES = [
-    "sklearn.neighbors._classification.KNeighborsClassifier",
-    "sklearn.pipeline.Pipeline",
-    "sklearn.preprocessing._data.Normalizer",
-]
+from stages.shared.breast import (
+    FeatureBlocks,
+    FeatureSet,
+    FoldParams,
+    load_features,
+    nearest_distances,
+    protocol_predictions,
+    write_model_inputs,
+)
+from stages.shared.config import ParamsError, Section, read_params
+from stages.shared.files import save_skops, write_json
+from stages.shared.predictions import prediction_frame, write_predictions
+from stages.shared.runtime import run_stage, stage_args
 
 
 class KnnSettings(Section):
@@ -80,8 +75,10 @@ def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed:
     def fit(indices):
         # Checked here, where the images of each fold are known; fitting a KNN only stores them.
         if settings.k > len(indices):
-            raise ParamsError(f"params.yaml: fit_knn.k: {settings.k} neighbours is more than the "
-                                     f"{len(indices)} images of a fit (the whole or a cross-validation fold)")
+            raise ParamsError(
+                f"params.yaml: fit_knn.k: {settings.k} neighbours is more than the "
+                f"{len(indices)} images of a fit (the whole or a cross-validation fold)"
+            )
         return make_knn_pipeline(settings.k, settings.metric, settings.weights).fit(x[indices], y[indices])
 
     model, frames = protocol_predictions(
@@ -92,39 +89,28 @@ def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed:
         seed=seed,
     )
     everything = fit(np.arange(len(y)))
-    frames.append(prediction_frame(data.source, y, everything.predict_proba(x), data.class_names,
-                                   "resubstitution", "fitted and scored on the same images, as the original's 88%"))
+    frames.append(
+        prediction_frame(
+            data.source,
+            y,
+            everything.predict_proba(x),
+            data.class_names,
+            "resubstitution",
+            "fitted and scored on the same images, as the original's 88%",
+        )
+    )
     return model, frames
-
-
-def nearest_distances(knn, features: np.ndarray | None = None) -> np.ndarray:
-    """Each image's distance to its nearest fitted image, in the pipeline's L2-normalised
-    feature space; without ``features``, each fitted image's to the nearest other one."""
-    query = None if features is None else knn[:-1].transform(features)
-    return knn[-1].kneighbors(query, n_neighbors=1)[0][:, 0]
 
 
 def novelty_threshold(knn, percentile: float) -> dict:
     """The distance beyond which a new image is unlike the fitted ones, as the JSON ``--novelty`` holds."""
     own = nearest_distances(knn)
-    return {"measure": "distance to the nearest training image, L2-normalised features",
-            "percentile": percentile, "training_images": len(own), "threshold": float(np.percentile(own, percentile))}
-
-
-def load_knn(path: Path):
-    """The pipeline that ``main`` saved; a file that holds other types is refused unloaded."""
-    import skops.io
-    from skops.io.exceptions import UntrustedTypesFoundException
-
-    try:
-        return skops.io.load(path, trusted=KNN_TYPES)
-    except FileNotFoundError:
-        raise StageError(f"{path}: not found; run `dvc repro fit_knn` (or `dvc pull`) first") from None
-    except UntrustedTypesFoundException as err:
-        raise StageError(f"{path}: refused: it holds types that fit_knn never writes ({one_line(err)}); "
-                                f"it may have been tampered with, so it was not loaded") from None
-    except Exception as err:  # a damaged zip or schema: skops raises what its parsers raise
-        raise StageError(f"{path}: not a readable skops model ({one_line(err)})") from None
+    return {
+        "measure": "distance to the nearest training image, L2-normalised features",
+        "percentile": percentile,
+        "training_images": len(own),
+        "threshold": float(np.percentile(own, percentile)),
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -144,7 +130,9 @@ def main(argv: list[str]) -> None:
     novelty = novelty_threshold(model, settings.novelty_percentile)
     write_json(args.novelty, novelty)
     write_predictions(args.predictions, frames)
-    print(f"fit_knn: wrote {args.model}, {args.inputs}, {args.novelty} (threshold {novelty['threshold']:.4f}) and {args.predictions}")
+    print(
+        f"fit_knn: wrote {args.model}, {args.inputs}, {args.novelty} (threshold {novelty['threshold']:.4f}) and {args.predictions}"
+    )
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from stages.cli import run_stage, stage_args
-from stages.outputs import save_figure
-from stages.params import Name, Section, read_params
-from stages.zip_outputs import save_npz
+from stages.shared.config import Name, Section, read_params
+from stages.shared.files import save_figure, save_npz
+from stages.shared.runtime import run_stage, stage_args
 
 
 def _split_counts(n_samples: int, n_parts: int) -> list[int]:
@@ -55,6 +54,7 @@ def blob_in_ring(n_samples: int, noise: float, rng: np.random.Generator) -> tupl
 
 
 LAYOUTS = {"blob_pair": blob_pair, "blob_in_ring": blob_in_ring, "xor_blobs": xor_blobs}
+
 
 class ToyData(Section):
     layout: Literal[tuple(LAYOUTS)]  # type: ignore[valid-type]

@@ -23,7 +23,7 @@ split. Writes
 * ``--model``: the ensemble fitted on the non-test images, as one Keras model from raw
   features (standardisation and averaging included);
 * ``--predictions``: ``heldout`` and ``cv`` by the protocol it shares with ``fit_knn``
-  (``stages.breast``): ``cv`` fits a whole ensemble in each fold, so it scores the
+  (``stages.shared.breast``): ``cv`` fits a whole ensemble in each fold, so it scores the
   reported model's method; and ``validation``: each member of that model on the images
   that chose its stopping epoch (optimistic by construction);
 * ``--history``: a folder of ``member_<n>.csv``, each member's loss and validation ROC
@@ -40,7 +40,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from stages.breast import (
+from stages.shared.breast import (
     FeatureBlocks,
     FeatureSet,
     FoldParams,
@@ -49,14 +49,10 @@ from stages.breast import (
     stratified_folds,
     write_model_inputs,
 )
-from stages.cli import run_stage, stage_args
-from stages.errors import StageError
-from stages.history import write_history_csv
-from stages.params import Section, read_params
-from stages.predictions import prediction_frame, write_predictions
-from stages.run_facts import write_run_facts
-from stages.seeding import seed_everything
-from stages.zip_outputs import save_keras_model
+from stages.shared.config import Section, StageError, read_params
+from stages.shared.files import save_keras_model, write_history_csv
+from stages.shared.predictions import prediction_frame, write_predictions
+from stages.shared.runtime import run_stage, seed_everything, stage_args, write_run_facts
 
 
 class HeadSettings(Section):
@@ -77,8 +73,9 @@ class Params(FoldParams):
     train_head: HeadSettings
 
 
-def make_model(n_features: int, n_classes: int, hidden_units: int, dropout: float, l2: float,
-               name: str = "breast_head"):
+def make_model(
+    n_features: int, n_classes: int, hidden_units: int, dropout: float, l2: float, name: str = "breast_head"
+):
     """Dropout on the (standardised) features, an optional hidden ReLU layer, and a softmax
     over the classes: the original's "own output layer"."""
     import keras
@@ -89,8 +86,9 @@ def make_model(n_features: int, n_classes: int, hidden_units: int, dropout: floa
     if hidden_units:
         x = keras.layers.Dense(hidden_units, activation="relu", kernel_regularizer=regulariser, name="hidden")(x)
         x = keras.layers.Dropout(dropout, name="hidden_dropout")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regulariser,
-                                 name="class_probabilities")(x)
+    outputs = keras.layers.Dense(
+        n_classes, activation="softmax", kernel_regularizer=regulariser, name="class_probabilities"
+    )(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -174,12 +172,15 @@ class HeadTrainer:
 
         seed_everything(seed)
         self.settings, self.seed = settings, seed
-        self.model = make_model(n_features, len(class_names), settings.hidden_units, settings.dropout,
-                                settings.l2)
+        self.model = make_model(n_features, len(class_names), settings.hidden_units, settings.dropout, settings.l2)
         # Up to 32 steps per call into TensorFlow: Keras's per-step Python cost was about
         # as much as a step of this small network (0.22 s an epoch of 18 steps, 0.12 s so).
-        self.model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
-                           loss="sparse_categorical_crossentropy", metrics=["accuracy"], steps_per_execution=32)
+        self.model.compile(
+            optimizer=keras.optimizers.Adam(settings.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            steps_per_execution=32,
+        )
         self.model.optimizer.build(self.model.trainable_variables)
         self.state = self.model.variables + self.model.optimizer.variables
         self.initial = [variable.numpy() for variable in self.state]
@@ -216,14 +217,18 @@ class HeadTrainer:
             verbose=0,
             callbacks=[
                 validation_roc_auc(standardised[stop], y[stop]),  # before EarlyStopping, which reads what it logs
-                keras.callbacks.EarlyStopping(monitor="val_roc_auc", mode="max", patience=settings.patience,
-                                              restore_best_weights=True),
+                keras.callbacks.EarlyStopping(
+                    monitor="val_roc_auc", mode="max", patience=settings.patience, restore_best_weights=True
+                ),
             ],
         ).history
         scores, best = history["val_roc_auc"], int(np.argmax(history["val_roc_auc"]))
         self.trainings.append({"images": len(fit), "epochs": len(scores), "best_epoch": best + 1})
-        print(f"train_head: trained on {len(fit)} images, stopped on {len(stop)}: best epoch {best + 1} of "
-              f"{len(scores)} (validation ROC AUC {scores[best]:.3f}), {time.perf_counter() - began:.1f}s", flush=True)
+        print(
+            f"train_head: trained on {len(fit)} images, stopped on {len(stop)}: best epoch {best + 1} of "
+            f"{len(scores)} (validation ROC AUC {scores[best]:.3f}), {time.perf_counter() - began:.1f}s",
+            flush=True,
+        )
         return TrainedHead(self.model.get_weights(), mean, std, stop, history)
 
     def probabilities(self, heads: list[TrainedHead], x: np.ndarray) -> np.ndarray:
@@ -246,11 +251,13 @@ class HeadTrainer:
         inputs = keras.Input(shape=(n_features,), name="features")
         outputs = []
         for number, head in enumerate(heads, start=1):
-            member = make_model(n_features, n_classes, settings.hidden_units, settings.dropout, settings.l2,
-                                name=f"head_{number}")
+            member = make_model(
+                n_features, n_classes, settings.hidden_units, settings.dropout, settings.l2, name=f"head_{number}"
+            )
             member.set_weights(head.weights)
-            scaled = keras.layers.Normalization(mean=head.mean, variance=np.square(head.std),
-                                                name=f"standardise_{number}")(inputs)
+            scaled = keras.layers.Normalization(
+                mean=head.mean, variance=np.square(head.std), name=f"standardise_{number}"
+            )(inputs)
             outputs.append(member(scaled))
         averaged = keras.layers.Average(name="mean_probabilities")(outputs) if len(outputs) > 1 else outputs[0]
         return keras.Model(inputs, averaged, name="breast_head_ensemble")
@@ -278,8 +285,16 @@ def fit_and_predict(data: FeatureSet, settings: HeadSettings, n_folds: int, seed
     )
     stops = np.concatenate([head.stop for head in heads])
     each = np.concatenate([trainer.probabilities([head], data.features[head.stop]) for head in heads])
-    frames.append(prediction_frame(data.source[stops], data.labels[stops], each, data.class_names, "validation",
-                                   "each member on the images that chose its stopping epoch"))
+    frames.append(
+        prediction_frame(
+            data.source[stops],
+            data.labels[stops],
+            each,
+            data.class_names,
+            "validation",
+            "each member on the images that chose its stopping epoch",
+        )
+    )
     return trainer, heads, frames
 
 
@@ -288,10 +303,13 @@ def main(argv: list[str]) -> None:
     args = stage_args("train_head", argv, "features", "model", "inputs", "predictions", "history")
     settings, n_folds = params.train_head, params.breast_cv_folds
     data = load_features(args.features, settings.features, "train_head.features")
-    print(f"train_head: {len(data.labels)} images, {data.features.shape[1]}-d features of "
-          f"{', '.join(data.blocks)}; hidden units "
-          f"{settings.hidden_units}, dropout {settings.dropout}, L2 {settings.l2}, "
-          f"{settings.ensemble_members} member(s), {n_folds}-fold CV", flush=True)
+    print(
+        f"train_head: {len(data.labels)} images, {data.features.shape[1]}-d features of "
+        f"{', '.join(data.blocks)}; hidden units "
+        f"{settings.hidden_units}, dropout {settings.dropout}, L2 {settings.l2}, "
+        f"{settings.ensemble_members} member(s), {n_folds}-fold CV",
+        flush=True,
+    )
     started = time.perf_counter()
     trainer, heads, frames = fit_and_predict(data, settings, n_folds, params.seed)
     save_keras_model(trainer.export(heads), args.model)
@@ -301,10 +319,17 @@ def main(argv: list[str]) -> None:
     for number, head in enumerate(heads, start=1):
         write_history_csv(head.history, args.history / f"member_{number}.csv")
     seconds = time.perf_counter() - started
-    write_run_facts("train_head", {"seconds": round(seconds, 1), "trainings": trainer.trainings,
-                                          "params": trainer.model.count_params() * len(heads)})
-    print(f"train_head: wrote {args.model} and {args.predictions} in {seconds:.1f}s "
-          f"({len(trainer.trainings)} trainings)")
+    write_run_facts(
+        "train_head",
+        {
+            "seconds": round(seconds, 1),
+            "trainings": trainer.trainings,
+            "params": trainer.model.count_params() * len(heads),
+        },
+    )
+    print(
+        f"train_head: wrote {args.model} and {args.predictions} in {seconds:.1f}s ({len(trainer.trainings)} trainings)"
+    )
 
 
 if __name__ == "__main__":

@@ -16,17 +16,13 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from stages.cli import run_stage, stage_args
-from stages.history import write_history_csv
-from stages.inputs import read_npz
-from stages.outputs import save_figure
-from stages.params import Name, Section, read_params
-from stages.predictions import prediction_frame, write_predictions
-from stages.run_facts import write_run_facts
-from stages.seeding import seed_everything
-from stages.zip_outputs import save_keras_model
+from stages.shared.config import Name, Section, read_params
+from stages.shared.files import read_npz, save_figure, save_keras_model, write_history_csv
+from stages.shared.predictions import prediction_frame, write_predictions
+from stages.shared.runtime import run_stage, seed_everything, stage_args, write_run_facts
 
 CLASS_NAMES = ("class_0", "class_1")
+
 
 class ToyTraining(Section):
     hidden_layers: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
@@ -134,17 +130,19 @@ def main(argv: list[str]) -> None:
     from sklearn.model_selection import train_test_split
 
     params = read_params(Params)
-    args = stage_args("train_toy", argv, "data", "model", "history", "boundary", "predictions",
-                      items=params.train_toy)
+    args = stage_args("train_toy", argv, "data", "model", "history", "boundary", "predictions", items=params.train_toy)
     name = args.name
     settings = params.train_toy[name]
     arrays = read_npz(args.data, ("x", "y"), f"generate_toy@{name}")
     x, y = arrays["x"], arrays["y"]
     # A stratified split: both classes keep their share in the held-out part.
-    fit, held = train_test_split(np.arange(len(y)), test_size=settings.holdout_fraction, stratify=y,
-                                 random_state=params.seed)
-    print(f"train_toy {name}: {len(fit)} points to fit, {len(held)} held out; "
-          f"hidden layers {settings.hidden_layers}", flush=True)
+    fit, held = train_test_split(
+        np.arange(len(y)), test_size=settings.holdout_fraction, stratify=y, random_state=params.seed
+    )
+    print(
+        f"train_toy {name}: {len(fit)} points to fit, {len(held)} held out; hidden layers {settings.hidden_layers}",
+        flush=True,
+    )
     started = time.perf_counter()
     model, history = train(x, y, fit, held, settings, params.seed)
     seconds = time.perf_counter() - started

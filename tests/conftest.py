@@ -17,18 +17,33 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
 # What a fresh clone holds that the pipeline needs.
 PROJECT_FILES = [
-    "dvc.yaml", "params.yaml", "thresholds.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
-    ".dvc/plots/offline.html", ".dvc/plots/roc.json",
-    "data/local/README.md", "data/local/.gitignore", "data/local/mnist/.gitkeep", "data/local/breast/.gitkeep", "data/local/weights/.gitkeep",
+    "dvc.yaml",
+    "params.yaml",
+    "thresholds.yaml",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".dvcignore",
+    ".gitignore",
+    ".dvc/plots/offline.html",
+    ".dvc/plots/roc.json",
+    "data/local/README.md",
+    "data/local/.gitignore",
+    "data/local/mnist/.gitkeep",
+    "data/local/breast/.gitkeep",
+    "data/local/weights/.gitkeep",
     # The download keywords' marker files: the stages' dependencies when params name a download.
-    "data/local/mnist/keras", "data/local/breast/medmnist", "data/local/breast/medmnist_224",
-    "data/local/weights/imagenet", "data/local/weights/none",
+    "data/local/mnist/keras",
+    "data/local/breast/medmnist",
+    "data/local/breast/medmnist_224",
+    "data/local/weights/imagenet",
+    "data/local/weights/none",
 ]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--all-tiers", action="store_true",
-                     help="also run the second tier: the end-to-end dvc runs, marked slow")
+    parser.addoption(
+        "--all-tiers", action="store_true", help="also run the second tier: the end-to-end dvc runs, marked slow"
+    )
 
 
 # The longest test (three and a half minutes of the ten that both tiers take on 2 cores):
@@ -75,9 +90,7 @@ def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 def stages_run(output: str) -> list[str]:
     """The stages that a `dvc repro` ran (not those it skipped or restored)."""
-    return sorted(
-        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
-    )
+    return sorted(line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '"))
 
 
 def edit_params(repo: Path, changes: dict[str, object]) -> None:
@@ -184,14 +197,14 @@ def tiny_breast(n_train: int = 24, n_val: int = 6, n_test: int = 12, seed: int =
 
 def stage_argv(stage: str, item: str | None = None) -> list[str]:
     """A stage's command line as the project's dvc.yaml gives it: the paths are stated there alone."""
-    from stages.dvc_yaml import stage_command
+    from stages.commands.classify import stage_command
 
     return stage_command(stage, item, PROJECT / "dvc.yaml")
 
 
 def stage_paths(stage: str, item: str | None = None) -> dict[str, Path]:
     """The paths a stage reads and writes, from the project's dvc.yaml."""
-    from stages.dvc_yaml import stage_paths as paths
+    from stages.commands.classify import stage_paths as paths
 
     return paths(stage, item, PROJECT / "dvc.yaml")
 
@@ -205,7 +218,7 @@ def two_cpu_devices_script(stage: str) -> str:
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
         "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
         f"from stages import {stage}\n"
-        "from stages.cli import run_stage\n"
+        "from stages.shared.runtime import run_stage\n"
         f"run_stage({stage}.main)\n"
     )
 

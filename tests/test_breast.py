@@ -16,13 +16,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import breast, check_thresholds, evaluate, fit_knn, train_head
+from stages import evaluate, fit_knn, train_head
 from stages import extract_vgg_features as extract
-from stages.breast import FeatureSet
-from stages.errors import ParamsError, StageError
-from stages.local_data import DownloadError
-from stages.predictions import read_predictions
-from stages.zip_outputs import save_npz, save_skops
+from stages.commands import check_thresholds, classify
+from stages.shared import breast
+from stages.shared import images as shared_images
+from stages.shared.breast import FeatureSet
+from stages.shared.config import ParamsError, StageError
+from stages.shared.files import DownloadError, save_npz, save_skops
+from stages.shared.predictions import read_predictions
 from tests.conftest import PROJECT, SHARED_DATA, stage_argv
 
 LOCAL = Path("data/local/breast")  # relative: the main() tests chdir into tmp_path
@@ -92,8 +94,17 @@ def weights_files(tmp_path_factory) -> dict[str, Path]:
 
 
 HEAD_SETTINGS = {
-    "features": ["block5"], "hidden_units": 16, "dropout": 0.2, "l2": 0.0001, "learning_rate": 0.01, "batch_size": 8,
-    "max_epochs": 30, "patience": 5, "class_weight": "none", "validation_fraction": 0.25, "ensemble_members": 2,
+    "features": ["block5"],
+    "hidden_units": 16,
+    "dropout": 0.2,
+    "l2": 0.0001,
+    "learning_rate": 0.01,
+    "batch_size": 8,
+    "max_epochs": 30,
+    "patience": 5,
+    "class_weight": "none",
+    "validation_fraction": 0.25,
+    "ensemble_members": 2,
 }
 
 
@@ -102,11 +113,22 @@ def write_params(folder: Path, data: str, k: int = 3, **extract_overrides) -> No
         "seed": 0,
         "breast_cv_folds": 3,
         "extract_vgg_features": {
-            "data": data, "backbone": "vgg19", "weights": "none", "layer": "avg", "blocks": [5],
-            "image_size": 32, "batch_size": 5, **extract_overrides,
+            "data": data,
+            "backbone": "vgg19",
+            "weights": "none",
+            "layer": "avg",
+            "blocks": [5],
+            "image_size": 32,
+            "batch_size": 5,
+            **extract_overrides,
         },
-        "fit_knn": {"features": ["block5"], "k": k, "metric": "euclidean", "weights": "uniform",
-                    "novelty_percentile": 90},
+        "fit_knn": {
+            "features": ["block5"],
+            "k": k,
+            "metric": "euclidean",
+            "weights": "uniform",
+            "novelty_percentile": 90,
+        },
         "train_head": HEAD_SETTINGS,
         "evaluate": {"breast": {"positive_class": None}},
     }
@@ -140,8 +162,11 @@ def test_npz_without_val_and_test_is_all_train(tmp_path):
         ({"test_labels": np.zeros(5, np.uint8)}, "test_labels has 5 labels for 6 test_images"),
         ({"train_labels": np.full(12, 2, np.uint8)}, "train_labels must be 0 (malignant) or 1"),
         (
-            {"train_labels": np.zeros(12, np.uint8), "val_labels": np.zeros(4, np.uint8),
-             "test_labels": np.zeros(6, np.uint8)},
+            {
+                "train_labels": np.zeros(12, np.uint8),
+                "val_labels": np.zeros(4, np.uint8),
+                "test_labels": np.zeros(6, np.uint8),
+            },
             "only one class (label 0)",
         ),
     ],
@@ -178,7 +203,7 @@ def test_folder_classes_sources_and_reading(image_folder):
 def test_sixteen_bit_grey_keeps_its_full_range(tmp_path):
     pixels = np.array([[0, 32896, 65535]], dtype=np.uint16)
     path = save_image(tmp_path / "deep.png", pixels)
-    assert extract.read_image_file(path).tolist() == [[0, 128, 255]]
+    assert shared_images.read_image_file(path).tolist() == [[0, 128, 255]]
 
 
 def spoil_folder(root: Path, how: str) -> Path:
@@ -256,10 +281,13 @@ def test_failed_downloads_name_the_key_to_set(monkeypatch):
         "and set extract_vgg_features.data to its name"
     )
     monkeypatch.setattr(keras.applications, "VGG16", offline)
-    with pytest.raises(StageError, match=r"^could not download the ImageNet weights of vgg16 \(URL fetch "
-                       r"failure .*\); put a weights file of vgg16 in data/local/weights/ and set "
-                       r"extract_vgg_features.weights to its name$"):
-        extract.build_extractor("vgg16", "imagenet", "avg", 32)
+    with pytest.raises(
+        StageError,
+        match=r"^could not download the ImageNet weights of vgg16 \(URL fetch "
+        r"failure .*\); put a weights file of vgg16 in data/local/weights/ and set "
+        r"extract_vgg_features.weights to its name$",
+    ):
+        shared_images.build_extractor("vgg16", "imagenet", "avg", 32)
 
 
 def test_offline_the_stage_names_both_downloads_at_once(tmp_path, monkeypatch):
@@ -269,17 +297,20 @@ def test_offline_the_stage_names_both_downloads_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(keras.utils, "get_file", offline)
     monkeypatch.setattr(keras.applications, "VGG16", offline)
     write_params(tmp_path, "medmnist", backbone="vgg16", weights="imagenet")
-    with pytest.raises(DownloadError, match=r"^could not download BreastMNIST .*; put .* and set "
-                       r"extract_vgg_features\.data to its name; and could not download the ImageNet weights of "
-                       r"vgg16 .*; put a weights file of vgg16 in data/local/weights/ and set "
-                       r"extract_vgg_features\.weights to its name$"):
+    with pytest.raises(
+        DownloadError,
+        match=r"^could not download BreastMNIST .*; put .* and set "
+        r"extract_vgg_features\.data to its name; and could not download the ImageNet weights of "
+        r"vgg16 .*; put a weights file of vgg16 in data/local/weights/ and set "
+        r"extract_vgg_features\.weights to its name$",
+    ):
         extract.main(stage_argv("extract_vgg_features"))
     assert not (tmp_path / "data/breast").exists()
 
 
 def test_images_become_rgb_batches_of_the_chosen_size(breast_npz, image_folder):
     grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    prepared = extract.prepare_image(grey, 8)
+    prepared = shared_images.prepare_image(grey, 8)
     assert prepared.shape == (8, 8, 3) and prepared.dtype == np.float32
     assert np.array_equal(prepared[..., 0], prepared[..., 2])  # grey repeated to three channels
     for images in (extract.load_npz_images(breast_npz), extract.load_image_folder(image_folder)):
@@ -292,8 +323,8 @@ def test_images_become_rgb_batches_of_the_chosen_size(breast_npz, image_folder):
 @pytest.mark.parametrize(("backbone", "layer"), [("vgg19", "avg"), ("vgg16", "max")])
 def test_pooled_features_stream_through_in_batches(breast_npz, backbone, layer, capsys):
     images = extract.load_npz_images(breast_npz)
-    model = extract.build_extractor(backbone, "none", layer, 32)
-    forward = extract.make_forward_pass(model, extract.preprocess_function(backbone))
+    model = shared_images.build_extractor(backbone, "none", layer, 32)
+    forward = extract.make_forward_pass(model, shared_images.preprocess_function(backbone))
     features, _ = extract.extract_features(forward, 512, images, 32, batch_size=4, progress_every=2)
     assert features.shape == (22, 512) and features.dtype == np.float32 and np.isfinite(features).all()
     progress = capsys.readouterr().out.splitlines()
@@ -306,7 +337,7 @@ def test_weights_file_is_loaded_by_path(weights_files):
 
     keras.utils.set_random_seed(7)
     original = keras.applications.VGG19(weights=None, include_top=False, input_shape=(32, 32, 3), pooling="avg")
-    loaded = extract.build_extractor("vgg19", str(weights_files["vgg19"]), "avg", 32)
+    loaded = shared_images.build_extractor("vgg19", str(weights_files["vgg19"]), "avg", 32)
     batch = np.random.default_rng(0).uniform(-100, 100, (2, 32, 32, 3)).astype(np.float32)
     assert np.allclose(original.predict_on_batch(batch), loaded.predict_on_batch(batch), atol=1e-5)
 
@@ -322,7 +353,7 @@ def test_weights_file_is_loaded_by_path(weights_files):
 def test_weights_file_that_does_not_fit_is_named(weights_files, tmp_path, weights, layer, message):
     path = weights_files.get(weights, tmp_path / "missing.weights.h5")
     with pytest.raises(StageError) as error:
-        extract.build_extractor("vgg19", str(path), layer, 224 if layer == "fc1" else 32)
+        shared_images.build_extractor("vgg19", str(path), layer, 224 if layer == "fc1" else 32)
     assert str(error.value).startswith(f"{path}: {message}") and "\n" not in str(error.value)
 
 
@@ -370,18 +401,28 @@ def test_extract_stage_loads_a_weights_file_from_data_local(tmp_path, monkeypatc
     ("overrides", "message"),
     [
         ({"layer": "fc2", "image_size": 32}, "extract_vgg_features.image_size: must be 224 for layer fc2, got 32"),
-        ({"weights": "vgg19.weights.h5"}, "extract_vgg_features.weights: data/local/weights/vgg19.weights.h5 not "
-                                          "found: put the file there, or set it to imagenet or none; "),
-        ({"weights": "data/local/weights/vgg19.weights.h5"},
-         "extract_vgg_features.weights: must be imagenet or none, or the name of a file inside data/local/weights/, "
-         "not a path: set it to vgg19.weights.h5, the name of the file inside data/local/weights/ "),
+        (
+            {"weights": "vgg19.weights.h5"},
+            "extract_vgg_features.weights: data/local/weights/vgg19.weights.h5 not "
+            "found: put the file there, or set it to imagenet or none; ",
+        ),
+        (
+            {"weights": "data/local/weights/vgg19.weights.h5"},
+            "extract_vgg_features.weights: must be imagenet or none, or the name of a file inside data/local/weights/, "
+            "not a path: set it to vgg19.weights.h5, the name of the file inside data/local/weights/ ",
+        ),
         ({"backbone": "resnet50"}, "extract_vgg_features.backbone: must be 'vgg19' or 'vgg16', got 'resnet50'"),
-        ({"data": "elsewhere/breast.npz"},
-         "extract_vgg_features.data: must be medmnist or medmnist_224, or the name of a file or folder inside "
-         "data/local/breast/, not a path: set it to breast.npz, the name of the file or folder inside "
-         "data/local/breast/ "),
-        ({"data": "missing.npz"}, "extract_vgg_features.data: data/local/breast/missing.npz not found: put the "
-                                  "file or folder there, or set it to medmnist or medmnist_224; "),
+        (
+            {"data": "elsewhere/breast.npz"},
+            "extract_vgg_features.data: must be medmnist or medmnist_224, or the name of a file or folder inside "
+            "data/local/breast/, not a path: set it to breast.npz, the name of the file or folder inside "
+            "data/local/breast/ ",
+        ),
+        (
+            {"data": "missing.npz"},
+            "extract_vgg_features.data: data/local/breast/missing.npz not found: put the "
+            "file or folder there, or set it to medmnist or medmnist_224; ",
+        ),
     ],
 )
 def test_extract_stage_checks_params_before_reading_data(tmp_path, monkeypatch, overrides, message):
@@ -416,13 +457,19 @@ def clustered_features(n_per_class: int = 20, with_test: bool = True, seed: int 
 
 def save_feature_set(data: FeatureSet, path: str = "data/breast/features.npz") -> None:
     """``data`` as extract_vgg_features writes it: its features are one block, block5."""
-    save_npz(path, features=data.features, feature_blocks=np.array(["block5"]),
-             block_widths=np.array([data.features.shape[1]]), labels=data.labels, split=data.split,
-             source=data.source, class_names=np.array(data.class_names))
+    save_npz(
+        path,
+        features=data.features,
+        feature_blocks=np.array(["block5"]),
+        block_widths=np.array([data.features.shape[1]]),
+        labels=data.labels,
+        split=data.split,
+        source=data.source,
+        class_names=np.array(data.class_names),
+    )
 
 
-SETTINGS = fit_knn.KnnSettings(features=["block5"], k=5, metric="euclidean", weights="uniform",
-                               novelty_percentile=90)
+SETTINGS = fit_knn.KnnSettings(features=["block5"], k=5, metric="euclidean", weights="uniform", novelty_percentile=90)
 
 
 def knn_predictions(data, settings, seed=0, n_folds=4):
@@ -434,7 +481,14 @@ def test_knn_predictions_keep_held_out_cv_and_resubstitution_apart():
     data = clustered_features()
     model, predictions = knn_predictions(data, SETTINGS)
     assert list(predictions.columns) == [
-        "id", "evaluation", "protocol", "fold", "actual", "predicted", "p_malignant", "p_normal_or_benign"
+        "id",
+        "evaluation",
+        "protocol",
+        "fold",
+        "actual",
+        "predicted",
+        "p_malignant",
+        "p_normal_or_benign",
     ]
     counts = predictions["evaluation"].value_counts().to_dict()
     assert counts == {"heldout": 8, "cv": 32, "resubstitution": 40}
@@ -509,7 +563,7 @@ def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
     inputs = json.loads((tmp_path / "models/breast/knn_inputs.json").read_text())
     assert inputs == {"features": ["block5"], "n_features": 16}
 
-    model = fit_knn.load_knn(tmp_path / "models/breast/knn.skops")
+    model = classify.load_knn(tmp_path / "models/breast/knn.skops")
     assert model.named_steps["knn"].n_samples_fit_ == 32 and model.predict(data.features[:2]).shape == (2,)
     saved = (tmp_path / "models/breast/knn.skops").read_bytes()
     fit_knn.main(stage_argv("fit_knn"))  # same params, same bytes: no time or object address in the file
@@ -532,20 +586,23 @@ def test_a_tampered_knn_file_is_refused_unloaded(tmp_path):
         entries = {name: saved.read(name) for name in saved.namelist()}
     # What an attacker with write access to the remote would do: a node that builds a process.
     schema = entries["schema.json"].decode()
-    entries["schema.json"] = schema.replace('"__class__": "Normalizer"', '"__class__": "Popen"').replace(
-        '"__module__": "sklearn.preprocessing._data"', '"__module__": "subprocess"').encode()
+    entries["schema.json"] = (
+        schema.replace('"__class__": "Normalizer"', '"__class__": "Popen"')
+        .replace('"__module__": "sklearn.preprocessing._data"', '"__module__": "subprocess"')
+        .encode()
+    )
     assert entries["schema.json"] != schema.encode()
     with zipfile.ZipFile(tmp_path / "tampered.skops", "w") as tampered:
         for name, content in entries.items():
             tampered.writestr(name, content)
     with pytest.raises(StageError) as refused:
-        fit_knn.load_knn(tmp_path / "tampered.skops")
+        classify.load_knn(tmp_path / "tampered.skops")
     message = str(refused.value)
     assert message.startswith(f"{tmp_path / 'tampered.skops'}: refused: it holds types that fit_knn never writes")
     assert "subprocess.Popen" in message and "\n" not in message
     (tmp_path / "broken.skops").write_bytes((tmp_path / "knn.skops").read_bytes()[:100])
     with pytest.raises(StageError, match="broken.skops: not a readable skops model"):
-        fit_knn.load_knn(tmp_path / "broken.skops")
+        classify.load_knn(tmp_path / "broken.skops")
 
 
 def test_both_stages_and_evaluate_on_a_folder(tmp_path, monkeypatch, image_folder):
@@ -583,7 +640,7 @@ def test_breastmnist_28_is_read_as_medmnist_lays_it_out():
     images = extract.load_npz_images(BREASTMNIST_28)
     assert [int((images.split == s).sum()) for s in ("train", "val", "test")] == [546, 78, 156]
     assert np.bincount(images.labels).tolist()[0] < np.bincount(images.labels).tolist()[1]
-    assert extract.prepare_image(images.read(0), 224).shape == (224, 224, 3)
+    assert shared_images.prepare_image(images.read(0), 224).shape == (224, 224, 3)
 
 
 # --------------------------------------------------------------------------- pooled blocks
@@ -591,13 +648,15 @@ def test_several_blocks_are_pooled_and_concatenated():
     import keras
 
     batch = np.random.default_rng(0).uniform(-100, 100, (2, 32, 32, 3)).astype(np.float32)
-    one = extract.load_backbone({"backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [5], "image_size": 32})
-    three = extract.load_backbone(
+    one = shared_images.load_backbone(
+        {"backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [5], "image_size": 32}
+    )
+    three = shared_images.load_backbone(
         {"backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [3, 4, 5], "image_size": 32}
     )
     assert one.output_shape == (None, 512) and three.output_shape == (None, 256 + 512 + 512)
     # Block 5 alone is Keras's own pooling="avg"; with [3, 4, 5] it is the last 512 columns.
-    keras.utils.set_random_seed(extract.RANDOM_WEIGHTS_SEED)
+    keras.utils.set_random_seed(shared_images.RANDOM_WEIGHTS_SEED)
     stock = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3), pooling="avg")
     np.testing.assert_allclose(one.predict_on_batch(batch), stock.predict_on_batch(batch), rtol=1e-5)
     np.testing.assert_allclose(three.predict_on_batch(batch)[:, -512:], one.predict_on_batch(batch), rtol=1e-5)
@@ -623,13 +682,21 @@ def test_the_backbone_recipe_rebuilds_the_same_features(tmp_path, monkeypatch, b
     write_params(tmp_path, "breast.npz", blocks=[4, 5])
     extract.main(stage_argv("extract_vgg_features"))
     recipe = json.loads((tmp_path / "models/breast/backbone.json").read_text())
-    rebuilt = extract.load_backbone(recipe)
-    assert recipe == {"backbone": "vgg19", "weights": "none", "layer": "avg", "blocks": [4, 5], "image_size": 32,
-                      "class_names": ["malignant", "normal_or_benign"], "feature_blocks": ["block4", "block5"],
-                      "block_widths": [512, 512], "weights_sha256": extract.weights_digest(rebuilt)}
+    rebuilt = shared_images.load_backbone(recipe)
+    assert recipe == {
+        "backbone": "vgg19",
+        "weights": "none",
+        "layer": "avg",
+        "blocks": [4, 5],
+        "image_size": 32,
+        "class_names": ["malignant", "normal_or_benign"],
+        "feature_blocks": ["block4", "block5"],
+        "block_widths": [512, 512],
+        "weights_sha256": shared_images.weights_digest(rebuilt),
+    }
     images = extract.load_npz_images(breast_npz)
     batch = next(extract.iterate_batches(images, 32, batch_size=4))
-    again = rebuilt.predict_on_batch(extract.preprocess_function("vgg19")(batch))
+    again = rebuilt.predict_on_batch(shared_images.preprocess_function("vgg19")(batch))
     with np.load(tmp_path / "data/breast/features.npz") as saved:
         np.testing.assert_allclose(again, saved["features"][:4], rtol=1e-5, atol=1e-6)
         assert saved["feature_blocks"].tolist() == ["block4", "block5"] and saved["block_widths"].tolist() == [512, 512]
@@ -642,17 +709,26 @@ def test_the_backbone_recipe_rebuilds_the_same_features(tmp_path, monkeypatch, b
     assert block5.blocks == ("block5",)
     with pytest.raises(ParamsError) as error:
         breast.load_features(Path("data/breast/features.npz"), ["block3"], "fit_knn.features")
-    assert str(error.value) == ("params.yaml: fit_knn.features: block3 is not among the blocks of "
-                                "data/breast/features.npz (block4, block5); choose among those, or add it to "
-                                "extract_vgg_features.blocks")
+    assert str(error.value) == (
+        "params.yaml: fit_knn.features: block3 is not among the blocks of "
+        "data/breast/features.npz (block4, block5); choose among those, or add it to "
+        "extract_vgg_features.blocks"
+    )
 
 
 def test_the_weights_digest_tells_weights_apart(weights_files):
-    same = [extract.weights_digest(extract.build_extractor("vgg16", str(weights_files["vgg16"]), "avg", 32))
-            for _ in range(2)]
-    other_size = extract.weights_digest(extract.build_extractor("vgg16", str(weights_files["vgg16"]), "avg", 64))
-    random = extract.weights_digest(extract.load_backbone(
-        {"backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [5], "image_size": 32}))
+    same = [
+        shared_images.weights_digest(shared_images.build_extractor("vgg16", str(weights_files["vgg16"]), "avg", 32))
+        for _ in range(2)
+    ]
+    other_size = shared_images.weights_digest(
+        shared_images.build_extractor("vgg16", str(weights_files["vgg16"]), "avg", 64)
+    )
+    random = shared_images.weights_digest(
+        shared_images.load_backbone(
+            {"backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [5], "image_size": 32}
+        )
+    )
     assert same[0] == same[1] == other_size != random  # the image size changes no weight
 
 
@@ -672,9 +748,12 @@ def test_head_is_scored_on_the_knns_test_split_and_folds():
     data = clustered_features(n_per_class=40)
     head = head_predictions(data)
     knn = knn_predictions(data, SETTINGS)[1]
+
+    def folds(frame, evaluation):
+        return frame[frame["evaluation"] == evaluation].set_index("id")["fold"].sort_index()
+
     for evaluation in ("heldout", "cv"):
-        by_image = lambda frame: frame[frame["evaluation"] == evaluation].set_index("id")["fold"].sort_index()  # noqa: E731
-        pd.testing.assert_series_equal(by_image(head), by_image(knn))
+        pd.testing.assert_series_equal(folds(head, evaluation), folds(knn, evaluation))
     # Well above chance on what it did not train on.
     cv = head[head["evaluation"] == "cv"]
     assert (cv["actual"] == cv["predicted"]).mean() > 0.65
@@ -687,8 +766,9 @@ def test_head_stops_on_the_validation_split_or_a_share_of_the_training_images():
     assert set(data.split[stop]) == {"val"} and set(data.split[fit]) == {"train"}
     no_val = clustered_features(n_per_class=40, with_test=False)
     everything = np.arange(80)
-    no_val = FeatureSet(no_val.features, no_val.labels, np.full(80, "train"), no_val.source,
-                        no_val.class_names, no_val.blocks)
+    no_val = FeatureSet(
+        no_val.features, no_val.labels, np.full(80, "train"), no_val.source, no_val.class_names, no_val.blocks
+    )
     fit, stop = train_head.stopping_split(no_val, everything, 0.25, seed=0)
     assert len(stop) == 20 and np.bincount(no_val.labels[stop]).tolist() == [10, 10]
     assert sorted([*fit, *stop]) == everything.tolist()
@@ -732,8 +812,10 @@ def test_the_ensemble_averages_its_members():
     data = clustered_features(n_per_class=40)
     rest = np.flatnonzero(data.split != "test")
     trainer = train_head.HeadTrainer(16, data.class_names, HEAD, seed=0)
-    heads = [trainer.train(data, *split)
-             for split in train_head.member_splits(data, rest, HEAD.model_copy(update={"ensemble_members": 3}), 0)]
+    heads = [
+        trainer.train(data, *split)
+        for split in train_head.member_splits(data, rest, HEAD.model_copy(update={"ensemble_members": 3}), 0)
+    ]
     test = data.features[data.split == "test"]
     each = [trainer.probabilities([head], test) for head in heads]
     assert not np.allclose(each[0], each[1])  # members trained on other images differ
@@ -748,8 +830,9 @@ def test_head_shapes_and_class_weights(hidden_units):
     data = clustered_features(n_per_class=20)
     settings = HEAD.model_copy(update={"hidden_units": hidden_units, "class_weight": "balanced", "max_epochs": 3})
     trainer = train_head.HeadTrainer(16, data.class_names, settings, seed=0)
-    model = trainer.export([trainer.train(data, *train_head.stopping_split(data, np.flatnonzero(data.split != "test"),
-                                                                            0.25, seed=0))])
+    model = trainer.export(
+        [trainer.train(data, *train_head.stopping_split(data, np.flatnonzero(data.split != "test"), 0.25, seed=0))]
+    )
     dense = [layer.name for layer in trainer.model.layers if layer.__class__.__name__ == "Dense"]
     assert dense == (["hidden", "class_probabilities"] if hidden_units else ["class_probabilities"])
     assert model.input_shape == (None, 16) and model.output_shape == (None, 2)
@@ -765,9 +848,13 @@ def test_train_head_stage_writes_its_outputs(tmp_path, monkeypatch):
     counts = predictions["evaluation"].value_counts().to_dict()
     # Each of the 2 members stopped on its own half of the 48 non-test images.
     assert counts == {"heldout": 12, "cv": 48, "validation": 48}
-    assert set(predictions.loc[predictions["evaluation"] == "validation", "id"]) == set(data.source[data.split != "test"])
+    assert set(predictions.loc[predictions["evaluation"] == "validation", "id"]) == set(
+        data.source[data.split != "test"]
+    )
     assert json.loads((tmp_path / "models/breast/head_inputs.json").read_text()) == {
-        "features": ["block5"], "n_features": 16}
+        "features": ["block5"],
+        "n_features": 16,
+    }
     histories = sorted((tmp_path / "plots/breast/head_history").iterdir())
     assert [path.name for path in histories] == ["member_1.csv", "member_2.csv"]
     assert histories[0].read_text().splitlines()[0] == "epoch,accuracy,loss,val_roc_auc"
@@ -778,8 +865,9 @@ def test_train_head_stage_writes_its_outputs(tmp_path, monkeypatch):
     model = keras.models.load_model(tmp_path / "models/breast/head.keras")
     heldout = predictions[predictions["evaluation"] == "heldout"]
     test = data.split == "test"
-    np.testing.assert_allclose(model.predict(data.features[test], verbose=0)[:, 1],
-                               heldout["p_normal_or_benign"].to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict(data.features[test], verbose=0)[:, 1], heldout["p_normal_or_benign"].to_numpy(), atol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------- the original's recipe
@@ -790,8 +878,11 @@ def readme_recipe_overrides() -> dict[str, object]:
 
     import yaml
 
-    command = next(line.strip() for line in (PROJECT / "README.md").read_text().splitlines()
-                   if line.strip().startswith("dvc exp run") and "layer=fc1" in line)
+    command = next(
+        line.strip()
+        for line in (PROJECT / "README.md").read_text().splitlines()
+        if line.strip().startswith("dvc exp run") and "layer=fc1" in line
+    )
     words = shlex.split(command)
     pairs = [words[i + 1] for i, word in enumerate(words) if word == "-S"]
     return {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in pairs)}
@@ -802,9 +893,14 @@ def test_the_originals_recipe_runs_as_the_readme_prints_it(tmp_path, monkeypatch
     """VGG19 up to fc1 on 224x224 images, both classifiers on fc1: the README's overrides on
     tiny data, with random weights instead of the ImageNet download."""
     overrides = readme_recipe_overrides()
-    assert overrides == {"extract_vgg_features.data": "medmnist_224", "extract_vgg_features.backbone": "vgg19",
-                         "extract_vgg_features.layer": "fc1", "extract_vgg_features.blocks": [5],
-                         "fit_knn.features": ["fc1"], "train_head.features": ["fc1"]}
+    assert overrides == {
+        "extract_vgg_features.data": "medmnist_224",
+        "extract_vgg_features.backbone": "vgg19",
+        "extract_vgg_features.layer": "fc1",
+        "extract_vgg_features.blocks": [5],
+        "fit_knn.features": ["fc1"],
+        "train_head.features": ["fc1"],
+    }
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "breast.npz", image_size=224)
     params = json.loads((tmp_path / "params.yaml").read_text())

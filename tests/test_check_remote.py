@@ -12,8 +12,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from stages.check_remote import check_remote
-from stages.errors import StageError
+from stages.commands.check_remote import check_remote
+from stages.shared.config import StageError
 from tests.conftest import PROJECT, run
 
 WORKFLOW = PROJECT / "examples/ci/github-actions.yml"
@@ -63,10 +63,13 @@ def test_create_makes_no_missing_parent(team_share):
 
 
 def test_cli_says_in_one_line_that_the_folder_is_missing_and_exits_2(team_share):
-    result = run([sys.executable, "-m", "stages.check_remote"], Path.cwd(), check=False)
+    result = run([sys.executable, "-m", "stages.commands.check_remote"], Path.cwd(), check=False)
     assert result.returncode == 2
-    assert re.fullmatch(rf"error: cannot reach the DVC remote at {re.escape(str(team_share))}/dvc-store: "
-                        r"the folder \S+ does not exist \(.*\)\n", result.stderr), result.stderr
+    assert re.fullmatch(
+        rf"error: cannot reach the DVC remote at {re.escape(str(team_share))}/dvc-store: "
+        r"the folder \S+ does not exist \(.*\)\n",
+        result.stderr,
+    ), result.stderr
 
 
 def extra_requirements(extras: set[str]) -> set[str]:

@@ -16,17 +16,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import check_reproduction
-from stages.check_reproduction import metric_differences
-from stages.errors import StageError
-from stages.run_pipeline import ReproLog
+from stages.commands import check_reproduction
+from stages.commands.check_reproduction import metric_differences
+from stages.commands.run_pipeline import ReproLog
+from stages.shared.config import StageError
 from tests.conftest import dvc, git, run, tool_env
 
 # A stage that writes `text` (Python source of an expression) to out.txt, and a metrics
 # stage that scores params.yaml's `accuracy` (after S seconds with SLOW_SCORE=S set).
-SCORE = ("import json, os, time, yaml; time.sleep(float(os.environ.get('SLOW_SCORE', 0))); "
-         "accuracy = yaml.safe_load(open('params.yaml'))['accuracy']; "
-         "json.dump({'heldout': {'accuracy': accuracy, 'n': 30}}, open('metrics/m.json', 'w'))")
+SCORE = (
+    "import json, os, time, yaml; time.sleep(float(os.environ.get('SLOW_SCORE', 0))); "
+    "accuracy = yaml.safe_load(open('params.yaml'))['accuracy']; "
+    "json.dump({'heldout': {'accuracy': accuracy, 'n': 30}}, open('metrics/m.json', 'w'))"
+)
 PIPELINE = {
     "stages": {
         "make": {"cmd": None, "outs": ["out.txt"]},
@@ -59,7 +61,7 @@ def make_repo(tmp_path: Path, output_expression: str) -> Path:
 
 
 def check(repo: Path, *args: str):
-    return run([sys.executable, "-m", "stages.check_reproduction", *args], repo, check=False)
+    return run([sys.executable, "-m", "stages.commands.check_reproduction", *args], repo, check=False)
 
 
 def uncommitted_experiment(repo: Path) -> None:
@@ -138,8 +140,10 @@ def test_an_uncommitted_experiment_is_checked_against_its_own_metrics_and_left_a
     before, index = contents(repo), git_index(repo)
     result = check(repo)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert ("compared with the workspace before the check: uncommitted changes to dvc.lock, metrics/m.json, "
-            "metrics/new.json, params.yaml, not the commit") in result.stdout
+    assert (
+        "compared with the workspace before the check: uncommitted changes to dvc.lock, metrics/m.json, "
+        "metrics/new.json, params.yaml, not the commit"
+    ) in result.stdout
     assert "metrics: 2 files, every value within 0.01 of before the check (largest difference 0)" in result.stdout
     assert contents(repo) == before
     assert git_index(repo) == index
@@ -171,9 +175,14 @@ def test_an_interrupted_check_leaves_an_uncommitted_experiment_as_it_was(experim
 def test_ctrl_c_during_a_stage_stops_dvc_and_leaves_an_uncommitted_experiment_as_it_was(experiment_repo):
     repo = experiment_repo
     before = contents(repo)
-    checking = subprocess.Popen([sys.executable, "-m", "stages.check_reproduction"], cwd=repo,
-                                env={**tool_env(), "SLOW_SCORE": "60"}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+    checking = subprocess.Popen(
+        [sys.executable, "-m", "stages.commands.check_reproduction"],
+        cwd=repo,
+        env={**tool_env(), "SLOW_SCORE": "60"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen = []
     for line in checking.stdout:  # until the forced rerun starts its metrics stage
         seen.append(line)
@@ -186,12 +195,19 @@ def test_ctrl_c_during_a_stage_stops_dvc_and_leaves_an_uncommitted_experiment_as
     assert contents(repo) == before
 
 
-@pytest.mark.parametrize(("dvc_output", "not_named"), [
-    (["Executing stage 'make':", "> python -c ...", "Executing stage 'score':", "Updating lock file 'dvc.lock'"],
-     "named 0 of the 2 stages it had to run (make, score missing)"),
-    (["Running stage 'make':", "> python -c ...", "Executing stage 'score':", "Updating lock file 'dvc.lock'"],
-     "named 1 of the 2 stages it had to run (score missing)"),
-])
+@pytest.mark.parametrize(
+    ("dvc_output", "not_named"),
+    [
+        (
+            ["Executing stage 'make':", "> python -c ...", "Executing stage 'score':", "Updating lock file 'dvc.lock'"],
+            "named 0 of the 2 stages it had to run (make, score missing)",
+        ),
+        (
+            ["Running stage 'make':", "> python -c ...", "Executing stage 'score':", "Updating lock file 'dvc.lock'"],
+            "named 1 of the 2 stages it had to run (score missing)",
+        ),
+    ],
+)
 def test_dvc_output_that_does_not_name_every_stage_fails(experiment_repo, monkeypatch, capsys, dvc_output, not_named):
     repo = experiment_repo
     before = contents(repo)
@@ -224,14 +240,22 @@ def test_a_target_without_a_stage_to_run_fails_before_running_dvc(experiment_rep
         check_reproduction.main(["make"])
 
 
-@pytest.mark.parametrize(("old", "new", "expected", "largest"), [
-    ({"a": 0.9}, {"a": 0.905}, [], 0.005),
-    ({"a": 0.9}, {"a": 0.92}, ["a: 0.9 before, 0.92 now (more than 0.01 apart)"], 0.02),
-    ({"a": {"n": 30}}, {"a": {"n": 31}}, ["a.n: 30 before, 31 now"], 0),
-    ({"a": {"protocol": "test split"}}, {"a": {"protocol": "cv"}}, ["a.protocol: 'test split' before, 'cv' now"], 0),
-    ({"a": 1, "b": 0.5}, {"a": 1}, ["b: missing"], 0),
-    ({"a": 1}, {"a": 1, "c": 2}, ["c: not there before"], 0),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "expected", "largest"),
+    [
+        ({"a": 0.9}, {"a": 0.905}, [], 0.005),
+        ({"a": 0.9}, {"a": 0.92}, ["a: 0.9 before, 0.92 now (more than 0.01 apart)"], 0.02),
+        ({"a": {"n": 30}}, {"a": {"n": 31}}, ["a.n: 30 before, 31 now"], 0),
+        (
+            {"a": {"protocol": "test split"}},
+            {"a": {"protocol": "cv"}},
+            ["a.protocol: 'test split' before, 'cv' now"],
+            0,
+        ),
+        ({"a": 1, "b": 0.5}, {"a": 1}, ["b: missing"], 0),
+        ({"a": 1}, {"a": 1, "c": 2}, ["c: not there before"], 0),
+    ],
+)
 def test_metric_differences(old, new, expected, largest):
     lines, difference = metric_differences(old, new, tolerance=0.01)
     assert lines == expected and difference == pytest.approx(largest)

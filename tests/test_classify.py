@@ -19,11 +19,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages import augment_train_mnist, breast, evaluate, extract_vgg_features, fit_knn, train_head
-from stages import classify as classify_stage
-from stages.cli import run_stage
-from stages.errors import StageError
-from stages.predictions import read_predictions
+from stages import augment_train_mnist, evaluate, extract_vgg_features, fit_knn, train_head
+from stages.commands import classify as classify_stage
+from stages.shared import breast
+from stages.shared import images as shared_images
+from stages.shared.config import StageError
+from stages.shared.predictions import read_predictions
+from stages.shared.runtime import run_stage
 from tests.conftest import stage_argv, tiny_breast, tiny_mnist, tool_env
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -74,12 +76,14 @@ def breast_project(tmp_path_factory) -> Path:
     (root / "data/local/breast").mkdir(parents=True)
     np.savez(root / "data/local/breast/tiny.npz", **tiny_breast(n_train=30, n_val=10, n_test=12))
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["extract_vgg_features"].update(data="tiny.npz", backbone="vgg16", weights="none",
-                                          layer="avg", blocks=[3, 4, 5], image_size=32)
+    params["extract_vgg_features"].update(
+        data="tiny.npz", backbone="vgg16", weights="none", layer="avg", blocks=[3, 4, 5], image_size=32
+    )
     params["fit_knn"].update(k=3, features=["block5"])  # each classifier on blocks of its own
     params["breast_cv_folds"] = 3
-    params["train_head"].update(features=["block5", "block3"], hidden_units=8, max_epochs=10, patience=3,
-                                ensemble_members=3)
+    params["train_head"].update(
+        features=["block5", "block3"], hidden_units=8, max_epochs=10, patience=3, ensemble_members=3
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(PROJECT / "dvc.yaml", root)  # where classify-images finds the models
     cwd = Path.cwd()
@@ -99,8 +103,14 @@ def test_new_images_get_the_stages_own_probabilities(breast_project, model):
     result = classify(breast_project, "--model", model, "new", "-o", "out.csv")
     assert result.returncode == 0, result.stderr
     rows = pd.read_csv(breast_project / "out.csv")
-    assert list(rows.columns) == ["file", "predicted", "p_malignant", "p_normal_or_benign", "nearest_distance",
-                                  "unlike_training"]
+    assert list(rows.columns) == [
+        "file",
+        "predicted",
+        "p_malignant",
+        "p_normal_or_benign",
+        "nearest_distance",
+        "unlike_training",
+    ]
     assert rows["file"].tolist() == sorted(f"new/test_{i}.png" for i in range(12))
     # The model kept by each stage predicted the test split itself: the same images, read from PNG files.
     predictions, _ = read_predictions(breast_project / f"predictions/breast/{model.removeprefix('breast-')}.csv")
@@ -113,12 +123,17 @@ def test_new_images_get_the_stages_own_probabilities(breast_project, model):
 def test_the_default_is_the_better_classifier_by_cross_validation(breast_project):
     result = classify(breast_project, "new/test_0.png")
     assert result.returncode == 0, result.stderr
-    figures = {m: json.loads((breast_project / f"metrics/breast/{m}.json").read_text())["cv"]["roc_auc"]
-               for m in ("knn", "head")}
+    figures = {
+        m: json.loads((breast_project / f"metrics/breast/{m}.json").read_text())["cv"]["roc_auc"]
+        for m in ("knn", "head")
+    }
     best = max(figures, key=figures.get)
     assert f"using breast-{best}: breast-knn {figures['knn']:.4f}, breast-head {figures['head']:.4f}" in result.stderr
     assert "cross-validation of the non-test images" in result.stderr  # never the test split
-    assert result.stdout.splitlines()[0] == "file,predicted,p_malignant,p_normal_or_benign,nearest_distance,unlike_training"
+    assert (
+        result.stdout.splitlines()[0]
+        == "file,predicted,p_malignant,p_normal_or_benign,nearest_distance,unlike_training"
+    )
 
 
 @pytest.mark.parametrize("model", ["breast-knn", "breast-head", "breast"])
@@ -149,23 +164,35 @@ def test_images_unlike_the_training_images_are_flagged(breast_project):
     scans, odd = rows.filter(like="scan_", axis=0), rows.filter(like="odd_", axis=0)
     assert (scans["nearest_distance"] < 1e-3).all() and not scans["unlike_training"].any()
     assert odd["unlike_training"].all()
-    assert (f"flagged 2 of 6 images as unlike the training images (distance to the nearest one above "
-            f"{threshold:.4f}: unlike_training)") in result.stderr
+    assert (
+        f"flagged 2 of 6 images as unlike the training images (distance to the nearest one above "
+        f"{threshold:.4f}: unlike_training)"
+    ) in result.stderr
 
 
 def write_breast_metrics(folder: Path, cv: dict[str, float], test: dict[str, float]) -> None:
     for classifier in ("knn", "head"):
         (folder / "metrics/breast").mkdir(parents=True, exist_ok=True)
-        (folder / f"metrics/breast/{classifier}.json").write_text(json.dumps({
-            "heldout": {"protocol": "test split", "roc_auc": test[classifier]},
-            "cv": {"protocol": "5-fold stratified cross-validation of the non-test images", "roc_auc": cv[classifier]},
-        }))
+        (folder / f"metrics/breast/{classifier}.json").write_text(
+            json.dumps(
+                {
+                    "heldout": {"protocol": "test split", "roc_auc": test[classifier]},
+                    "cv": {
+                        "protocol": "5-fold stratified cross-validation of the non-test images",
+                        "roc_auc": cv[classifier],
+                    },
+                }
+            )
+        )
 
 
-@pytest.mark.parametrize(("cv", "test", "chosen"), [
-    ({"knn": 0.90, "head": 0.85}, {"knn": 0.70, "head": 0.95}, "breast-knn"),
-    ({"knn": 0.80, "head": 0.88}, {"knn": 0.99, "head": 0.60}, "breast-head"),
-])
+@pytest.mark.parametrize(
+    ("cv", "test", "chosen"),
+    [
+        ({"knn": 0.90, "head": 0.85}, {"knn": 0.70, "head": 0.95}, "breast-knn"),
+        ({"knn": 0.80, "head": 0.88}, {"knn": 0.99, "head": 0.60}, "breast-head"),
+    ],
+)
 def test_the_choice_follows_cross_validation_when_the_test_split_disagrees(tmp_path, monkeypatch, cv, test, chosen):
     monkeypatch.chdir(tmp_path)
     shutil.copy(PROJECT / "dvc.yaml", tmp_path)
@@ -187,9 +214,10 @@ def use_weights(clone: Path, weights: str, digest_of: Path) -> None:
     weights in ``digest_of``."""
     recipe_path = clone / "models/breast/backbone.json"
     recipe = json.loads(recipe_path.read_text())
-    built = extract_vgg_features.build_extractor(recipe["backbone"], str(digest_of), recipe["layer"],
-                                                 recipe["image_size"], recipe["blocks"])
-    recipe.update(weights=weights, weights_sha256=extract_vgg_features.weights_digest(built))
+    built = shared_images.build_extractor(
+        recipe["backbone"], str(digest_of), recipe["layer"], recipe["image_size"], recipe["blocks"]
+    )
+    recipe.update(weights=weights, weights_sha256=shared_images.weights_digest(built))
     recipe_path.write_text(json.dumps(recipe))
 
 
@@ -218,19 +246,23 @@ def test_weights_replaced_in_place_are_refused(breast_project, tmp_path, two_wei
     refused = classify(clone, "--model", "breast-knn", "new")
     assert refused.returncode == 2 and refused.stdout == ""
     line = refused.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: models/breast/backbone.json: the backbone rebuilt from weights "
-                           "data/local/weights/vgg16.weights.h5 is not the one the features were extracted with")
+    assert line.startswith(
+        "error: models/breast/backbone.json: the backbone rebuilt from weights "
+        "data/local/weights/vgg16.weights.h5 is not the one the features were extracted with"
+    )
     local.unlink()  # a colleague who only pulled: the local file is not a DVC output
     missing = classify(clone, "--model", "breast-knn", "new")
     assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1] == (
         "error: data/local/weights/vgg16.weights.h5: the backbone's weights file, named in "
         "models/breast/backbone.json, is not on this machine; `dvc pull` does not bring it (a local copy, not a "
         "DVC output): copy it to that path from the machine that ran extract_vgg_features (weights sha256 "
-        f"{json.loads((clone / 'models/breast/backbone.json').read_text())['weights_sha256'][:12]}...)")
+        f"{json.loads((clone / 'models/breast/backbone.json').read_text())['weights_sha256'][:12]}...)"
+    )
 
 
 def test_a_clone_that_only_pulled_classifies_with_imagenet_weights_from_kerass_cache(
-        breast_project, tmp_path, monkeypatch, two_weights_files):
+    breast_project, tmp_path, monkeypatch, two_weights_files
+):
     """``weights: imagenet``: Keras's download is simulated by a local file that its
     cache hands back, as it would after a first download."""
     from keras.src.utils import file_utils
@@ -238,8 +270,9 @@ def test_a_clone_that_only_pulled_classifies_with_imagenet_weights_from_kerass_c
     clone = copy_of(breast_project, tmp_path)
     use_weights(clone, "imagenet", two_weights_files[0])
     fetched = []
-    monkeypatch.setattr(file_utils, "get_file", lambda name, *args, **kwargs: fetched.append(name)
-                        or str(two_weights_files[0]))
+    monkeypatch.setattr(
+        file_utils, "get_file", lambda name, *args, **kwargs: fetched.append(name) or str(two_weights_files[0])
+    )
     result = classify(clone, "--model", "breast", "new")
     assert result.returncode == 0, result.stderr
     assert fetched == ["vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"]

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from stages import evaluate
-from stages.errors import ParamsError, StageError
-from stages.predictions import prediction_frame, read_predictions, write_predictions
+from stages.shared.config import ParamsError, StageError
+from stages.shared.predictions import prediction_frame, read_predictions, write_predictions
 from tests.conftest import project_params, stage_argv
 
 BINARY = ("malignant", "benign")
@@ -40,8 +40,11 @@ def test_score_by_hand():
     log_loss = -np.mean(np.log([0.9, 0.4, 0.8, 0.3]))
     # Of the 4 (positive, negative) pairs, the positive scores higher in (0.8 > 0.1), (0.8 > 0.6), (0.3 > 0.1).
     assert scores == {
-        "accuracy": 0.5, "balanced_accuracy": 0.5, "recall": {"malignant": 0.5, "benign": 0.5},
-        "log_loss": round(log_loss, 4), "roc_auc": 0.75,
+        "accuracy": 0.5,
+        "balanced_accuracy": 0.5,
+        "recall": {"malignant": 0.5, "benign": 0.5},
+        "log_loss": round(log_loss, 4),
+        "roc_auc": 0.75,
     }
     # With malignant positive: the same AUC (malignant's scores 0.9, 0.4 against 0.2, 0.7),
     # and its recall is the sensitivity.
@@ -62,11 +65,20 @@ def test_score_without_roc_auc_for_many_classes_or_one_class_present():
 
 def knn_like_predictions(rng: np.random.Generator, n: int = 40) -> list:
     """A held-out test split and 4-fold cross-validation rows, as fit_knn writes them."""
+
     def rows(evaluation, protocol, count, fold=None):
         actual = np.arange(count) % 2
         p_benign = np.clip(0.3 + 0.4 * actual + rng.normal(0, 0.25, count), 0, 1)
-        return prediction_frame([f"img{i}" for i in range(count)], actual, np.stack([1 - p_benign, p_benign], 1),
-                                BINARY, evaluation, protocol, fold=fold)
+        return prediction_frame(
+            [f"img{i}" for i in range(count)],
+            actual,
+            np.stack([1 - p_benign, p_benign], 1),
+            BINARY,
+            evaluation,
+            protocol,
+            fold=fold,
+        )
+
     return [rows("heldout", "test split", n // 2), rows("cv", "4-fold", n, fold=np.arange(n) % 4 + 1)]
 
 
@@ -83,10 +95,22 @@ def test_evaluate_scores_every_classifier_and_writes_the_plot_files(tmp_path, mo
     assert knn["heldout"]["protocol"] == "test split" and knn["heldout"]["n"] == 20
     assert knn["cv"]["folds"] == 4 and knn["cv"]["n"] == 40 and knn["cv"]["accuracy_fold_std"] >= 0
     # The data has a class called malignant: it is the positive class.
-    assert set(knn["heldout"]) == set(head["heldout"]) == {
-        "protocol", "n", "accuracy", "balanced_accuracy", "recall", "sensitivity", "specificity", "log_loss",
-        "roc_auc", "positive_class"
-    }
+    assert (
+        set(knn["heldout"])
+        == set(head["heldout"])
+        == {
+            "protocol",
+            "n",
+            "accuracy",
+            "balanced_accuracy",
+            "recall",
+            "sensitivity",
+            "specificity",
+            "log_loss",
+            "roc_auc",
+            "positive_class",
+        }
+    )
     assert knn["heldout"]["positive_class"] == "malignant"
     assert knn["heldout"]["sensitivity"] == knn["heldout"]["recall"]["malignant"]
     assert knn["heldout"]["specificity"] == knn["heldout"]["recall"]["benign"]
@@ -127,8 +151,10 @@ def test_the_roc_curve_is_the_positive_classs(tmp_path, monkeypatch):
     def rates(scores: np.ndarray, positive: np.ndarray) -> set:
         """(fpr, tpr) of calling positive every image scored at or above each threshold."""
         called = [scores >= t for t in [np.inf, *np.unique(scores)]]
-        return {(round((c & ~positive).sum() / (~positive).sum(), 4), round((c & positive).sum() / positive.sum(), 4))
-                for c in called}
+        return {
+            (round((c & ~positive).sum() / (~positive).sum(), 4), round((c & positive).sum() / positive.sum(), 4))
+            for c in called
+        }
 
     drawn = set(zip(roc["fpr"], roc["tpr"]))
     assert drawn <= rates(scores_of_malignant(rows), malignant) and len(drawn) > 3
@@ -141,8 +167,14 @@ def test_a_labs_classes_have_no_positive_class_unless_named(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(2)
     p_dog = rng.uniform(size=20)
-    write_predictions("predictions/breast/knn.csv", [prediction_frame(
-        range(20), np.arange(20) % 2, np.stack([1 - p_dog, p_dog], 1), ("cat", "dog"), "heldout", "5-fold")])
+    write_predictions(
+        "predictions/breast/knn.csv",
+        [
+            prediction_frame(
+                range(20), np.arange(20) % 2, np.stack([1 - p_dog, p_dog], 1), ("cat", "dog"), "heldout", "5-fold"
+            )
+        ],
+    )
     evaluate.main(stage_argv("evaluate", "breast"))
     unnamed = json.loads((tmp_path / "metrics/breast/knn.json").read_text())["heldout"]
     assert "sensitivity" not in unnamed and "positive_class" not in unnamed
@@ -154,8 +186,10 @@ def test_a_labs_classes_have_no_positive_class_unless_named(tmp_path, monkeypatc
     evaluate_params("breast", "malignant")
     with pytest.raises(ParamsError) as error:
         evaluate.main(stage_argv("evaluate", "breast"))
-    assert str(error.value) == ("params.yaml: evaluate.breast.positive_class: 'malignant' is not a class of "
-                                "predictions/breast/knn.csv (its classes: cat, dog); name one of them, or null")
+    assert str(error.value) == (
+        "params.yaml: evaluate.breast.positive_class: 'malignant' is not a class of "
+        "predictions/breast/knn.csv (its classes: cat, dog); name one of them, or null"
+    )
 
 
 def test_many_classes_get_a_confusion_file_and_no_roc(tmp_path, monkeypatch):
@@ -163,10 +197,15 @@ def test_many_classes_get_a_confusion_file_and_no_roc(tmp_path, monkeypatch):
     digits = tuple(str(d) for d in range(10))
     probabilities = np.full((20, 10), 0.01)
     probabilities[np.arange(20), np.arange(20) % 10] = 0.91
-    write_predictions("predictions/mnist/cnn.csv", [
-        prediction_frame(range(20), np.arange(20) % 10, probabilities, digits, "heldout", "test set"),
-        prediction_frame(range(20), np.arange(20) % 10, probabilities, digits, "validation", "held out of training"),
-    ])
+    write_predictions(
+        "predictions/mnist/cnn.csv",
+        [
+            prediction_frame(range(20), np.arange(20) % 10, probabilities, digits, "heldout", "test set"),
+            prediction_frame(
+                range(20), np.arange(20) % 10, probabilities, digits, "validation", "held out of training"
+            ),
+        ],
+    )
     evaluate.main(stage_argv("evaluate", "mnist"))
     metrics = json.loads((tmp_path / "metrics/mnist/cnn.json").read_text())
     assert list(metrics) == ["heldout", "validation"] and metrics["heldout"]["accuracy"] == 1.0
@@ -179,7 +218,10 @@ def test_many_classes_get_a_confusion_file_and_no_roc(tmp_path, monkeypatch):
     ("spoil", "message"),
     [
         (lambda f: f[f["evaluation"] != "heldout"], "no heldout predictions"),
-        (lambda f: f.assign(evaluation="training"), "unknown evaluation 'training' (expected heldout, validation, cv, resubstitution)"),
+        (
+            lambda f: f.assign(evaluation="training"),
+            "unknown evaluation 'training' (expected heldout, validation, cv, resubstitution)",
+        ),
         (lambda f: f.assign(actual="normal"), "class 'normal' has no p_normal column"),
         (lambda f: f.drop(columns=["protocol"]), "not a predictions file (missing columns protocol)"),
     ],

@@ -24,7 +24,8 @@ import yaml
 from PIL import Image
 
 from stages import extract_vgg_features as extract
-from stages.errors import ParamsError, StageError
+from stages.shared import images as shared_images
+from stages.shared.config import ParamsError, StageError
 from tests.conftest import PROJECT, stage_argv, tool_env, two_cpu_devices_script
 
 STAGE = "extract_vgg_features"
@@ -49,14 +50,26 @@ def write_lab_folder(root: Path, per_class: int = 9) -> Path:
 def write_many_npz(path: Path, n: int) -> Path:
     rng = np.random.default_rng(1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, train_images=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
-             train_labels=(np.arange(n) % 2).astype(np.uint8))
+    np.savez(
+        path,
+        train_images=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+        train_labels=(np.arange(n) % 2).astype(np.uint8),
+    )
     return path
 
 
 def write_params(folder: Path, data: str, **overrides) -> None:
-    settings = {"data": data, "backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [5],
-                "image_size": 32, "batch_size": 4, "workers": 2, **overrides}
+    settings = {
+        "data": data,
+        "backbone": "vgg16",
+        "weights": "none",
+        "layer": "avg",
+        "blocks": [5],
+        "image_size": 32,
+        "batch_size": 4,
+        "workers": 2,
+        **overrides,
+    }
     (folder / "params.yaml").write_text(json.dumps({STAGE: settings}))  # JSON is YAML
 
 
@@ -70,8 +83,14 @@ def run_here(folder: Path, monkeypatch) -> bytes:
 def stage_child(folder: Path, *python: str) -> subprocess.Popen:
     """The stage in a child process (``python`` replaces ``-m stages.extract_vgg_features``)."""
     command = [sys.executable, *(python or ("-m", f"stages.{STAGE}")), *stage_argv(STAGE)]
-    return subprocess.Popen(command, cwd=folder, env={**tool_env(), "PYTHONPATH": str(PROJECT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command,
+        cwd=folder,
+        env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def slow_image_set(n: int, batch_size: int, delay_s: float) -> tuple[extract.ImageSet, list[int]]:
@@ -87,22 +106,39 @@ def slow_image_set(n: int, batch_size: int, delay_s: float) -> tuple[extract.Ima
             time.sleep(delay_s)
         return pixels[i]
 
-    images = extract.ImageSet(read=read, labels=np.zeros(n, np.int64), split=np.full(n, "train"),
-                              source=np.arange(n).astype(str), class_names=("a",), identity="slow")
+    images = extract.ImageSet(
+        read=read,
+        labels=np.zeros(n, np.int64),
+        split=np.full(n, "train"),
+        source=np.arange(n).astype(str),
+        class_names=("a",),
+        identity="slow",
+    )
     return images, reads
 
 
 def test_class_folders_called_train_or_test_leave_the_split_counts_alone():
-    images = extract.ImageSet(read=lambda i: None, labels=np.array([0, 0, 0, 1]), split=np.full(4, "train"),
-                              source=np.arange(4).astype(str), class_names=("test", "train"), identity="")
-    assert extract.image_counts(images) == {"n_images": 4, "n_train": 4, "n_val": 0, "n_test": 0,
-                                            "n_per_class": {"test": 3, "train": 1}}
+    images = extract.ImageSet(
+        read=lambda i: None,
+        labels=np.array([0, 0, 0, 1]),
+        split=np.full(4, "train"),
+        source=np.arange(4).astype(str),
+        class_names=("test", "train"),
+        identity="",
+    )
+    assert extract.image_counts(images) == {
+        "n_images": 4,
+        "n_train": 4,
+        "n_val": 0,
+        "n_test": 0,
+        "n_per_class": {"test": 3, "train": 1},
+    }
 
 
 # --------------------------------------------------------------------------- the input
 def test_batches_come_in_order_whichever_finishes_first():
     images, _ = slow_image_set(30, batch_size=4, delay_s=0.01)
-    sequential = np.stack([extract.prepare_image(images.read(i), 32) for i in range(30)])
+    sequential = np.stack([shared_images.prepare_image(images.read(i), 32) for i in range(30)])
     for workers in (1, 3):
         batches = list(extract.iterate_batches(images, 32, batch_size=4, workers=workers))
         assert [len(b) for b in batches] == [4] * 7 + [2]
@@ -162,9 +198,16 @@ def test_each_key_kept_can_change_the_features(tmp_path, monkeypatch):
     keras.utils.set_random_seed(3)
     (tmp_path / "data/local/weights").mkdir(parents=True)
     keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(
-        tmp_path / "data/local/weights/vgg16.weights.h5")
-    changes = {"data": "other.npz", "backbone": "vgg19",
-               "weights": "vgg16.weights.h5", "layer": "max", "blocks": [5], "image_size": 48}
+        tmp_path / "data/local/weights/vgg16.weights.h5"
+    )
+    changes = {
+        "data": "other.npz",
+        "backbone": "vgg19",
+        "weights": "vgg16.weights.h5",
+        "layer": "max",
+        "blocks": [5],
+        "image_size": 48,
+    }
     assert sorted([*changes, "batch_size"]) == sorted(kept)
     # Blocks 4 and 5: at 32x32, block 5 pools a single position, where avg and max agree.
     base_params = {"data": "lab", "batch_size": 4, "blocks": [4, 5]}
@@ -182,9 +225,13 @@ def test_each_key_kept_can_change_the_features(tmp_path, monkeypatch):
 
     def features_with_kernels(isa: str, data: str, batch_size: int) -> np.ndarray:
         write_params(tmp_path, **{**base_params, "data": data, "batch_size": batch_size})
-        subprocess.run([sys.executable, "-m", f"stages.{STAGE}", *stage_argv(STAGE)], cwd=tmp_path, check=True,
-                       env={**tool_env(), "PYTHONPATH": str(PROJECT), "ONEDNN_MAX_CPU_ISA": isa},
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", f"stages.{STAGE}", *stage_argv(STAGE)],
+            cwd=tmp_path,
+            check=True,
+            env={**tool_env(), "PYTHONPATH": str(PROJECT), "ONEDNN_MAX_CPU_ISA": isa},
+            capture_output=True,
+        )
         with np.load(tmp_path / FEATURES) as saved:
             return saved["features"]
 
@@ -217,9 +264,14 @@ def spoil(path: Path, how: str) -> None:
         path.write_bytes(data[: pixels_begin + 40])
 
 
-@pytest.mark.parametrize(("how", "name"), [
-    ("truncated png", "malignant/008.png"), ("truncated jpeg", "malignant/007.jpg"), ("not an image", "benign/004.png"),
-])
+@pytest.mark.parametrize(
+    ("how", "name"),
+    [
+        ("truncated png", "malignant/008.png"),
+        ("truncated jpeg", "malignant/007.jpg"),
+        ("not an image", "benign/004.png"),
+    ],
+)
 def test_a_bad_image_stops_the_stage_naming_it_with_no_output(tmp_path, monkeypatch, how, name):
     lab = write_lab_folder(tmp_path / "data/local/breast/lab")
     spoil(lab / name, how)

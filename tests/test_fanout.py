@@ -85,8 +85,10 @@ def test_experiments_run_on_two_clones_are_gathered_on_a_third(toy_repo, tmp_pat
     for row in shown:
         for exp in row.get("experiments") or []:
             params = exp["revs"][0]["data"]["params"]["params.yaml"]["data"]
-            found[exp["revs"][0]["name"]] = (params["train_toy"]["two_blops"]["epochs"],
-                                             params["generate_toy"]["two_blops"]["noise"])
+            found[exp["revs"][0]["name"]] = (
+                params["train_toy"]["two_blops"]["epochs"],
+                params["generate_toy"]["two_blops"]["noise"],
+            )
     assert found == {"e2": (2, 0.8), "n0.5": (3, 0.5)}
     assert "n0.5" in dvc(c, "exp", "show", "--md", "--only-changed").stdout
 

@@ -36,17 +36,32 @@ def drop(repo: Path, *paths: str, content: str = "a user's file") -> None:
 
 def test_a_dropped_file_marks_changed_only_the_stage_that_reads_it(project_repo):
     tracked = git(project_repo, "ls-files", "data/local").stdout.split()
-    assert {"data/local/mnist/keras", "data/local/breast/medmnist", "data/local/breast/medmnist_224",
-            "data/local/weights/imagenet", "data/local/weights/none"} <= set(tracked)  # the downloads' markers
+    assert {
+        "data/local/mnist/keras",
+        "data/local/breast/medmnist",
+        "data/local/breast/medmnist_224",
+        "data/local/weights/imagenet",
+        "data/local/weights/none",
+    } <= set(tracked)  # the downloads' markers
     commit_stages(project_repo)  # default params: keras, medmnist and imagenet
     assert changed(project_repo) == {}
-    drop(project_repo, "data/local/mnist/mnist.npz", "data/local/breast/lab/benign/0.png",
-         "data/local/weights/vgg16.weights.h5")
+    drop(
+        project_repo,
+        "data/local/mnist/mnist.npz",
+        "data/local/breast/lab/benign/0.png",
+        "data/local/weights/vgg16.weights.h5",
+    )
     assert changed(project_repo) == {}  # read by no stage yet
     assert git(project_repo, "status", "--porcelain", "--untracked-files=all", "data/local").stdout == ""
 
-    edit_params(project_repo, {"augment_train_mnist.data": "mnist.npz", "extract_vgg_features.data": "lab",
-                               "extract_vgg_features.weights": "vgg16.weights.h5"})
+    edit_params(
+        project_repo,
+        {
+            "augment_train_mnist.data": "mnist.npz",
+            "extract_vgg_features.data": "lab",
+            "extract_vgg_features.weights": "vgg16.weights.h5",
+        },
+    )
     assert set(changed(project_repo)) == set(STAGES)
     commit_stages(project_repo)
     drop(project_repo, "data/local/mnist/other.npz", "data/local/breast/other.npz", "data/local/weights/other.h5")
@@ -54,6 +69,7 @@ def test_a_dropped_file_marks_changed_only_the_stage_that_reads_it(project_repo)
 
     drop(project_repo, "data/local/mnist/mnist.npz", content="another copy")  # replaced
     assert changed(project_repo) == {
-        "augment_train_mnist": [{"changed deps": {"data/local/mnist/mnist.npz": "modified"}}]}
+        "augment_train_mnist": [{"changed deps": {"data/local/mnist/mnist.npz": "modified"}}]
+    }
     drop(project_repo, "data/local/breast/lab/malignant/0.png")  # a new image in the folder it reads
     assert set(changed(project_repo)) == set(STAGES)

@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from stages import augment_train_mnist as mnist
-from stages.errors import ParamsError, StageError
-from stages.outputs import write_json
-from stages.predictions import read_predictions
+from stages.shared import images as shared_images
+from stages.shared.config import ParamsError, StageError
+from stages.shared.files import write_json
+from stages.shared.predictions import read_predictions
 from tests.conftest import PROJECT, stage_argv, tiny_mnist, tool_env, two_cpu_devices_script
 
 LOCAL_NAME = "tiny.npz"  # augment_train_mnist.data: the file's name inside data/local/mnist/
@@ -53,7 +54,7 @@ def test_model_is_the_originals():
 def test_augmentation_keeps_shape_and_changes_images():
     import tensorflow as tf
 
-    images = mnist.to_model_input(tiny_mnist(10, 0)["x_train"])
+    images = shared_images.mnist_model_input(tiny_mnist(10, 0)["x_train"])
     augment = mnist.make_augmentation(20, 0.1, 0.2)
     augmented = augment(images, seed=tf.constant([1, 0]))
     assert augmented.shape == (10, 28, 28, 1) and augmented.dtype == tf.float32
@@ -68,7 +69,7 @@ def test_augmentation_keeps_shape_and_changes_images():
 def bright_spot(row: int, col: int):
     """A batch of 64 black images with one white 2x2 spot whose top-left pixel is (row, col)."""
     images = np.zeros((64, 28, 28, 1), np.float32)
-    images[:, row:row + 2, col:col + 2] = 1.0
+    images[:, row : row + 2, col : col + 2] = 1.0
     return images
 
 
@@ -163,13 +164,16 @@ def test_training_mirrored_over_two_devices(workdir, capsys):
     import keras
 
     mnist.main(stage_argv("augment_train_mnist"))
-    one_device = {"log": capsys.readouterr().out,
-                  "predictions": read_predictions(workdir / "predictions/mnist/cnn.csv")[0],
-                  "history": pd.read_csv(workdir / "plots/mnist/history.csv"),
-                  "model": keras.models.load_model(workdir / "models/mnist/model.keras")}
+    one_device = {
+        "log": capsys.readouterr().out,
+        "predictions": read_predictions(workdir / "predictions/mnist/cnn.csv")[0],
+        "history": pd.read_csv(workdir / "plots/mnist/history.csv"),
+        "model": keras.models.load_model(workdir / "models/mnist/model.keras"),
+    }
     command = [sys.executable, "-c", two_cpu_devices_script("augment_train_mnist"), *stage_argv("augment_train_mnist")]
-    result = subprocess.run(command, cwd=workdir, env={**tool_env(), "PYTHONPATH": str(PROJECT)},
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        command, cwd=workdir, env={**tool_env(), "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     facts = json.loads((workdir / "runs/augment_train_mnist.json").read_text())
     assert facts["device"].startswith("CPU:0, CPU:1") and 1 <= facts["best_epoch"] <= 3
@@ -196,8 +200,9 @@ def test_training_mirrored_over_two_devices(workdir, capsys):
 @pytest.mark.slow  # second tier: XLA compiles the model, half a minute on 2 cores
 def test_mixed_precision_and_xla_options_run(workdir, capsys):
     arrays = mnist.load_mnist(LOCAL_NAME)
-    settings = mnist.MnistTraining(**small_settings(epochs=1, mixed_precision=True, jit_compile=True,
-                                                    deterministic=False))
+    settings = mnist.MnistTraining(
+        **small_settings(epochs=1, mixed_precision=True, jit_compile=True, deterministic=False)
+    )
     x, y = arrays["x_train"], arrays["y_train"]
     try:
         model, history, summary = mnist.train(x[40:], y[40:], x[:40], y[:40], settings, seed=0)
@@ -222,7 +227,6 @@ def test_a_checkpoint_from_other_params_is_not_resumed(workdir, capsys):
     assert sorted(path.name for path in folder.iterdir()) == ["key.json"]  # nothing of the other run is left
 
 
-
 def test_a_checkpoint_from_another_number_of_devices_is_not_resumed(workdir, monkeypatch, capsys):
     def checkpoint_opened_on(devices: int) -> mnist.Checkpoint:
         """The checkpoint that the stage opens on ``devices`` devices, stopped before training."""
@@ -242,6 +246,7 @@ def test_a_checkpoint_from_another_number_of_devices_is_not_resumed(workdir, mon
     assert checkpoint_opened_on(1).load() == {"epochs_done": 2}  # the same devices resume it
     assert checkpoint_opened_on(2).load() is None
     assert "starting afresh" in capsys.readouterr().out
+
 
 @pytest.mark.parametrize(
     ("spoil", "message"),
@@ -290,15 +295,23 @@ def test_unreadable_or_absent_file_is_named(workdir):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ("data/local/mnist/mnist.npz",
-         "augment_train_mnist.data: must be keras, or the name of a file inside data/local/mnist/, not a path: "
-         "set it to mnist.npz, the name of the file inside data/local/mnist/ (copy or link it there, so that DVC "
-         "tracks it), got 'data/local/mnist/mnist.npz'"),
-        ("/elsewhere/mnist.npz", "augment_train_mnist.data: must be keras, or the name of a file inside "
-         "data/local/mnist/, not a path: set it to mnist.npz, the name of the file inside data/local/mnist/ "
-         "(copy or link it there, so that DVC tracks it), got '/elsewhere/mnist.npz'"),
-        ("absent.npz", "augment_train_mnist.data: data/local/mnist/absent.npz not found: put the file there, "
-         "or set it to keras; got 'absent.npz'"),
+        (
+            "data/local/mnist/mnist.npz",
+            "augment_train_mnist.data: must be keras, or the name of a file inside data/local/mnist/, not a path: "
+            "set it to mnist.npz, the name of the file inside data/local/mnist/ (copy or link it there, so that DVC "
+            "tracks it), got 'data/local/mnist/mnist.npz'",
+        ),
+        (
+            "/elsewhere/mnist.npz",
+            "augment_train_mnist.data: must be keras, or the name of a file inside "
+            "data/local/mnist/, not a path: set it to mnist.npz, the name of the file inside data/local/mnist/ "
+            "(copy or link it there, so that DVC tracks it), got '/elsewhere/mnist.npz'",
+        ),
+        (
+            "absent.npz",
+            "augment_train_mnist.data: data/local/mnist/absent.npz not found: put the file there, "
+            "or set it to keras; got 'absent.npz'",
+        ),
     ],
 )
 def test_a_path_or_a_name_not_in_the_local_folder_is_refused_before_any_work(workdir, monkeypatch, data, message):
@@ -315,8 +328,11 @@ def test_a_keyword_means_its_download_whatever_file_has_its_name(workdir, monkey
     import keras
 
     download = tiny_mnist(seed=1)
-    monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: (
-        (download["x_train"], download["y_train"]), (download["x_test"], download["y_test"])))
+    monkeypatch.setattr(
+        keras.datasets.mnist,
+        "load_data",
+        lambda: ((download["x_train"], download["y_train"]), (download["x_test"], download["y_test"])),
+    )
     with open(workdir / "data/local/mnist/keras", "wb") as shadow:  # other digits, under the keyword's name
         np.savez(shadow, **tiny_mnist(seed=2))
     assert np.array_equal(mnist.load_mnist("keras")["x_train"], download["x_train"])

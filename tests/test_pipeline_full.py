@@ -32,8 +32,14 @@ from tests.conftest import (
 pytestmark = pytest.mark.slow
 
 TOY_STAGES = [f"{stage}@{name}" for stage in ("generate_toy", "train_toy") for name in toy_names()] + ["evaluate@toy"]
-OTHER_STAGES = ["augment_train_mnist", "extract_vgg_features", "fit_knn", "train_head", "evaluate@mnist",
-                "evaluate@breast"]
+OTHER_STAGES = [
+    "augment_train_mnist",
+    "extract_vgg_features",
+    "fit_knn",
+    "train_head",
+    "evaluate@mnist",
+    "evaluate@breast",
+]
 ALL_STAGES = sorted(TOY_STAGES + OTHER_STAGES)
 # DVC keeps no run cache for a stage with an output outside its cache: the evaluate stages'
 # metrics are git's (cache: false), so those stages run wherever their inputs are new to
@@ -48,8 +54,10 @@ NOT_RUN_STEPS = {
 }
 # Bounds the tiny data reaches (the project's own are for the real data): the two breast
 # classes differ in brightness, which any classifier tells apart.
-TINY_BOUNDS = {"metrics/breast/knn.json": {"heldout.accuracy": {"min": 0.9}},
-               "metrics/breast/head.json": {"heldout.roc_auc": {"min": 0.9}}}
+TINY_BOUNDS = {
+    "metrics/breast/knn.json": {"heldout.accuracy": {"min": 0.9}},
+    "metrics/breast/head.json": {"heldout.roc_auc": {"min": 0.9}},
+}
 TINY_INPUTS = ("data/local/mnist/tiny.npz", "data/local/breast/tiny.npz")
 
 
@@ -67,8 +75,13 @@ def run_workflow(clone: Path) -> dict[str, subprocess.CompletedProcess]:
     env = {**tool_env(), "GITHUB_STEP_SUMMARY": str(clone.parent / f"{clone.name}-summary.md")}
     results = {}
     for name, script in workflow_steps():
-        results[name] = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
-                                       cwd=clone, env=env, capture_output=True, text=True)
+        results[name] = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if results[name].returncode != 0:
             break
     return results
@@ -86,7 +99,7 @@ def machine(tmp_path: Path, origin: Path, name: str, data_from: Path) -> Path:
 
 def check_thresholds(repo: Path, bounds: dict) -> subprocess.CompletedProcess:
     (repo / "thresholds.yaml").write_text(yaml.safe_dump(bounds))
-    return run([sys.executable, "-m", "stages.check_thresholds"], repo, check=False)
+    return run([sys.executable, "-m", "stages.commands.check_thresholds"], repo, check=False)
 
 
 def test_ci_workflow_then_same_bytes_diff_run_cache_and_thresholds(project_repo, toy_run, tmp_path):
@@ -123,7 +136,9 @@ def test_ci_workflow_then_same_bytes_diff_run_cache_and_thresholds(project_repo,
     shown = json.loads(dvc(a, "metrics", "show", "--json").stdout)[""]["data"]
     # One file per classifier, all with the same metric names.
     files = [f"metrics/toy/{name}.json" for name in toy_names()] + [
-        "metrics/mnist/cnn.json", "metrics/breast/knn.json", "metrics/breast/head.json"
+        "metrics/mnist/cnn.json",
+        "metrics/breast/knn.json",
+        "metrics/breast/head.json",
     ]
     assert sorted(shown) == sorted(files)
     for file in files:
@@ -169,8 +184,11 @@ def test_ci_workflow_then_same_bytes_diff_run_cache_and_thresholds(project_repo,
     assert dvc(a, "metrics", "diff").stdout == ""
 
     # Every bound in the project's thresholds.yaml names a metric the pipeline writes.
-    project_bounds = run([sys.executable, "-m", "stages.check_thresholds", "--thresholds",
-                          str(PROJECT / "thresholds.yaml")], a, check=False)
+    project_bounds = run(
+        [sys.executable, "-m", "stages.commands.check_thresholds", "--thresholds", str(PROJECT / "thresholds.yaml")],
+        a,
+        check=False,
+    )
     assert "MISSING" not in project_bounds.stdout, project_bounds.stdout
 
     # The threshold check: passes on met bounds, fails on a raised one, and on a missing metric.

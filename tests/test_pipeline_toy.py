@@ -45,8 +45,9 @@ def test_toy_pipeline_runs_caches_and_reruns_only_what_changed(toy_run, toy_repo
     committed_ignores = [path for path in git(PROJECT, "ls-files", "*/.gitignore").stdout.split() if "/toy/" in path]
     assert committed_ignores  # the project commits DVC's .gitignore files of the toy outputs
     changed_before_commit = sorted(line[3:] for line in toy_run[2].splitlines())
-    assert changed_before_commit == sorted(["dvc.lock", "params.yaml", *committed_ignores,
-                                            *(f"metrics/toy/{name}.json" for name in TOY)])
+    assert changed_before_commit == sorted(
+        ["dvc.lock", "params.yaml", *committed_ignores, *(f"metrics/toy/{name}.json" for name in TOY)]
+    )
 
     again = dvc(repo, "repro", "evaluate@toy")
     assert stages_run(again.stdout) == []
@@ -59,4 +60,3 @@ def test_toy_pipeline_runs_caches_and_reruns_only_what_changed(toy_run, toy_repo
     edit_params(repo, {f"train_toy.{TOY[0]}.epochs": 4})
     changed = dvc(repo, "repro", "evaluate@toy")
     assert stages_run(changed.stdout) == ["evaluate@toy", f"train_toy@{TOY[0]}"]
-

@@ -126,8 +126,10 @@ def write_plot_data(repo: Path) -> None:
 def test_plots_render_in_chromium_without_network(tmp_path: Path):
     chromium = find_chromium()
     if chromium is None:
-        pytest.skip("chromium not installed (neither /usr/bin/chromium nor `chromium` on PATH); "
-                    "apt-get install -y chromium to run this test")
+        pytest.skip(
+            "chromium not installed (neither /usr/bin/chromium nor `chromium` on PATH); "
+            "apt-get install -y chromium to run this test"
+        )
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -148,15 +150,28 @@ def test_plots_render_in_chromium_without_network(tmp_path: Path):
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         result = subprocess.run(
             [
-                chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
                 f"--user-data-dir={profile}",
                 # No network: every request goes to a dead proxy and no host name resolves.
-                "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
-                "--enable-logging=stderr", "--v=0",
-                "--virtual-time-budget=10000", "--dump-dom", page.as_uri(),
+                "--proxy-server=127.0.0.1:9",
+                "--host-resolver-rules=MAP * ~NOTFOUND",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                page.as_uri(),
             ],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert result.returncode == 0, result.stderr[-3000:]
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]

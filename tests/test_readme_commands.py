@@ -23,13 +23,19 @@ from tests.conftest import PROJECT, git, small_toy_params, stages_run, tool_env,
 # The docs pages in the order their commands run: a page whose commands need an earlier
 # page's (the worked example's edits, its metrics) comes after it.
 DOC_PAGES = [
-    "docs/pipeline.md", "docs/experiments.md", "docs/ci.md", "docs/offline.md", "docs/gpu-and-scale.md",
-    "docs/results.md", "docs/breast.md", "docs/classify.md", "docs/benchmarks.md",
+    "docs/pipeline.md",
+    "docs/experiments.md",
+    "docs/ci.md",
+    "docs/offline.md",
+    "docs/gpu-and-scale.md",
+    "docs/results.md",
+    "docs/breast.md",
+    "docs/classify.md",
+    "docs/benchmarks.md",
 ]
 
 NOT_RUN = {
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -c constraints.txt -e '.[dev]' && run-pipeline":
-        "installs the project (.ci/run installs the same way); test_run_pipeline runs run-pipeline offline",
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -c constraints.txt -e '.[dev]' && run-pipeline": "installs the project (.ci/run installs the same way); test_run_pipeline runs run-pipeline offline",
     ". .venv/bin/activate && python -m pytest": "the fast tier of the tests itself",
     ". .venv/bin/activate && python -m pytest --all-tiers -n 2": "both tiers of the tests: .ci/run runs it",
     ". .venv/bin/activate": "the tests already run in the project's environment",
@@ -37,32 +43,26 @@ NOT_RUN = {
     "dvc repro -s fit_knn": "needs the breast features; test_pipeline_full runs the breast stages",
     "dvc exp run -S extract_vgg_features.data=medmnist_224 -S extract_vgg_features.backbone=vgg19 "
     "-S extract_vgg_features.layer=fc1 -S 'extract_vgg_features.blocks=[5]' -S 'fit_knn.features=[fc1]' "
-    "-S 'train_head.features=[fc1]'":
-        "downloads BreastMNIST and VGG19's weights; test_breast runs its overrides on tiny data",
+    "-S 'train_head.features=[fc1]'": "downloads BreastMNIST and VGG19's weights; test_breast runs its overrides on tiny data",
     "check-thresholds --only metrics/toy": ".ci/run runs it as printed in a fresh clone, where it must pass; here "
-                                           "the toy metrics are removed to run the docs' commands from scratch",
+    "the toy metrics are removed to run the docs' commands from scratch",
     "dvc exp apply NAME": "NAME is a placeholder",
     "dvc remote add -d storage s3://my-bucket/image-analysis": "needs a bucket; test_pipeline_full uses a folder remote",
     'git add .dvc/config && git commit -m "Add DVC remote"': "follows the remote above",
     "dvc push": "test_pipeline_full pushes to a folder remote",
     "git clone ... && cd ... && pip install -c constraints.txt -e '.[dev]'": "placeholders; test_pipeline_full clones",
     "dvc pull": "test_pipeline_full pulls from a folder remote",
-    "classify-images data/local/breast/lab -o breast_predictions.csv":
-        "needs trained breast models; test_classify trains tiny ones and classifies with them",
+    "classify-images data/local/breast/lab -o breast_predictions.csv": "needs trained breast models; test_classify trains tiny ones and classifies with them",
     "classify-images --model breast-head scan_0412.png scan_0413.png": "as above",
     "classify-images --model mnist digits/ > digits.csv": "as above, with a tiny digit CNN",
     "pip install -c constraints.txt -e '.[dev,bench]'": "installs packages; the benchmarks are not tests",
-    "python bench/bench_mnist_pipeline.py --npz data/local/mnist/mnist.npz --keras-layers":
-        "a benchmark of minutes on the full MNIST; its figures are measurements, not checks",
+    "python bench/bench_mnist_pipeline.py --npz data/local/mnist/mnist.npz --keras-layers": "a benchmark of minutes on the full MNIST; its figures are measurements, not checks",
     "python bench/bench_vgg_features.py --images 48": "a benchmark of minutes with a full-size VGG19",
     "python bench/bench_extraction_input.py": "a benchmark of minutes over 2,000 generated images",
     "dvc repro extract_vgg_features": "needs BreastMNIST and the ImageNet weights; test_pipeline_full extracts tiny data",
-    "python bench/select_breast_features.py --features data/breast/features.npz --classifier knn":
-        "a measurement of minutes on the real breast features (test_bench_scripts checks what it imports)",
-    "python bench/select_breast_features.py --features data/breast/features.npz --classifier head --seeds 42":
-        "as above, training heads for a quarter of an hour",
-    "python bench/select_breast_head.py --features data/breast/features.npz --members 1 5 --seeds 42 43 44 45 46":
-        "a measurement of minutes on the real breast features",
+    "python bench/select_breast_features.py --features data/breast/features.npz --classifier knn": "a measurement of minutes on the real breast features (test_bench_scripts checks what it imports)",
+    "python bench/select_breast_features.py --features data/breast/features.npz --classifier head --seeds 42": "as above, training heads for a quarter of an hour",
+    "python bench/select_breast_head.py --features data/breast/features.npz --members 1 5 --seeds 42 43 44 45 46": "a measurement of minutes on the real breast features",
     "dvc repro evaluate@breast": "needs the breast features; test_pipeline_full runs the breast stages",
     "python bench/measure_novelty_flag.py --breast data/local/breast/breastmnist_28.npz --mnist PATH/mnist.npz "
     "--per-kind 50": "a measurement on the real BreastMNIST and MNIST; PATH is a placeholder",
@@ -76,8 +76,7 @@ STAGES_RUN = {
 # What some commands must print (a regular expression), as the README says they do.
 PRINTS = {
     "dvc exp run --queue -S train_toy.two_blops.learning_rate=0.003,0.01 -S generate_toy.two_blops.noise=0.5,1.2 "
-    "evaluate@toy":
-        r"(?s)(Queued experiment .*?){4}",
+    "evaluate@toy": r"(?s)(Queued experiment .*?){4}",
     "dvc params diff": r"train_toy\.two_blops\.hidden_layers +\[3, 5\] +\[8, 8\]",
     "dvc metrics diff": r"metrics/toy/two_blops\.json +heldout\.accuracy",
     'check-thresholds --only metrics/toy; echo "exit status $?"': r"two_blops\.json:heldout\.accuracy +>= 0\.999 (.|\n)*exit status 1",
@@ -116,13 +115,16 @@ def test_every_command_is_run_or_accounted_for():
     assert not set(NOT_RUN) - set(commands), "NOT_RUN lists commands the README and docs/ no longer print"
     assert set(EXIT_STATUS) <= set(commands)
     assert set(PRINTS) <= set(commands)
+
     # The order the slow test relies on: the worked example's edits come after its first
     # run and before the commands that read them.
     def first(start: str) -> int:
         return next(i for i, command in enumerate(commands) if command.startswith(start))
 
     assert first("dvc repro evaluate@toy") < first("sed -i 's/hidden_layers") < first("dvc params diff")
-    assert first("dvc params diff") < first("sed -i '0,/heldout.accuracy") < first("check-thresholds --only metrics/toy;")
+    assert (
+        first("dvc params diff") < first("sed -i '0,/heldout.accuracy") < first("check-thresholds --only metrics/toy;")
+    )
 
 
 def small_toy(params_text: str) -> str:
@@ -132,8 +134,9 @@ def small_toy(params_text: str) -> str:
     small = small_toy_params()
     name = toy_names()[0]
     assert params_text.count("n_samples: 1000") == len(toy_names()) == params_text.count("epochs: 100")
-    return (params_text.replace("n_samples: 1000", f"n_samples: {small[f'generate_toy.{name}.n_samples']}")
-            .replace("epochs: 100", f"epochs: {small[f'train_toy.{name}.epochs']}"))
+    return params_text.replace("n_samples: 1000", f"n_samples: {small[f'generate_toy.{name}.n_samples']}").replace(
+        "epochs: 100", f"epochs: {small[f'train_toy.{name}.epochs']}"
+    )
 
 
 @pytest.mark.slow
@@ -155,13 +158,22 @@ def test_readme_commands_work_as_printed(toy_repo):
         if command in STAGES_RUN:
             assert stages_run(result.stdout) == STAGES_RUN[command], f"{page}: {command}\n{result.stdout}"
         if command.startswith("sed -i"):  # an edit must find what it edits
-            assert ((repo / "params.yaml").read_text(), (repo / "thresholds.yaml").read_text()) != before, \
+            assert ((repo / "params.yaml").read_text(), (repo / "thresholds.yaml").read_text()) != before, (
                 f"{page}: {command}"
+            )
         ran.append(command)
     assert set(PRINTS) | set(EXIT_STATUS) | set(STAGES_RUN) <= set(ran)
     # The queued 2 x 2 sweep ran to its metrics, beside the single experiment before it.
-    shown = json.loads(subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=repo,
-                                      env=tool_env(), capture_output=True, text=True, check=True).stdout)
+    shown = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "exp", "show", "--json"],
+            cwd=repo,
+            env=tool_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     finished = {}
     for exp in [exp for baseline in shown for exp in baseline.get("experiments") or []]:
         data = exp["revs"][0]["data"]

@@ -54,8 +54,12 @@ def s3_server():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    setup = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
-             "aws_secret_access_key": "setup"}
+    setup = {
+        "endpoint_url": endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "setup",
+        "aws_secret_access_key": "setup",
+    }
     iam = boto3.client("iam", **setup)
     iam.create_user(UserName="ci")
     iam.put_user_policy(UserName="ci", PolicyName="s3", PolicyDocument=json.dumps(ALLOW_S3))
@@ -73,8 +77,12 @@ def no_aws_env(tmp_path: Path) -> dict[str, str]:
     """The tools' environment with no AWS credentials or configuration of this machine's:
     only what a step passes reaches DVC."""
     env = {name: value for name, value in tool_env().items() if not name.startswith("AWS_")}
-    return {**env, "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"), "AWS_EC2_METADATA_DISABLED": "true"}
+    return {
+        **env,
+        "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
 
 
 def add_s3_remote(repo: Path, name: str, url: str, endpoint: str, default: bool = False) -> None:
@@ -96,17 +104,24 @@ def step_env(step: dict, secrets: dict[str, str], base: dict[str, str]) -> dict[
     return env
 
 
-def run_remote_steps(clone: Path, secrets: dict[str, str],
-                     base: dict[str, str]) -> dict[str, subprocess.CompletedProcess]:
+def run_remote_steps(
+    clone: Path, secrets: dict[str, str], base: dict[str, str]
+) -> dict[str, subprocess.CompletedProcess]:
     """The workflow's steps that use the remote, in order, as GitHub Actions runs them
     (bash -e, pipefail), up to the first that fails."""
-    steps = {step.get("name"): step for job in yaml.safe_load(WORKFLOW.read_text())["jobs"].values()
-             for step in job["steps"]}
+    steps = {
+        step.get("name"): step for job in yaml.safe_load(WORKFLOW.read_text())["jobs"].values() for step in job["steps"]
+    }
     results = {}
     for name in REMOTE_STEPS:
         script = steps[name]["run"] + STEP_TARGETS.get(name, "")
-        results[name] = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=clone,
-                                       env=step_env(steps[name], secrets, base), capture_output=True, text=True)
+        results[name] = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+            cwd=clone,
+            env=step_env(steps[name], secrets, base),
+            capture_output=True,
+            text=True,
+        )
         if results[name].returncode != 0:
             break
     return results
@@ -158,10 +173,14 @@ def test_ci_workflow_on_an_s3_remote_and_its_check(s3_server, toy_run, tmp_path)
     add_s3_remote(second, "missing", "s3://no-such-bucket/image-analysis", endpoint)
     missing = check_dvc_remote(second, {**base, **secrets}, "--remote", "missing")
     assert missing.returncode == 2
-    assert missing.stderr == ("error: cannot reach the DVC remote at s3://no-such-bucket/image-analysis: "
-                              "the bucket s3://no-such-bucket does not exist\n")
+    assert missing.stderr == (
+        "error: cannot reach the DVC remote at s3://no-such-bucket/image-analysis: "
+        "the bucket s3://no-such-bucket does not exist\n"
+    )
     wrong = check_dvc_remote(second, {**base, **secrets, "AWS_SECRET_ACCESS_KEY": "not-the-secret"})
     assert wrong.returncode == 2
-    assert re.fullmatch(rf"error: cannot reach the DVC remote at {REMOTE_URL}: the credentials were refused "
-                        r"\(wrong, or without rights to it\): The request signature we calculated does not match.*\n",
-                        wrong.stderr), wrong.stderr
+    assert re.fullmatch(
+        rf"error: cannot reach the DVC remote at {REMOTE_URL}: the credentials were refused "
+        r"\(wrong, or without rights to it\): The request signature we calculated does not match.*\n",
+        wrong.stderr,
+    ), wrong.stderr

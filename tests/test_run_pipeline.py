@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from stages.run_pipeline import ReproLog
+from stages.commands.run_pipeline import ReproLog
 from tests.conftest import dvc, edit_params, git, run, stages_run, tool_env
 
 FAIL = "import sys; print('error: could not download X (no network); set section.key to a local file', file=sys.stderr); sys.exit(2)"
@@ -18,12 +18,18 @@ FAIL = "import sys; print('error: could not download X (no network); set section
 def test_a_failed_stage_stops_only_what_needs_it_and_the_summary_names_its_reason(tmp_path):
     git(tmp_path, "init", "-q", "-b", "main")
     dvc(tmp_path, "init", "-q")
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "download": {"cmd": f'python -c "{FAIL}"', "outs": ["data.txt"]},
-        "train": {"cmd": "cp data.txt model.txt", "deps": ["data.txt"], "outs": ["model.txt"]},
-        "toy": {"cmd": "echo toy > toy.txt", "outs": ["toy.txt"]},
-    }}))
-    result = run([sys.executable, "-m", "stages.run_pipeline"], tmp_path, check=False)
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "download": {"cmd": f'python -c "{FAIL}"', "outs": ["data.txt"]},
+                    "train": {"cmd": "cp data.txt model.txt", "deps": ["data.txt"], "outs": ["model.txt"]},
+                    "toy": {"cmd": "echo toy > toy.txt", "outs": ["toy.txt"]},
+                }
+            }
+        )
+    )
+    result = run([sys.executable, "-m", "stages.commands.run_pipeline"], tmp_path, check=False)
     assert result.returncode != 0
     assert (tmp_path / "toy.txt").read_text() == "toy\n"  # the stage that needs no download ran
     assert not (tmp_path / "model.txt").exists()
@@ -37,9 +43,13 @@ def test_a_failed_stage_stops_only_what_needs_it_and_the_summary_names_its_reaso
 
 def test_a_failure_without_an_error_line_is_still_named():
     log = ReproLog()
-    for line in ["Running stage 'a':", "Traceback (most recent call last):",
-                 "WARNING: failed to run: python -m stages.a, exited with 1",
-                 "WARNING: Stages 'c', 'e@x' and 'd' will be skipped due to this failure", "Running stage 'b':"]:
+    for line in [
+        "Running stage 'a':",
+        "Traceback (most recent call last):",
+        "WARNING: failed to run: python -m stages.a, exited with 1",
+        "WARNING: Stages 'c', 'e@x' and 'd' will be skipped due to this failure",
+        "Running stage 'b':",
+    ]:
         log.read(line)
     assert log.ran == ["a", "b"]  # check-reproduction counts the outputs of these
     assert log.failed == {"a": ["exited with 1 (its output is above)"]}
@@ -54,17 +64,27 @@ def test_offline_the_quick_start_finishes_the_toy_exercise_and_names_each_downlo
     env = {**tool_env(), "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
     result = subprocess.run(["run-pipeline"], cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 255, result.stdout + result.stderr
-    summary = result.stdout[result.stdout.index("run-pipeline: 2 stage(s) could not run:"):].splitlines()
-    assert re.fullmatch(r"  augment_train_mnist: could not download MNIST .*; put a \.npz with Keras's keys in "
-                        r"data/local/mnist/ and set augment_train_mnist\.data to its name", summary[1])
-    assert re.fullmatch(r"  extract_vgg_features: could not download BreastMNIST .*; put .* in data/local/breast/ "
-                        r"and set extract_vgg_features\.data to its name; and could not download the ImageNet weights "
-                        r"of vgg16 .*; put .* in data/local/weights/ and set extract_vgg_features\.weights to its "
-                        r"name", summary[2])
+    summary = result.stdout[result.stdout.index("run-pipeline: 2 stage(s) could not run:") :].splitlines()
+    assert re.fullmatch(
+        r"  augment_train_mnist: could not download MNIST .*; put a \.npz with Keras's keys in "
+        r"data/local/mnist/ and set augment_train_mnist\.data to its name",
+        summary[1],
+    )
+    assert re.fullmatch(
+        r"  extract_vgg_features: could not download BreastMNIST .*; put .* in data/local/breast/ "
+        r"and set extract_vgg_features\.data to its name; and could not download the ImageNet weights "
+        r"of vgg16 .*; put .* in data/local/weights/ and set extract_vgg_features\.weights to its "
+        r"name",
+        summary[2],
+    )
     skipped = summary[3].removeprefix("  skipped, as they need those: ").split(", ")
     assert sorted(skipped) == ["evaluate@breast", "evaluate@mnist", "fit_knn", "train_head"]
-    assert stages_run(result.stdout) == ["augment_train_mnist", "evaluate@toy", "extract_vgg_features",
-                                         "train_toy@two_blops"]
+    assert stages_run(result.stdout) == [
+        "augment_train_mnist",
+        "evaluate@toy",
+        "extract_vgg_features",
+        "train_toy@two_blops",
+    ]
     assert "Data and pipelines are up to date." in dvc(repo, "status", "evaluate@toy").stdout
     # The toy metrics are this run's: two_blops's changed with its epochs, the others are as committed.
     assert git(repo, "status", "--porcelain", "metrics").stdout.split() == ["M", "metrics/toy/two_blops.json"]

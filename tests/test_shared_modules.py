@@ -1,5 +1,5 @@
-"""The modules the stages share: params validation (stages.params, stages.local_data), atomic
-writes (stages.outputs), same-bytes zips (stages.zip_outputs), and a stage as a command (stages.cli)."""
+"""The modules the stages share: params validation (stages.shared.config, stages.shared.files), atomic
+writes (stages.shared.files), same-bytes zips (stages.shared.files), and a stage as a command (stages.shared.runtime)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,8 @@ import pydantic
 import pytest
 from pydantic import Field
 
-from stages.errors import ParamsError, StageError
-from stages.local_data import local_or
-from stages.outputs import atomic_path, write_json
-from stages.params import Name, Section, read_params
-from stages.zip_outputs import save_keras_model, save_npz, save_skops
+from stages.shared.config import Name, ParamsError, Section, StageError, read_params
+from stages.shared.files import atomic_path, local_or, save_keras_model, save_npz, save_skops, write_json
 from tests.conftest import PROJECT, tool_env
 
 
@@ -78,17 +75,25 @@ def test_valid_params_are_returned_typed(tmp_path, monkeypatch):
         (("epochs: 3, ", ""), "train.epochs: missing key"),
         (("seed: 1\n", ""), "seed: missing key"),
         (("mode: a, fast: false", "mode: b, fast: true"), "train.fast: needs mode a"),
-        (("data: download", "data: /elsewhere/y.npz"),
-         "data: must be download, or the name of a file inside data/local/x/, not a path: set it to y.npz, the "
-         "name of the file inside data/local/x/ (copy or link it there, so that DVC tracks it), got '/elsewhere/y.npz'"),
-        (("data: download", "data: data/local/x/y.npz"),
-         "data: must be download, or the name of a file inside data/local/x/, not a path: set it to y.npz, the "
-         "name of the file inside data/local/x/ (copy or link it there, so that DVC tracks it), "
-         "got 'data/local/x/y.npz'"),
-        (("data: download", "data: '..'"), "data: must be download, or the name of a file inside data/local/x/, "
-         "got '..'"),
-        (("data: download", "data: absent.npz"),
-         "data: data/local/x/absent.npz not found: put the file there, or set it to download; got 'absent.npz'"),
+        (
+            ("data: download", "data: /elsewhere/y.npz"),
+            "data: must be download, or the name of a file inside data/local/x/, not a path: set it to y.npz, the "
+            "name of the file inside data/local/x/ (copy or link it there, so that DVC tracks it), got '/elsewhere/y.npz'",
+        ),
+        (
+            ("data: download", "data: data/local/x/y.npz"),
+            "data: must be download, or the name of a file inside data/local/x/, not a path: set it to y.npz, the "
+            "name of the file inside data/local/x/ (copy or link it there, so that DVC tracks it), "
+            "got 'data/local/x/y.npz'",
+        ),
+        (
+            ("data: download", "data: '..'"),
+            "data: must be download, or the name of a file inside data/local/x/, got '..'",
+        ),
+        (
+            ("data: download", "data: absent.npz"),
+            "data: data/local/x/absent.npz not found: put the file there, or set it to download; got 'absent.npz'",
+        ),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, monkeypatch, change, message):
@@ -147,8 +152,10 @@ def test_stage_error_is_one_line_and_exit_status_2(tmp_path):
     )
     result = subprocess.run(
         [sys.executable, "-m", "stages.generate_toy", "two_blops"],
-        cwd=tmp_path, env={**tool_env(), "PYTHONPATH": str(PROJECT)},
-        capture_output=True, text=True,
+        cwd=tmp_path,
+        env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert result.stderr == (
@@ -190,7 +197,8 @@ def test_skops_files_hold_no_time_and_no_address(tmp_path, monkeypatch):
 
     import numpy as np
 
-    from stages.fit_knn import load_knn, make_knn_pipeline
+    from stages.commands.classify import load_knn
+    from stages.fit_knn import make_knn_pipeline
 
     x, y = np.random.default_rng(0).random((8, 32), dtype=np.float32), np.arange(8) % 2  # as wide as features
     # Both fitted models alive at once: skops would name their nodes after two sets of addresses.
@@ -202,16 +210,20 @@ def test_skops_files_hold_no_time_and_no_address(tmp_path, monkeypatch):
     assert np.array_equal(load_knn(tmp_path / "b.skops").predict_proba(x), models[0].predict_proba(x))
 
 
-
 def test_skops_files_are_the_same_from_another_process(tmp_path):
     # Another process, other addresses: what a rerun of the stage sees.
-    save = ("import sys, numpy as np; from stages.fit_knn import make_knn_pipeline; "
-            "from stages.zip_outputs import save_skops; "
-            "x, y = np.random.default_rng(0).random((8, 32), dtype=np.float32), np.arange(8) % 2; "
-            "save_skops(make_knn_pipeline(3).fit(x, y), sys.argv[1])")
+    save = (
+        "import sys, numpy as np; from stages.fit_knn import make_knn_pipeline; "
+        "from stages.shared.files import save_skops; "
+        "x, y = np.random.default_rng(0).random((8, 32), dtype=np.float32), np.arange(8) % 2; "
+        "save_skops(make_knn_pipeline(3).fit(x, y), sys.argv[1])"
+    )
     for name in ("a", "b"):
-        subprocess.run([sys.executable, "-c", save, tmp_path / f"{name}.skops"], check=True,
-                       env={**tool_env(), "PYTHONPATH": str(PROJECT)})
+        subprocess.run(
+            [sys.executable, "-c", save, tmp_path / f"{name}.skops"],
+            check=True,
+            env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        )
     assert (tmp_path / "a.skops").read_bytes() == (tmp_path / "b.skops").read_bytes()
 
 
@@ -222,9 +234,14 @@ def rename_schema(members):
 # Files that skops might write one day, made from today's: what save_skops must refuse
 # rather than write with bytes that change from run to run.
 SKOPS_DOCTORINGS = {
-    "spacing": (lambda members: {**members, "schema.json": members["schema.json"].replace(b'"__id__": ', b'"__id__":')},
-                r'"__id__": \d+ left as written in schema\.json'),
-    "extra member": (lambda members: {**members, "notes.txt": b"x"}, "member notes.txt, which schema.json does not name"),
+    "spacing": (
+        lambda members: {**members, "schema.json": members["schema.json"].replace(b'"__id__": ', b'"__id__":')},
+        r'"__id__": \d+ left as written in schema\.json',
+    ),
+    "extra member": (
+        lambda members: {**members, "notes.txt": b"x"},
+        "member notes.txt, which schema.json does not name",
+    ),
     "no schema": (rename_schema, "no schema.json"),
     "not JSON": (lambda members: {**members, "schema.json": b"schema: 1"}, r"schema\.json is not JSON \(.*\)"),
 }
@@ -233,8 +250,10 @@ SKOPS_DOCTORINGS = {
 def skops_stop_message(path, what):
     import skops
 
-    return (rf"{re.escape(str(path))}: skops {re.escape(skops.__version__)} wrote a file that "
-            rf"stages/zip_outputs\.py cannot make the same from run to run: {what}")
+    return (
+        rf"{re.escape(str(path))}: skops {re.escape(skops.__version__)} wrote a file that "
+        rf"stages/shared/files\.py cannot make the same from run to run: {what}"
+    )
 
 
 @pytest.mark.parametrize("doctoring", SKOPS_DOCTORINGS)
@@ -273,13 +292,15 @@ def test_a_skops_file_with_random_names_stops_with_one_line(tmp_path):
     path = tmp_path / "blob.skops"
     with pytest.raises(StageError) as stop:
         save_skops({"blob": b"\x00\x01"}, path)
-    assert re.fullmatch(skops_stop_message(path, r'"file": "[^"]+\.bin" left as written in schema\.json'),
-                        str(stop.value))
+    assert re.fullmatch(
+        skops_stop_message(path, r'"file": "[^"]+\.bin" left as written in schema\.json'), str(stop.value)
+    )
     assert not path.exists()
+
 
 NOISY_STAGE = """
 import os, sys
-from stages.cli import run_stage
+from stages.shared.runtime import run_stage
 def main(argv):
     os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
     os.write(2, b"I0000 00:00:1795814380.884829    9022 port.cc:153] oneDNN custom operations are on. You may\\n")
@@ -314,7 +335,7 @@ def test_tensorflow_start_up_lines_are_dropped_unless_the_user_set_a_log_level(u
 # log; TensorFlow's start-up lines are still dropped.
 DYING_STAGE = """
 import os, resource, signal
-from stages.cli import run_stage
+from stages.shared.runtime import run_stage
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file from the abort
 def main(argv):
     os.write(2, b"I0000 00:00:1795814380.884829    9022 port.cc:153] oneDNN custom operations are on. You may\\n")
@@ -324,17 +345,26 @@ run_stage(main)
 """
 
 
-@pytest.mark.parametrize("death, status, last_line", [
-    ("os.abort()", -signal.SIGABRT, None),
-    ("os.kill(os.getpid(), signal.SIGKILL)", -signal.SIGKILL, None),
-    ("os.killpg(os.getpgrp(), signal.SIGINT)", -signal.SIGINT, "KeyboardInterrupt"),
-])
+@pytest.mark.parametrize(
+    "death, status, last_line",
+    [
+        ("os.abort()", -signal.SIGABRT, None),
+        ("os.kill(os.getpid(), signal.SIGKILL)", -signal.SIGKILL, None),
+        ("os.killpg(os.getpgrp(), signal.SIGINT)", -signal.SIGINT, "KeyboardInterrupt"),
+    ],
+)
 def test_a_stage_that_dies_still_shows_its_last_stderr_lines(death, status, last_line):
     env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env.pop("STAGES_DEFAULT_TF_CPP_MIN_LOG_LEVEL", None)
-    result = subprocess.run([sys.executable, "-c", DYING_STAGE.format(death=death)], env=env,
-                            capture_output=True, text=True, timeout=60, start_new_session=True)
+    result = subprocess.run(
+        [sys.executable, "-c", DYING_STAGE.format(death=death)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        start_new_session=True,
+    )
     assert result.returncode == status
     lines = result.stderr.splitlines()
     assert lines[0] == "F0000 00:00:1795814390.981311    9022 cuda_executor.cc:52] Check failed: the reason it dies"

@@ -22,8 +22,10 @@ DVC_YAML = PROJECT / "dvc.yaml"
 def test_deps_list_exactly_the_modules_the_stage_runs(stage):
     run = set(files_run_by(stage_modules(DVC_YAML)[stage]))
     listed = set(listed_code_deps(DVC_YAML)[stage])
-    assert listed == run, (f"{stage}: dvc.yaml's deps miss {sorted(run - listed) or 'nothing'} and list "
-                           f"{sorted(listed - run) or 'nothing'} that it does not run: python tools/stage_deps.py")
+    assert listed == run, (
+        f"{stage}: dvc.yaml's deps miss {sorted(run - listed) or 'nothing'} and list "
+        f"{sorted(listed - run) or 'nothing'} that it does not run: python tools/stage_deps.py"
+    )
 
 
 def test_every_stage_runs_a_module_of_the_package():
@@ -33,7 +35,7 @@ def test_every_stage_runs_a_module_of_the_package():
 def edit_stage(text: str, stage: str, old: str, new: str) -> str:
     """dvc.yaml's ``text`` with ``old`` replaced by ``new`` in ``stage``'s block alone."""
     start = text.index(f"\n  {stage}:\n")
-    end = re.search(r"\n  \w+:\n|\n\S", text[start + 1:]).start() + start + 1
+    end = re.search(r"\n  \w+:\n|\n\S", text[start + 1 :]).start() + start + 1
     assert old in text[start:end], (stage, old)
     return text[:start] + text[start:end].replace(old, new, 1) + text[end:]
 
@@ -42,9 +44,13 @@ def test_the_writer_puts_back_what_a_hand_edit_changed(tmp_path):
     text = DVC_YAML.read_text()
     # A maintainer's edits: a module left out of train_toy's deps, one too many in
     # fit_knn's, and every code dep of evaluate's gone.
-    doctored = edit_stage(text, "train_toy", "        - stages/history.py\n", "")
-    doctored = edit_stage(doctored, "fit_knn", "      - stages/fit_knn.py\n",
-                          "      - stages/fit_knn.py\n      - stages/devices.py\n")
+    doctored = edit_stage(text, "train_toy", "        - stages/shared/files.py\n", "")
+    doctored = edit_stage(
+        doctored,
+        "fit_knn",
+        "      - stages/fit_knn.py\n",
+        "      - stages/fit_knn.py\n      - stages/shared/images.py\n",
+    )
     evaluate_lines = "".join(f"        - {dep}\n" for dep in listed_code_deps(DVC_YAML)["evaluate"])
     doctored = edit_stage(doctored, "evaluate", evaluate_lines, "")
     path = tmp_path / "dvc.yaml"
@@ -53,14 +59,17 @@ def test_the_writer_puts_back_what_a_hand_edit_changed(tmp_path):
     tool = [sys.executable, str(PROJECT / "tools/stage_deps.py"), "--dvc-yaml", str(path)]
     check = subprocess.run([*tool, "--check"], capture_output=True, text=True)
     assert check.returncode == 1
-    assert "fit_knn: dvc.yaml's deps miss nothing and list ['stages/devices.py']" in check.stdout
+    assert "fit_knn: dvc.yaml's deps miss nothing and list ['stages/shared/images.py']" in check.stdout
     assert path.read_text() == doctored  # --check changes nothing
     write = subprocess.run(tool, capture_output=True, text=True)
     assert write.returncode == 0, write.stdout + write.stderr
     # Back as before, but that evaluate's code deps now follow its data dep.
-    assert path.read_text() == edit_stage(edit_stage(text, "evaluate", evaluate_lines, ""), "evaluate",
-                                          "        - predictions/${item}\n",
-                                          "        - predictions/${item}\n" + evaluate_lines)
+    assert path.read_text() == edit_stage(
+        edit_stage(text, "evaluate", evaluate_lines, ""),
+        "evaluate",
+        "        - predictions/${item}\n",
+        "        - predictions/${item}\n" + evaluate_lines,
+    )
     assert differences(path) == []
     wanted = {stage: files_run_by(module) for stage, module in stage_modules(DVC_YAML).items()}
     assert rewritten(text, wanted) == text  # the committed dvc.yaml is the writer's own output
@@ -74,20 +83,52 @@ def dvc_stages() -> dict[str, dict]:
 
 def test_a_stage_depends_on_the_one_entry_of_data_local_its_params_name():
     # A params value names a download by its keyword, or a local copy by its name inside a
-    # folder of data/local/ (stages.local_data.local_or); the stage's dep is that one entry,
+    # folder of data/local/ (stages.shared.files.local_or); the stage's dep is that one entry,
     # the keyword's marker file for a download, so that a file dropped in the folder reruns
     # only the stage that reads it (tests/test_local_copies.py runs DVC on it).
     from stages import augment_train_mnist as mnist
     from stages import extract_vgg_features as extract
+    from stages.shared import images
 
     stages = dvc_stages()
     for stage, reads in (
         ("augment_train_mnist", [("data", mnist.LOCAL_DATA_DIR, ["keras"])]),
-        ("extract_vgg_features", [("data", extract.LOCAL_DATA_DIR, extract.MEDMNIST_RELEASES),
-                                  ("weights", extract.LOCAL_WEIGHTS_DIR, extract.WEIGHTS_KEYWORDS)]),
+        (
+            "extract_vgg_features",
+            [
+                ("data", extract.LOCAL_DATA_DIR, extract.MEDMNIST_RELEASES),
+                ("weights", images.LOCAL_WEIGHTS_DIR, images.WEIGHTS_KEYWORDS),
+            ],
+        ),
     ):
         local_deps = {dep for dep in stages[stage]["deps"] if dep.startswith("data/local/")}
         assert local_deps == {f"{folder.as_posix()}/${{{stage}.{key}}}" for key, folder, _ in reads}, stage
         for key, folder, keywords in reads:
             for keyword in keywords:
                 assert (PROJECT / folder / keyword).is_file(), f"{stage}.{key}: no marker file for {keyword}"
+
+
+def test_stages_commands_and_shared_code_import_only_downwards():
+    # The layout's one rule: a stage imports shared code only, a command shared code or
+    # another command, shared code only shared code; so an edit to a command reruns no
+    # stage, and a stage never runs another stage's code.
+    from tools.stage_deps import imported_modules, module_file
+
+    allowed = {
+        "stages": ("stages.shared",),
+        "stages.commands": ("stages.shared", "stages.commands"),
+        "stages.shared": ("stages.shared",),
+    }
+    package = PROJECT / "stages"
+    modules = [
+        f"stages.{path.relative_to(package).with_suffix('').as_posix().replace('/', '.')}"
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py"
+    ]
+    assert len(modules) >= 15 and any(name.startswith("stages.commands.") for name in modules)
+    for module in modules:
+        layer = module.rsplit(".", 1)[0]
+        for imported in imported_modules(module_file(module)):
+            if module_file(imported).name == "__init__.py":
+                continue  # a package itself: its __init__ holds no code to depend on, or stages' own
+            assert imported.startswith(allowed[layer]), f"{module} imports {imported}"

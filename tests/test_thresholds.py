@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from stages.outputs import write_json
+from stages.shared.files import write_json
 from tests.conftest import tool_env
 
 THRESHOLDS = """
@@ -29,9 +29,19 @@ def metrics_root(tmp_path):
 
 def run_cli(root, *args):
     return subprocess.run(
-        [sys.executable, "-m", "stages.check_thresholds", "--root", str(root),
-         "--thresholds", str(root / "thresholds.yaml"), *args],
-        env=tool_env(), capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "stages.commands.check_thresholds",
+            "--root",
+            str(root),
+            "--thresholds",
+            str(root / "thresholds.yaml"),
+            *args,
+        ],
+        env=tool_env(),
+        capture_output=True,
+        text=True,
     )
 
 
@@ -41,7 +51,16 @@ def test_passes_when_every_bound_holds(metrics_root):
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["metric", "bound", "value", "status"]
     assert lines[2].split() == ["metrics/mnist/cnn.json:heldout.accuracy", ">=", "0.99", "0.9942", "ok"]
-    assert lines[4].split() == ["metrics/toy/two_blops.json:heldout.accuracy", ">=", "0.95", "and", "<=", "1", "0.988", "ok"]
+    assert lines[4].split() == [
+        "metrics/toy/two_blops.json:heldout.accuracy",
+        ">=",
+        "0.95",
+        "and",
+        "<=",
+        "1",
+        "0.988",
+        "ok",
+    ]
     assert lines[-1] == "all thresholds met"
 
 
@@ -49,7 +68,13 @@ def test_fails_with_a_table_when_a_bound_is_raised(metrics_root):
     (metrics_root / "thresholds.yaml").write_text(THRESHOLDS.replace("min: 0.99}", "min: 0.999}"))
     result = run_cli(metrics_root)
     assert result.returncode == 1
-    assert result.stdout.splitlines()[2].split() == ["metrics/mnist/cnn.json:heldout.accuracy", ">=", "0.999", "0.9942", "FAIL"]
+    assert result.stdout.splitlines()[2].split() == [
+        "metrics/mnist/cnn.json:heldout.accuracy",
+        ">=",
+        "0.999",
+        "0.9942",
+        "FAIL",
+    ]
     assert result.stdout.splitlines()[-1] == "1 of 3 thresholds not met"
 
 

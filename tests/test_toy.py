@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from stages import generate_toy, train_toy
-from stages.errors import ParamsError, StageError
-from stages.predictions import read_predictions
+from stages.shared.config import ParamsError, StageError
+from stages.shared.predictions import read_predictions
 from tests.conftest import project_params, stage_argv, stage_paths
 
 
@@ -47,10 +47,20 @@ def test_mlp_parameter_counts_match_the_original(layers, expected):
 
 
 def write_params(path, **train_overrides):
-    settings = {"hidden_layers": [5, 15, 10], "activation": "relu", "learning_rate": 0.01,
-                "batch_size": 32, "epochs": 5, "holdout_fraction": 0.25, **train_overrides}
-    params = {"seed": 0, "generate_toy": {"blop_circle": {"layout": "blob_in_ring", "n_samples": 120, "noise": 0.3}},
-              "train_toy": {"blop_circle": settings}}
+    settings = {
+        "hidden_layers": [5, 15, 10],
+        "activation": "relu",
+        "learning_rate": 0.01,
+        "batch_size": 32,
+        "epochs": 5,
+        "holdout_fraction": 0.25,
+        **train_overrides,
+    }
+    params = {
+        "seed": 0,
+        "generate_toy": {"blop_circle": {"layout": "blob_in_ring", "n_samples": 120, "noise": 0.3}},
+        "train_toy": {"blop_circle": settings},
+    }
     path.write_text(json.dumps(params))  # JSON is YAML
 
 
@@ -81,7 +91,10 @@ def test_stages_write_their_outputs(tmp_path, monkeypatch):
         ({"epochs": -1}, "train_toy.blop_circle.epochs: must be greater than or equal to 1, got -1"),
         ({"hidden_layers": []}, "train_toy.blop_circle.hidden_layers: must hold at least 1 item(s), got []"),
         ({"activation": "swish"}, "train_toy.blop_circle.activation: must be 'relu', 'tanh', 'sigmoid', 'elu' or"),
-        ({"holdout_fraction": 0.9}, "train_toy.blop_circle.holdout_fraction: must be less than or equal to 0.5, got 0.9"),
+        (
+            {"holdout_fraction": 0.9},
+            "train_toy.blop_circle.holdout_fraction: must be less than or equal to 0.5, got 0.9",
+        ),
         ({"dropout": 0.1}, "train_toy.blop_circle.dropout: unknown key"),
     ],
 )
@@ -96,11 +109,15 @@ def test_bad_params_stop_before_any_work(tmp_path, monkeypatch, overrides, messa
 
 def test_dataset_names_and_layouts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("seed: 0\ngenerate_toy: {3blop: {layout: xor_blobs, n_samples: 10, noise: 1}}\n")
+    (tmp_path / "params.yaml").write_text(
+        "seed: 0\ngenerate_toy: {3blop: {layout: xor_blobs, n_samples: 10, noise: 1}}\n"
+    )
     with pytest.raises(ParamsError, match=r"generate_toy\.3blop: a name must start with a letter"):
         generate_toy.main(stage_argv("generate_toy", "3blop"))
     (tmp_path / "params.yaml").write_text("seed: 0\ngenerate_toy: {b3: {layout: spiral, n_samples: 10, noise: 1}}\n")
-    with pytest.raises(ParamsError, match=r"generate_toy\.b3\.layout: must be 'blob_pair', 'blob_in_ring' or 'xor_blobs'"):
+    with pytest.raises(
+        ParamsError, match=r"generate_toy\.b3\.layout: must be 'blob_pair', 'blob_in_ring' or 'xor_blobs'"
+    ):
         generate_toy.main(stage_argv("generate_toy", "b3"))
     (tmp_path / "params.yaml").write_text("seed: 0\ngenerate_toy: {b3: {layout: xor_blobs, n_samples: 10, noise: 1}}\n")
     with pytest.raises(SystemExit) as usage:  # argparse: usage and the choices on stderr, exit status 2

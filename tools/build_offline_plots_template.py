@@ -32,12 +32,24 @@ from pathlib import Path
 
 # (npm package, exact version, file inside the tarball, npm dist.integrity of the tarball)
 PACKAGES = [
-    ("vega", "5.20.2", "package/build/vega.min.js",
-     "sha512-qmH7aD9GGPpssVdxL1xgcdxTbQzyRUeRR16Os385ymvQhiwCYQNA6+eXUPAZDTVLfk0RXu6Jzj6kUE5jQ80EVw=="),
-    ("vega-lite", "5.2.0", "package/build/vega-lite.min.js",
-     "sha512-Yxcg8MvYfxHcG6BbkaKT0oVCIMIcE19UvqIsEwBmyd/7h2nzW7oRnID81T8UrY7hpDrIr6wa2JADOT2dhGNErw=="),
-    ("vega-embed", "6.18.2", "package/build/vega-embed.min.js",
-     "sha512-wcDyQPE4J5aiCDc3/suH5RQDvrKkjuLkhzUcbOLwEkNF8/+pp17tS0JghzEvAPNRg+5aG1/N2ydixq8Lk3dOlg=="),
+    (
+        "vega",
+        "5.20.2",
+        "package/build/vega.min.js",
+        "sha512-qmH7aD9GGPpssVdxL1xgcdxTbQzyRUeRR16Os385ymvQhiwCYQNA6+eXUPAZDTVLfk0RXu6Jzj6kUE5jQ80EVw==",
+    ),
+    (
+        "vega-lite",
+        "5.2.0",
+        "package/build/vega-lite.min.js",
+        "sha512-Yxcg8MvYfxHcG6BbkaKT0oVCIMIcE19UvqIsEwBmyd/7h2nzW7oRnID81T8UrY7hpDrIr6wa2JADOT2dhGNErw==",
+    ),
+    (
+        "vega-embed",
+        "6.18.2",
+        "package/build/vega-embed.min.js",
+        "sha512-wcDyQPE4J5aiCDc3/suH5RQDvrKkjuLkhzUcbOLwEkNF8/+pp17tS0JghzEvAPNRg+5aG1/N2ydixq8Lk3dOlg==",
+    ),
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +90,10 @@ def npm_pack(name: str, version: str, integrity: str, dest: Path) -> Path:
     """Download `name@version` from the npm registry with `npm pack`; check its integrity."""
     result = subprocess.run(
         ["npm", "pack", f"{name}@{version}", "--json", "--pack-destination", str(dest)],
-        cwd=dest, capture_output=True, text=True, check=True,
+        cwd=dest,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     tarball = dest / json.loads(result.stdout)[0]["filename"]
     algorithm, expected = integrity.split("-", 1)

@@ -43,8 +43,9 @@ def admitted_versions(pyproject: Path) -> list[str]:
         raise CheckError(f"{pyproject}: project.requires-python is not set")
     spec = SpecifierSet(text)
     if spec.contains("3.999"):
-        raise CheckError(f"{pyproject}: requires-python {text!r} has no upper bound; "
-                         "name the newest Python every pin installs on")
+        raise CheckError(
+            f"{pyproject}: requires-python {text!r} has no upper bound; name the newest Python every pin installs on"
+        )
     # A minor version counts when any of its releases fits (">=3.11.4" still admits 3.11).
     versions = [f"3.{minor}" for minor in range(100) if spec.contains(f"3.{minor}") or spec.contains(f"3.{minor}.999")]
     if not versions:
@@ -66,9 +67,24 @@ def download(pins: list[str], version: str, dest: Path, binary: str) -> set[str]
     missing, todo = set(), list(pins)
     while todo:
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", f"{binary}=:all:", "--python-version",
-             version, *platforms, "--dest", str(dest / f"cp{version.replace('.', '')}"), *todo],
-            capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                f"{binary}=:all:",
+                "--python-version",
+                version,
+                *platforms,
+                "--dest",
+                str(dest / f"cp{version.replace('.', '')}"),
+                *todo,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode == 0:
             return missing
         found = NOT_FOUND.search(result.stderr)
@@ -105,8 +121,12 @@ def missing_pins(pins: list[str], versions: list[str], dest: Path) -> dict[str, 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dest", type=Path, default=Path("/tmp/pin-downloads"),
-                        help="where the downloads are kept, a folder per version (default: %(default)s)")
+    parser.add_argument(
+        "--dest",
+        type=Path,
+        default=Path("/tmp/pin-downloads"),
+        help="where the downloads are kept, a folder per version (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         versions = admitted_versions(PROJECT / "pyproject.toml")

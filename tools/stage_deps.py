@@ -49,8 +49,11 @@ def imported_modules(path: Path, root: Path = PROJECT) -> set[str]:
             if node.level:
                 raise SystemExit(f"{path}: relative import; write it absolute (stages.x), which this reads")
             found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if (file := module_file(f"{node.module}.{alias.name}", root)) and file.is_file())
+            found.update(
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if (file := module_file(f"{node.module}.{alias.name}", root)) and file.is_file()
+            )
     parents = {".".join(name.split(".")[:n]) for name in found for n in range(1, name.count(".") + 1)}
     return {module for module in found | parents if module_file(module, root)}
 
@@ -73,8 +76,7 @@ def files_run_by(module: str, root: Path = PROJECT) -> list[str]:
     files = {module_file(name, root) for name in seen}
     files = {file for file in files if file.name != "__init__.py" or runs_code(file)}
     own = module_file(module, root)
-    return [own.relative_to(root).as_posix(),
-            *sorted(file.relative_to(root).as_posix() for file in files - {own})]
+    return [own.relative_to(root).as_posix(), *sorted(file.relative_to(root).as_posix() for file in files - {own})]
 
 
 def stage_modules(dvc_yaml: Path) -> dict[str, str]:
@@ -91,9 +93,12 @@ def stage_modules(dvc_yaml: Path) -> dict[str, str]:
 def listed_code_deps(dvc_yaml: Path) -> dict[str, list[str]]:
     """``{stage: [code deps]}`` as dvc.yaml lists them."""
     stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
-    return {name: [dep for dep in definition.get("do", definition).get("deps", [])
-                   if re.fullmatch(rf"{PACKAGE}/\S+\.py", dep)]
-            for name, definition in stages.items()}
+    return {
+        name: [
+            dep for dep in definition.get("do", definition).get("deps", []) if re.fullmatch(rf"{PACKAGE}/\S+\.py", dep)
+        ]
+        for name, definition in stages.items()
+    }
 
 
 def differences(dvc_yaml: Path, root: Path = PROJECT) -> list[str]:
@@ -103,8 +108,10 @@ def differences(dvc_yaml: Path, root: Path = PROJECT) -> list[str]:
     for stage, module in stage_modules(dvc_yaml).items():
         run, have = set(files_run_by(module, root)), set(listed[stage])
         if run != have:
-            lines.append(f"{stage}: dvc.yaml's deps miss {sorted(run - have) or 'nothing'} "
-                         f"and list {sorted(have - run) or 'nothing'} that it does not run")
+            lines.append(
+                f"{stage}: dvc.yaml's deps miss {sorted(run - have) or 'nothing'} "
+                f"and list {sorted(have - run) or 'nothing'} that it does not run"
+            )
     return lines
 
 

@@ -1,7 +1,7 @@
 """Reproduce pipeline stages and check the two promises that hold on any machine.
 
     check-reproduction [TARGET ...] [--tolerance 0.01]
-    python -m stages.check_reproduction evaluate@toy
+    python -m stages.commands.check_reproduction evaluate@toy
 
 1. **Same params, same bytes on this machine.** ``dvc repro TARGET`` runs what is out of
    date, then ``dvc repro -f TARGET`` runs every stage again: each output must come out
@@ -47,9 +47,9 @@ from dvc.exceptions import DvcException
 from dvc.repo import Repo
 from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
 
-from stages.cli import run_stage
-from stages.errors import StageError, one_line
-from stages.run_pipeline import repro
+from stages.commands.run_pipeline import repro
+from stages.shared.config import StageError, one_line
+from stages.shared.runtime import run_stage
 
 LOCK_FILE = Path("dvc.lock")
 PARAMS_FILE = Path("params.yaml")
@@ -77,8 +77,9 @@ def stages_and_outputs(targets: list[str]) -> tuple[list[str], list[Path]]:
             graph = get_active_graph(repo.index.graph)
             planned = plan_repro(graph, collect_stages(repo, targets or [PROJECT_FILE]))
             stages = [stage.addressing for stage in planned if stage.cmd and not stage.frozen]
-            outputs = [Path(os.path.relpath(out.fs_path, repo.root_dir))
-                       for stage in repo.index.stages for out in stage.outs]
+            outputs = [
+                Path(os.path.relpath(out.fs_path, repo.root_dir)) for stage in repo.index.stages for out in stage.outs
+            ]
     except DvcException as err:
         raise StageError(f"{' '.join(targets) or PROJECT_FILE}: {one_line(err)}") from err
     return stages, outputs
@@ -94,8 +95,12 @@ def files_dvc_may_rewrite(outputs: Iterable[Path]) -> list[Path]:
     an output that git keeps instead of DVC's cache."""
     listed = subprocess.run(["git", "ls-files", "-z"], capture_output=True, text=True, check=True).stdout
     tracked = [Path(name) for name in listed.split("\0") if name]
-    rewritable = [path for path in tracked if path.name in (LOCK_FILE.name, ".gitignore")
-                  or any(path == output or output in path.parents for output in outputs)]
+    rewritable = [
+        path
+        for path in tracked
+        if path.name in (LOCK_FILE.name, ".gitignore")
+        or any(path == output or output in path.parents for output in outputs)
+    ]
     return sorted({LOCK_FILE, PARAMS_FILE, *files_under(METRICS_DIR), *rewritable})
 
 
@@ -119,8 +124,12 @@ def restore(snapshot: Snapshot) -> None:
 def index_entries(paths: Iterable[Path]) -> dict[Path, str]:
     """Git's index entry of each of ``paths`` (and of the files under them) that it holds, as
     ``git update-index --cacheinfo`` takes it: ``MODE,BLOB``."""
-    listed = subprocess.run(["git", "--literal-pathspecs", "ls-files", "--stage", "-z", "--", *map(str, paths)],
-                            capture_output=True, text=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "--literal-pathspecs", "ls-files", "--stage", "-z", "--", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     entries = {}
     for record in filter(None, listed.split("\0")):
         info, name = record.split("\t", 1)
@@ -190,8 +199,11 @@ def metric_differences(old: object, new: object, tolerance: float) -> tuple[list
 def compare_metrics(before: Snapshot, tolerance: float) -> tuple[int, list[str], float]:
     """The number of metrics files (JSON under metrics/) the workspace held before the check,
     what in them moved since, and the largest difference of a fractional metric."""
-    metrics = {path: content for path, content in before.items()
-               if METRICS_DIR in path.parents and path.suffix == ".json" and content is not None}
+    metrics = {
+        path: content
+        for path, content in before.items()
+        if METRICS_DIR in path.parents and path.suffix == ".json" and content is not None
+    }
     problems, largest = [], 0.0
     for path, content in sorted(metrics.items()):
         if not path.is_file():
@@ -211,7 +223,8 @@ def check_stages_ran(targets: list[str], needed: list[str], reproduced: list[str
         raise StageError(
             f"{' '.join(['dvc repro --force', *targets])}: DVC's output named {len(needed) - len(missing)} of the "
             f"{len(needed)} stages it had to run ({', '.join(missing)} missing); was its \"Running stage '...'\" "
-            "line reworded? (docs/ci.md lists the DVC versions tried)")
+            "line reworded? (docs/ci.md lists the DVC versions tried)"
+        )
 
 
 def changed_outputs(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
@@ -221,8 +234,12 @@ def changed_outputs(before: Mapping[str, str], after: Mapping[str, str]) -> list
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="check-reproduction", description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", help="stages to reproduce, as for dvc repro (default: all)")
-    parser.add_argument("--tolerance", type=float, default=0.01,
-                        help="how far a fractional metric may move from what the workspace held (default 0.01)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="how far a fractional metric may move from what the workspace held (default 0.01)",
+    )
     args = parser.parse_args(argv)
     if not LOCK_FILE.is_file():
         raise StageError(f"{LOCK_FILE}: not found (run from the project root, after a first dvc repro)")
@@ -243,23 +260,40 @@ def main(argv: list[str]) -> None:
         restore_index(staged, index_paths)
 
     changes = uncommitted(before)
-    print("\ncompared with the workspace before the check: "
-          + (f"uncommitted changes to {', '.join(map(str, changes))}, not the commit" if changes
-             else "the commit's dvc.lock and metrics"))
+    print(
+        "\ncompared with the workspace before the check: "
+        + (
+            f"uncommitted changes to {', '.join(map(str, changes))}, not the commit"
+            if changes
+            else "the commit's dvc.lock and metrics"
+        )
+    )
     rerun_changed = changed_outputs(first, second)
-    print(f"same machine: {len(first) - len(rerun_changed)} of {len(first)} outputs came out "
-          "byte-identical when every stage ran again")
+    print(
+        f"same machine: {len(first) - len(rerun_changed)} of {len(first)} outputs came out "
+        "byte-identical when every stage ran again"
+    )
     for path in rerun_changed:
         print(f"  DIFFERS {path}: {first.get(path)} then {second.get(path)}")
     against_before = changed_outputs(output_hashes(before[LOCK_FILE].decode(), needed), first)
     against_before = [path for path in against_before if path in first]
-    print(f"dvc.lock before the check: {len(first) - len(against_before)} of {len(first)} outputs byte-identical"
-          + (" (another CPU, other library versions or other inputs wrote the rest: only their metrics are compared)"
-             if against_before else ""))
-    print(f"metrics: {n_files} files, "
-          + (f"{len(moved)} values moved by more than {args.tolerance:g}:" if moved
-             else f"every value within {args.tolerance:g} of before the check")
-          + f" (largest difference {largest:.4g})")
+    print(
+        f"dvc.lock before the check: {len(first) - len(against_before)} of {len(first)} outputs byte-identical"
+        + (
+            " (another CPU, other library versions or other inputs wrote the rest: only their metrics are compared)"
+            if against_before
+            else ""
+        )
+    )
+    print(
+        f"metrics: {n_files} files, "
+        + (
+            f"{len(moved)} values moved by more than {args.tolerance:g}:"
+            if moved
+            else f"every value within {args.tolerance:g} of before the check"
+        )
+        + f" (largest difference {largest:.4g})"
+    )
     for line in moved:
         print(f"  MOVED {line}")
     if rerun_changed or moved:

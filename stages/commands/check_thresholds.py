@@ -1,7 +1,7 @@
 """Hold the metrics in ``metrics/`` to the bounds in ``thresholds.yaml``.
 
     check-thresholds [--thresholds thresholds.yaml] [--only metrics/toy ...]
-    python -m stages.check_thresholds
+    python -m stages.commands.check_thresholds
 
 Prints a table of each metric, its bound and its value, and exits 1 when any falls
 short or is missing (2 when the thresholds file itself is wrong). Not a DVC stage:
@@ -19,9 +19,8 @@ from typing import Annotated
 
 import pydantic
 
-from stages.cli import run_stage
-from stages.errors import StageError
-from stages.params import Section, describe_error, read_yaml
+from stages.shared.config import Section, StageError, describe_error, read_yaml
+from stages.shared.runtime import run_stage
 
 
 class Bound(Section):
@@ -37,8 +36,9 @@ class Bound(Section):
         return self
 
     def __str__(self) -> str:
-        return " and ".join(f"{sign} {value:g}" for sign, value in ((">=", self.min), ("<=", self.max))
-                            if value is not None)
+        return " and ".join(
+            f"{sign} {value:g}" for sign, value in ((">=", self.min), ("<=", self.max)) if value is not None
+        )
 
     def holds(self, value: float) -> bool:
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
@@ -107,8 +107,9 @@ def check(thresholds_path: Path, root: Path, only: list[str] | None = None) -> t
         unknown = [path for path in only if not any(Path(file).is_relative_to(path) for file in thresholds)]
         if unknown:
             raise StageError(f"{thresholds_path}: no bounds for {', '.join(unknown)} (--only)")
-        thresholds = {file: bounds for file, bounds in thresholds.items()
-                      if any(Path(file).is_relative_to(path) for path in only)}
+        thresholds = {
+            file: bounds for file, bounds in thresholds.items() if any(Path(file).is_relative_to(path) for path in only)
+        }
     rows = apply_bounds(thresholds, root)
     failed = sum(status != "ok" for *_, status in rows)
     summary = f"{failed} of {len(rows)} thresholds not met" if failed else "all thresholds met"
@@ -119,8 +120,12 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="check-thresholds", description=__doc__.split("\n\n")[0])
     parser.add_argument("--thresholds", type=Path, default=Path("thresholds.yaml"), help="bounds file")
     parser.add_argument("--root", type=Path, default=Path("."), help="where the metrics paths start")
-    parser.add_argument("--only", action="append", metavar="PATH",
-                        help="check only the bounds on this metrics file or folder (repeatable), e.g. metrics/toy")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="PATH",
+        help="check only the bounds on this metrics file or folder (repeatable), e.g. metrics/toy",
+    )
     args = parser.parse_args(argv)
     passed, report = check(args.thresholds, args.root, args.only)
     print(report)

@@ -27,11 +27,9 @@ import numpy as np
 import pydantic
 from pydantic import Field
 
-from stages.errors import ParamsError, StageError
-from stages.inputs import read_npz
-from stages.outputs import write_json
-from stages.params import Section
-from stages.predictions import prediction_frame
+from stages.shared.config import ParamsError, Section, StageError
+from stages.shared.files import read_npz, write_json
+from stages.shared.predictions import prediction_frame
 
 FOLDS_KEY = "breast_cv_folds"
 
@@ -71,8 +69,9 @@ class FeatureSet:
     blocks: tuple[str, ...]  # the chosen blocks, in the order of their columns
 
 
-def block_columns(blocks: Sequence[str], widths: Sequence[int], chosen: Sequence[str], chooser: str,
-                  source: Path | str) -> np.ndarray:
+def block_columns(
+    blocks: Sequence[str], widths: Sequence[int], chosen: Sequence[str], chooser: str, source: Path | str
+) -> np.ndarray:
     """The column indices of the ``chosen`` blocks, in that order, in the features of
     ``source``, which hold ``blocks`` of ``widths`` side by side. ``chooser`` names what
     chose them, in the error when one is not there."""
@@ -87,16 +86,27 @@ def block_columns(blocks: Sequence[str], widths: Sequence[int], chosen: Sequence
 def load_features(path: Path, chosen: Sequence[str], key: str) -> FeatureSet:
     """The features ``extract_vgg_features`` wrote to ``path``, cut to the ``chosen`` blocks
     (the params ``key`` of the classifier that reads them)."""
-    arrays = read_npz(path, ("features", "feature_blocks", "block_widths", "labels", "split", "source",
-                             "class_names"), "extract_vgg_features")
+    arrays = read_npz(
+        path,
+        ("features", "feature_blocks", "block_widths", "labels", "split", "source", "class_names"),
+        "extract_vgg_features",
+    )
     blocks = arrays["feature_blocks"].tolist()
     if not set(chosen) <= set(blocks):
         missing = next(block for block in chosen if block not in blocks)
-        raise ParamsError(f"params.yaml: {key}: {missing} is not among the blocks of {path} ({', '.join(blocks)}); "
-                          f"choose among those, or add it to extract_vgg_features.blocks")
+        raise ParamsError(
+            f"params.yaml: {key}: {missing} is not among the blocks of {path} ({', '.join(blocks)}); "
+            f"choose among those, or add it to extract_vgg_features.blocks"
+        )
     columns = block_columns(blocks, arrays["block_widths"].tolist(), chosen, f"params.yaml: {key}", path)
-    return FeatureSet(arrays["features"][:, columns], arrays["labels"], arrays["split"], arrays["source"],
-                      tuple(arrays["class_names"].tolist()), tuple(chosen))
+    return FeatureSet(
+        arrays["features"][:, columns],
+        arrays["labels"],
+        arrays["split"],
+        arrays["source"],
+        tuple(arrays["class_names"].tolist()),
+        tuple(chosen),
+    )
 
 
 def write_model_inputs(path: Path, data: FeatureSet) -> None:
@@ -147,8 +157,9 @@ def protocol_predictions(
         fold_of[rest[fold_held]] = number
 
     def rows(indices, probabilities, evaluation, protocol, fold=None):
-        return prediction_frame(data.source[indices], data.labels[indices], probabilities, data.class_names,
-                                evaluation, protocol, fold=fold)
+        return prediction_frame(
+            data.source[indices], data.labels[indices], probabilities, data.class_names, evaluation, protocol, fold=fold
+        )
 
     cv = (rest, probabilities[rest])
     if is_test.any():
@@ -160,3 +171,10 @@ def protocol_predictions(
     else:
         frames = [rows(*cv, "heldout", f"{n_folds}-fold stratified cross-validation", fold=fold_of[rest])]
     return final, frames
+
+
+def nearest_distances(knn, features: np.ndarray | None = None) -> np.ndarray:
+    """Each image's distance to its nearest fitted image, in the pipeline's L2-normalised
+    feature space; without ``features``, each fitted image's to the nearest other one."""
+    query = None if features is None else knn[:-1].transform(features)
+    return knn[-1].kneighbors(query, n_neighbors=1)[0][:, 0]

@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stages.cli import run_stage
-from stages.errors import StageError, one_line
+from stages.shared.config import StageError, one_line
+from stages.shared.runtime import run_stage
 
 BUCKET_PROTOCOLS = {"s3", "gs", "azure"}  # DVC's names for them (remote.fs.protocol)
 
@@ -39,8 +39,10 @@ def check_folder(fs, path: str, create: bool) -> None:
         return
     if create:
         raise StageError(f"{parent} does not exist, and --create makes only the remote's own folder")
-    raise StageError(f"the folder {path} does not exist (a share not mounted, or a wrong URL; "
-                     "for a new remote, run check-dvc-remote --create once, or dvc push)")
+    raise StageError(
+        f"the folder {path} does not exist (a share not mounted, or a wrong URL; "
+        "for a new remote, run check-dvc-remote --create once, or dvc push)"
+    )
 
 
 def check_bucket(fs, path: str) -> None:
@@ -59,8 +61,9 @@ def check_parent(fs, path: str) -> None:
     """The folder that holds the remote answers (the remote's own may be new and empty)."""
     holder = fs.parent(path) or path
     if not fs.exists(holder):
-        raise StageError(f"{fs.unstrip_protocol(holder)} does not answer "
-                         "(a wrong URL, missing credentials or no network)")
+        raise StageError(
+            f"{fs.unstrip_protocol(holder)} does not answer (a wrong URL, missing credentials or no network)"
+        )
 
 
 def open_remote(name: str | None):
@@ -95,8 +98,11 @@ def check_remote(name: str | None, create: bool = False) -> str:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="check-dvc-remote", description=__doc__.split("\n\n")[0])
     parser.add_argument("--remote", help="a remote's name (default: the default remote)")
-    parser.add_argument("--create", action="store_true",
-                        help="make a folder remote's folder when it is missing (once, for a new remote)")
+    parser.add_argument(
+        "--create",
+        action="store_true",
+        help="make a folder remote's folder when it is missing (once, for a new remote)",
+    )
     args = parser.parse_args(argv)
     print(f"DVC remote {check_remote(args.remote, args.create)}: reachable", file=sys.stderr)
 

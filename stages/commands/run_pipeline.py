@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 
 RUNNING = re.compile(r"^Running stage '(?P<stage>[^']+)'")
-STAGE_ERROR = re.compile(r"^error: (?P<reason>.+)")  # what stages.cli.run_stage prints
+STAGE_ERROR = re.compile(r"^error: (?P<reason>.+)")  # what stages.shared.runtime.run_stage prints
 FAILED_RUN = re.compile(r"failed to run: .*, exited with (?P<status>-?\d+)$")  # DVC's, for any failure
 SKIPPED = re.compile(r"Stages? (?P<stages>'.+') will be skipped")  # "Stages 'a', 'b' and 'c' will be ..."
 
@@ -61,8 +61,14 @@ def repro(args: list[str]) -> tuple[int, ReproLog]:
     # One stream for DVC's lines and the stages' own, so an error follows its stage. DVC
     # gets a process group of its own, so that Ctrl-C or an error here reaches it and its
     # stage only through `stop`, which waits for them to end.
-    with subprocess.Popen([sys.executable, "-m", "dvc", "repro", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True) as dvc:
+    with subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    ) as dvc:
         try:
             for line in dvc.stdout:
                 sys.stdout.write(line)

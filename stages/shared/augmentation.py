@@ -66,9 +66,14 @@ class RandomAffine(keras.layers.Layer):
         zeros = tf.zeros_like(cos)
         transforms = tf.stack(
             [
-                cos, -sin, centre_x + shift_x - cos * centre_x + sin * centre_y,
-                sin, cos, centre_y + shift_y - sin * centre_x - cos * centre_y,
-                zeros, zeros,
+                cos,
+                -sin,
+                centre_x + shift_x - cos * centre_x + sin * centre_y,
+                sin,
+                cos,
+                centre_y + shift_y - sin * centre_x - cos * centre_y,
+                zeros,
+                zeros,
             ],
             axis=1,
         )

@@ -1,7 +1,7 @@
 """Classify new images with a pipeline the stages trained: one CSV row per image.
 
     classify-images [--model breast|breast-knn|breast-head|mnist] [-o FILE] PATH [PATH ...]
-    python -m stages.classify ...
+    python -m stages.commands.classify ...
 
 Run from the project root, after `dvc repro` (or `dvc pull`) has put the models there;
 where they are is read from dvc.yaml, which states every path.
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -47,17 +48,64 @@ from typing import Any
 
 import numpy as np
 
-from stages.cli import run_stage
-from stages.dvc_yaml import stage_paths
-from stages.errors import StageError, one_line
-from stages.extract_vgg_features import IMAGE_SUFFIXES, files_under, prepare_image, read_image_file
-from stages.outputs import atomic_path
+from stages.shared.config import StageError, one_line, read_yaml
+from stages.shared.files import atomic_path
+from stages.shared.images import IMAGE_SUFFIXES, files_under, prepare_image, read_image_file
+from stages.shared.runtime import run_stage
 
 BREAST_MODELS = {"breast-knn": "fit_knn", "breast-head": "train_head"}  # the stage that trains each
 PROGRESS_EVERY = 10  # batches between progress lines
 # What breast images get beside the probabilities: the distance to the nearest training
 # image and whether it is beyond fit_knn's novelty threshold.
 NOVELTY_COLUMNS = ("nearest_distance", "unlike_training")
+
+
+DVC_YAML = Path("dvc.yaml")
+
+# What fit_knn's model file may hold besides the Python and NumPy types skops always
+# trusts: loading refuses anything else, so a model swapped on a shared DVC remote
+# cannot run code in classify-images.
+KNN_TYPES = [
+    "sklearn.neighbors._classification.KNeighborsClassifier",
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.Normalizer",
+]
+
+
+def load_knn(path: Path):
+    """The pipeline that ``main`` saved; a file that holds other types is refused unloaded."""
+    import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    try:
+        return skops.io.load(path, trusted=KNN_TYPES)
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; run `dvc repro fit_knn` (or `dvc pull`) first") from None
+    except UntrustedTypesFoundException as err:
+        raise StageError(
+            f"{path}: refused: it holds types that fit_knn never writes ({one_line(err)}); "
+            f"it may have been tampered with, so it was not loaded"
+        ) from None
+    except Exception as err:  # a damaged zip or schema: skops raises what its parsers raise
+        raise StageError(f"{path}: not a readable skops model ({one_line(err)})") from None
+
+
+def stage_command(stage: str, item: str | None = None, path: Path = DVC_YAML) -> list[str]:
+    """The command line that dvc.yaml gives ``stage`` (for ``item`` of a ``foreach``), after
+    ``python -m stages.<stage>``."""
+    definition = (read_yaml(path) or {}).get("stages", {}).get(stage)
+    if definition is None:
+        raise StageError(f"{path}: no stage {stage}")
+    body = definition.get("do", definition)
+    command = body["cmd"].replace("${key}", item or "").replace("${item}", item or "")
+    return shlex.split(command)[3:]
+
+
+def stage_paths(stage: str, item: str | None = None, path: Path = DVC_YAML) -> dict[str, Path]:
+    """The ``--NAME PATH`` pairs of ``stage_command``, as a dict of paths."""
+    words = stage_command(stage, item, path)
+    pairs = words[len(words) % 2 :]  # a foreach stage's command starts with the item's name
+    return {pairs[i].removeprefix("--"): Path(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
 
 def find_images(paths: list[Path]) -> list[Path]:
@@ -106,8 +154,8 @@ def breast_classifier(model: str) -> tuple[str, Callable, tuple, int, float]:
     backbone's features hold every block the extraction wrote; each classifier, and the
     novelty flag (the KNN's), gets the blocks it was trained on.
     """
-    from stages.extract_vgg_features import preprocess_function
-    from stages.fit_knn import nearest_distances
+    from stages.shared.breast import nearest_distances
+    from stages.shared.images import preprocess_function
 
     recipe_path = required(stage_paths("extract_vgg_features")["backbone"], "extract_vgg_features")
     recipe = json.loads(recipe_path.read_text())
@@ -121,7 +169,8 @@ def breast_classifier(model: str) -> tuple[str, Callable, tuple, int, float]:
         features = np.asarray(backbone.predict_on_batch(preprocess(batch)))
         distances = nearest_distances(knn, features[:, knn_columns])
         return predict_features(features[:, columns_of_model]), dict(
-            zip(NOVELTY_COLUMNS, (distances, distances > threshold)))
+            zip(NOVELTY_COLUMNS, (distances, distances > threshold))
+        )
 
     return name, columns, tuple(recipe["class_names"]), recipe["image_size"], threshold
 
@@ -129,7 +178,7 @@ def breast_classifier(model: str) -> tuple[str, Callable, tuple, int, float]:
 def rebuild_backbone(recipe: dict, recipe_path: Path):
     """The frozen backbone that ``recipe`` (``extract_vgg_features``'s ``--backbone``)
     describes, refused unless its weights are the ones the features were extracted with."""
-    from stages.extract_vgg_features import WEIGHTS_KEYWORDS, load_backbone, weights_digest
+    from stages.shared.images import WEIGHTS_KEYWORDS, load_backbone, weights_digest
 
     weights = recipe["weights"]  # a keyword, or the path of the local weights file
     if weights not in WEIGHTS_KEYWORDS and not Path(weights).is_file():
@@ -152,15 +201,18 @@ def rebuild_backbone(recipe: dict, recipe_path: Path):
 def model_columns(stage: str, recipe: dict, recipe_path: Path) -> np.ndarray:
     """The columns of the backbone's features that ``stage``'s classifier takes, as its
     ``--inputs`` file records them."""
-    from stages.breast import block_columns
+    from stages.shared.breast import block_columns
 
     inputs_path = required(stage_paths(stage)["inputs"], stage)
     inputs = json.loads(inputs_path.read_text())
-    columns = block_columns(recipe["feature_blocks"], recipe["block_widths"], inputs["features"], str(inputs_path),
-                            recipe_path)
+    columns = block_columns(
+        recipe["feature_blocks"], recipe["block_widths"], inputs["features"], str(inputs_path), recipe_path
+    )
     if len(columns) != inputs["n_features"]:
-        raise StageError(f"{inputs_path}: {inputs['n_features']} features, but its blocks are {len(columns)} wide "
-                         f"in {recipe_path}; rerun `dvc repro evaluate@breast`")
+        raise StageError(
+            f"{inputs_path}: {inputs['n_features']} features, but its blocks are {len(columns)} wide "
+            f"in {recipe_path}; rerun `dvc repro evaluate@breast`"
+        )
     return columns
 
 
@@ -168,7 +220,6 @@ def breast_feature_model(model: str, knn=None) -> tuple[str, Callable[[np.ndarra
     """``(name, class probabilities of the classifier's features)``: the model that ``fit_knn``
     or ``train_head`` saved and scored; ``breast`` picks one as ``choose_breast_model`` does.
     ``knn``: ``fit_knn``'s pipeline if already loaded (else it is loaded here when needed)."""
-    from stages.fit_knn import load_knn
 
     if model == "breast":
         model = choose_breast_model(stage_paths("evaluate", "breast")["metrics"])
@@ -182,7 +233,6 @@ def breast_feature_model(model: str, knn=None) -> tuple[str, Callable[[np.ndarra
 
 def novelty_reference() -> tuple[Any, float]:
     """``fit_knn``'s pipeline, whose fitted images are the reference, and its novelty threshold."""
-    from stages.fit_knn import load_knn
 
     paths = stage_paths("fit_knn")
     threshold = json.loads(required(paths["novelty"], "fit_knn").read_text())["threshold"]
@@ -212,21 +262,25 @@ def choose_breast_model(metrics_dir: Path) -> str:
         value = chosen_on["roc_auc"] if "roc_auc" in chosen_on else chosen_on["balanced_accuracy"]
         figures[model] = value, chosen_on["protocol"]
     best = max(figures, key=lambda model: figures[model][0])
-    print(f"using {best}: " + ", ".join(f"{model} {value:.4f}" for model, (value, _) in figures.items())
-          + f" ({figures[best][1]})", file=sys.stderr)
+    print(
+        f"using {best}: "
+        + ", ".join(f"{model} {value:.4f}" for model, (value, _) in figures.items())
+        + f" ({figures[best][1]})",
+        file=sys.stderr,
+    )
     return best
 
 
 def mnist_classifier() -> tuple[str, Callable, tuple, int]:
-    from stages.augment_train_mnist import CLASS_NAMES, IMAGE_SHAPE, to_model_input
+    from stages.shared.images import MNIST_CLASS_NAMES, MNIST_IMAGE_SHAPE, mnist_model_input
 
     path = required(stage_paths("augment_train_mnist")["model"], "augment_train_mnist")
     model = load_keras_model(path)
 
     def columns(batch: np.ndarray) -> tuple[np.ndarray, dict]:
-        return np.asarray(model.predict_on_batch(to_model_input(batch))), {}  # no other columns
+        return np.asarray(model.predict_on_batch(mnist_model_input(batch))), {}  # no other columns
 
-    return "mnist", columns, CLASS_NAMES, IMAGE_SHAPE[0]
+    return "mnist", columns, MNIST_CLASS_NAMES, MNIST_IMAGE_SHAPE[0]
 
 
 def required(path: Path, stage: str) -> Path:
@@ -235,8 +289,14 @@ def required(path: Path, stage: str) -> Path:
     return path
 
 
-def classify(files: list[Path], columns: Callable, prepare: Callable, class_names: tuple, batch_size: int,
-             other_columns: tuple[str, ...] = ()):
+def classify(
+    files: list[Path],
+    columns: Callable,
+    prepare: Callable,
+    class_names: tuple,
+    batch_size: int,
+    other_columns: tuple[str, ...] = (),
+):
     """A DataFrame ``file, predicted, p_<class>...`` of every readable file, then the
     ``other_columns`` that ``columns(batch)`` gives beside the probabilities; and the
     skipped files."""
@@ -245,8 +305,16 @@ def classify(files: list[Path], columns: Callable, prepare: Callable, class_name
     rows, skipped, done, started = [], [], 0, time.perf_counter()
     for number, (names, batch) in enumerate(readable_batches(files, prepare, batch_size, skipped), start=1):
         p, other = columns(batch)
-        rows.append(pd.DataFrame({"file": [str(n) for n in names], "predicted": np.asarray(class_names)[p.argmax(1)],
-                                  **{f"p_{name}": p[:, i] for i, name in enumerate(class_names)}, **other}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "file": [str(n) for n in names],
+                    "predicted": np.asarray(class_names)[p.argmax(1)],
+                    **{f"p_{name}": p[:, i] for i, name in enumerate(class_names)},
+                    **other,
+                }
+            )
+        )
         done += len(names)
         if number % PROGRESS_EVERY == 0:
             rate = done / (time.perf_counter() - started)
@@ -258,8 +326,12 @@ def classify(files: list[Path], columns: Callable, prepare: Callable, class_name
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="classify-images", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
-    parser.add_argument("--model", choices=["breast", *BREAST_MODELS, "mnist"], default="breast",
-                        help="the trained pipeline (default breast: the better breast classifier by cross-validation)")
+    parser.add_argument(
+        "--model",
+        choices=["breast", *BREAST_MODELS, "mnist"],
+        default="breast",
+        help="the trained pipeline (default breast: the better breast classifier by cross-validation)",
+    )
     parser.add_argument("-o", "--output", type=Path, help="CSV file to write (default: standard output)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     args = parser.parse_args(argv)
@@ -280,12 +352,17 @@ def main(argv: list[str]) -> None:
             table.to_csv(tmp, index=False, float_format="%.7g")
     else:
         table.to_csv(sys.stdout, index=False, float_format="%.7g")
-    print(f"classified {len(table)} images" + (f"; skipped {len(skipped)} that could not be read" if skipped else ""),
-          file=sys.stderr)
+    print(
+        f"classified {len(table)} images" + (f"; skipped {len(skipped)} that could not be read" if skipped else ""),
+        file=sys.stderr,
+    )
     if threshold is not None:
         flagged = int(table["unlike_training"].sum()) if len(table) else 0
-        print(f"flagged {flagged} of {len(table)} images as unlike the training images (distance to the nearest "
-              f"one above {threshold:.4f}: unlike_training); their probabilities mean little", file=sys.stderr)
+        print(
+            f"flagged {flagged} of {len(table)} images as unlike the training images (distance to the nearest "
+            f"one above {threshold:.4f}: unlike_training); their probabilities mean little",
+            file=sys.stderr,
+        )
     sys.exit(1 if skipped else 0)
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from stages.errors import StageError, one_line
-from stages.outputs import atomic_path
+from stages.shared.config import StageError, one_line
+from stages.shared.files import atomic_path
 
 PROBABILITY_PREFIX = "p_"
 
@@ -75,15 +75,16 @@ def read_predictions(path: Path):
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, dtype={"id": str, "fold": str, "actual": str, "predicted": str},
-                            keep_default_na=False)
+        frame = pd.read_csv(
+            path, dtype={"id": str, "fold": str, "actual": str, "predicted": str}, keep_default_na=False
+        )
     except FileNotFoundError:
         raise StageError(f"{path}: not found; its stage has not run") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise StageError(f"{path}: not a readable CSV ({one_line(err)})") from None
     required = ("id", "evaluation", "protocol", "fold", "actual", "predicted")
     missing = [column for column in required if column not in frame.columns]
-    class_names = tuple(c[len(PROBABILITY_PREFIX):] for c in frame.columns if c.startswith(PROBABILITY_PREFIX))
+    class_names = tuple(c[len(PROBABILITY_PREFIX) :] for c in frame.columns if c.startswith(PROBABILITY_PREFIX))
     if missing or len(class_names) < 2:
         what = f"columns {', '.join(missing)}" if missing else "two or more p_<class> columns"
         raise StageError(f"{path}: not a predictions file (missing {what})")

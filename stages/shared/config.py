@@ -1,4 +1,5 @@
-"""Reading params.yaml: each stage's sections as a pydantic model, validated before any work."""
+"""Params and errors: params.yaml's sections as typed models, read and checked before any
+work, and the one-line errors a stage or command stops with."""
 
 from __future__ import annotations
 
@@ -10,8 +11,27 @@ from typing import Annotated, Any, TypeVar
 import pydantic
 import yaml
 
-from stages.errors import ParamsError, StageError
 
+# ------------------------------------------------------------------------------------ errors
+class StageError(Exception):
+    """A problem with the user's input (params, data file, weights) that stops a stage.
+
+    The message is one line that names the bad key or file; ``stages.shared.runtime.run_stage``
+    prints it and exits non-zero, without a traceback.
+    """
+
+
+class ParamsError(StageError):
+    """A key in params.yaml is missing, unknown, of the wrong type or out of range."""
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut short: Keras's can run to pages."""
+    message = " ".join(str(err).split())
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------ params
 PARAMS_FILE = Path("params.yaml")
 
 

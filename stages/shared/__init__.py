@@ -1,0 +1,3 @@
+"""The code the stages share, one module per concern. A stage lists in dvc.yaml's deps
+the modules it imports (python tools/stage_deps.py), so an edit here reruns the
+stages that import the module and no others."""
