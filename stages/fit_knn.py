@@ -7,10 +7,10 @@ Reads ``seed``, ``breast_cv_folds`` and ``fit_knn`` from params.yaml and, of the
 that ``extract_vgg_features`` wrote, the blocks ``fit_knn.features`` names (``--inputs``
 records them for ``classify-images``); writes the pipeline fitted on every non-test image
 (``--model``, a skops file: loading it runs no code and accepts only the types in
-``stages.commands.classify.KNN_TYPES``) and its predictions (``--predictions``), which ``evaluate@breast`` scores: ``heldout`` and ``cv``
-by the protocol it shares with ``train_head`` (see ``stages.shared.breast``), and
-``resubstitution``: fitted on all the images and predicting them, the way the original got
-its 88%. That one measures memory, not generalisation. (The original also scored raw
+``stages.commands.classify.KNN_TYPES``) and its predictions (``--predictions``), which
+``evaluate@breast`` scores: ``heldout`` and ``cv`` by the protocol it shares with
+``train_head`` (see ``stages.shared.breast``), and ``resubstitution``: fitted on all the
+images and predicting them, the way the original got its 88%. That one measures memory, not generalisation. (The original also scored raw
 features against a fit on normalised ones; the pipeline here normalises both.)
 
 ``--novelty`` is how far a new image may be from the training images before
