@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 
@@ -39,6 +40,50 @@ def test_a_failed_stage_stops_only_what_needs_it_and_the_summary_names_its_reaso
         "  skipped, as they need those: train",
         "Every other stage ran or was up to date; see docs/offline.md for local copies of the data.",
     ]
+
+
+def test_ctrl_c_stops_dvc_and_its_stage_and_says_so_in_one_line(tmp_path):
+    git(tmp_path, "init", "-q", "-b", "main")
+    dvc(tmp_path, "init", "-q")
+    slow = "import time; time.sleep(60); open('slow.txt', 'w').write('done')"
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"slow": {"cmd": f'python -c "{slow}"', "outs": ["slow.txt"]}}})
+    )
+    running = subprocess.Popen(
+        [sys.executable, "-m", "stages.commands.run_pipeline"],
+        cwd=tmp_path,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in running.stdout:  # until DVC runs the stage
+        if line.startswith("> python -c"):
+            break
+    running.send_signal(signal.SIGINT)
+    out, err = running.communicate(timeout=30)  # far less than the stage's 60 s
+    assert running.returncode == 130, out + err
+    assert err.strip() == "run-pipeline: interrupted; DVC and the stage it was running have stopped", err
+    assert not (tmp_path / "slow.txt").exists()
+
+
+def test_a_stage_that_missed_the_interrupt_is_interrupted_again(monkeypatch, capsys):
+    # As when Ctrl-C reaches a stage before its Python handles SIGINT: the first is lost.
+    from stages.commands import run_pipeline
+
+    monkeypatch.setattr(run_pipeline, "STOP_WAIT_S", 1)
+    missing_one = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, lambda *_: signal.signal(signal.SIGINT, signal.default_int_handler))\n"
+        "print('started', flush=True)\n"
+        "while True: time.sleep(0.1)\n"
+    )
+    stage = subprocess.Popen(
+        [sys.executable, "-c", missing_one], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert stage.stdout.readline() == "started\n"
+    run_pipeline.stop(stage)
+    assert stage.returncode != 0 and stage.returncode != -signal.SIGKILL  # the second SIGINT ended it
 
 
 def test_a_failure_without_an_error_line_is_still_named():

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 RUNNING = re.compile(r"^Running stage '(?P<stage>[^']+)'")
 STAGE_ERROR = re.compile(r"^error: (?P<reason>.+)")  # what stages.shared.runtime.run_stage prints
 FAILED_RUN = re.compile(r"failed to run: .*, exited with (?P<status>-?\d+)$")  # DVC's, for any failure
+STOP_WAIT_S = 10  # how long DVC and its stage get to end after each signal
 SKIPPED = re.compile(r"Stages? (?P<stages>'.+') will be skipped")  # "Stages 'a', 'b' and 'c' will be ..."
 
 
@@ -83,12 +84,25 @@ def repro(args: list[str]) -> tuple[int, ReproLog]:
 def stop(dvc: subprocess.Popen) -> None:
     """Interrupt DVC and the stage it runs, as Ctrl-C at a terminal does, and wait until they
     have ended: a caller that cleans up afterwards (check-reproduction puts files back) must
-    not have DVC write after it."""
-    try:
-        os.killpg(dvc.pid, signal.SIGINT)
-    except ProcessLookupError:  # they had already ended
-        pass
-    rest, _ = dvc.communicate()  # drains its output, which a full pipe would otherwise block
+    not have DVC write after it.
+
+    A SIGINT that lands while DVC starts a stage can miss the stage (it reaches the new
+    process before the stage's Python handles it), and DVC ignores SIGINT while a stage
+    runs; so until the group has ended, it is interrupted again every ``STOP_WAIT_S``
+    seconds, then terminated, then killed."""
+    rest = None
+    for sig in (signal.SIGINT, signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(dvc.pid, sig)
+        except ProcessLookupError:  # every process of the group has ended
+            break
+        try:  # drains the output too, which a full pipe would otherwise block
+            rest, _ = dvc.communicate(timeout=STOP_WAIT_S)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if rest is None:
+        rest, _ = dvc.communicate()
     sys.stdout.write(rest)
 
 
@@ -100,7 +114,12 @@ def main(argv: list[str]) -> int:
 
 
 def cli() -> None:
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        # `repro` has interrupted DVC and waited for it; its lines above say how far it got.
+        print("run-pipeline: interrupted; DVC and the stage it was running have stopped", file=sys.stderr)
+        sys.exit(130)  # a shell's status for a command ended by Ctrl-C
 
 
 if __name__ == "__main__":
