@@ -29,7 +29,16 @@ def test_deps_list_exactly_the_modules_the_stage_runs(stage):
 
 
 def test_every_stage_runs_a_module_of_the_package():
-    assert set(stage_modules(DVC_YAML)) == set(dvc_stages()), "a stage's cmd is not `python -m stages.<module>`"
+    modules = stage_modules(DVC_YAML)
+    assert set(modules) == set(dvc_stages()) and all(modules.values()), modules
+
+
+def test_a_stage_whose_code_cannot_be_read_or_no_stage_at_all_is_a_difference(tmp_path):
+    path = tmp_path / "dvc.yaml"
+    path.write_text(yaml.safe_dump({"stages": {"shell": {"cmd": "echo hi", "deps": ["stages/shared/config.py"]}}}))
+    assert differences(path) == ["shell: its cmd is not `python -m stages.<module>`: its code deps cannot be read"]
+    path.write_text(yaml.safe_dump({"stages": {}}))
+    assert differences(path) == [f"{path}: no stages"]
 
 
 def edit_stage(text: str, stage: str, old: str, new: str) -> str:
@@ -71,7 +80,7 @@ def test_the_writer_puts_back_what_a_hand_edit_changed(tmp_path):
         "        - predictions/${item}\n" + evaluate_lines,
     )
     assert differences(path) == []
-    wanted = {stage: files_run_by(module) for stage, module in stage_modules(DVC_YAML).items()}
+    wanted = {stage: files_run_by(module) for stage, module in stage_modules(DVC_YAML).items() if module}
     assert rewritten(text, wanted) == text  # the committed dvc.yaml is the writer's own output
 
 

@@ -79,14 +79,13 @@ def files_run_by(module: str, root: Path = PROJECT) -> list[str]:
     return [own.relative_to(root).as_posix(), *sorted(file.relative_to(root).as_posix() for file in files - {own})]
 
 
-def stage_modules(dvc_yaml: Path) -> dict[str, str]:
-    """``{stage: module}`` for every stage whose command is ``python -m stages.<module>``
-    (a ``foreach`` stage by its ``do`` body)."""
+def stage_modules(dvc_yaml: Path) -> dict[str, str | None]:
+    """``{stage: module}`` for every stage (a ``foreach`` stage by its ``do`` body): the
+    module of its ``python -m stages.<module>`` command, or None for any other command."""
     modules = {}
     for name, definition in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
         command = re.match(rf"python -m ({PACKAGE}(?:\.\w+)+)", definition.get("do", definition)["cmd"])
-        if command:
-            modules[name] = command.group(1)
+        modules[name] = command.group(1) if command else None
     return modules
 
 
@@ -102,10 +101,17 @@ def listed_code_deps(dvc_yaml: Path) -> dict[str, list[str]]:
 
 
 def differences(dvc_yaml: Path, root: Path = PROJECT) -> list[str]:
-    """One line per stage whose listed code deps are not the files it runs."""
-    listed = listed_code_deps(dvc_yaml)
+    """One line per stage whose listed code deps are not the files it runs, or whose
+    command is not a module of the package (so that its code cannot be read): a dvc.yaml
+    with no stage to check is a difference too, never a pass."""
+    listed, modules = listed_code_deps(dvc_yaml), stage_modules(dvc_yaml)
+    if not modules:
+        return [f"{dvc_yaml}: no stages"]
     lines = []
-    for stage, module in stage_modules(dvc_yaml).items():
+    for stage, module in modules.items():
+        if module is None:
+            lines.append(f"{stage}: its cmd is not `python -m {PACKAGE}.<module>`: its code deps cannot be read")
+            continue
         run, have = set(files_run_by(module, root)), set(listed[stage])
         if run != have:
             lines.append(
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = differences(args.dvc_yaml)
         print("\n".join(lines) or f"{args.dvc_yaml.name}: every stage lists exactly the modules it runs")
         return 1 if lines else 0
-    wanted = {stage: files_run_by(module) for stage, module in stage_modules(args.dvc_yaml).items()}
+    wanted = {stage: files_run_by(module) for stage, module in stage_modules(args.dvc_yaml).items() if module}
     text = args.dvc_yaml.read_text()
     new = rewritten(text, wanted)
     if new != text:
