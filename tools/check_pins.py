@@ -56,7 +56,10 @@ def admitted_versions(pyproject: Path) -> list[str]:
 def read_pins(constraints: Path) -> list[str]:
     """The ``name==version`` lines of a pip-freeze-style file."""
     pins = [line.strip() for line in constraints.read_text().splitlines()]
-    return [pin for pin in pins if pin and not pin.startswith("#")]
+    pins = [pin for pin in pins if pin and not pin.startswith("#")]
+    if not pins:  # else every version would pass, having checked nothing
+        raise CheckError(f"{constraints}: no pins")
+    return pins
 
 
 def download(pins: list[str], version: str, dest: Path, binary: str) -> set[str]:
