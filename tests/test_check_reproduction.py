@@ -114,6 +114,19 @@ def test_same_bytes_and_committed_metrics_pass_and_git_status_stays_clean(tmp_pa
     assert git(repo, "status", "--porcelain").stdout == ""
 
 
+def test_outputs_from_elsewhere_are_not_taken_for_this_machines_first_run(tmp_path):
+    # As after `dvc pull` of outputs another CPU wrote: the workspace and dvc.lock hold
+    # other bytes than this machine's stage writes, and dvc status says up to date.
+    repo = make_repo(tmp_path, "1")
+    (repo / "out.txt").write_text("1.0000001")
+    dvc(repo, "commit", "-f", "make")
+    git(repo, "commit", "-q", "-am", "outputs of another machine")
+    result = check(repo, "make")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "same machine: 1 of 1 outputs came out byte-identical" in result.stdout
+    assert "dvc.lock before the check: 0 of 1 outputs byte-identical" in result.stdout
+
+
 def test_a_time_stamp_in_an_output_fails(tmp_path):
     repo = make_repo(tmp_path, "__import__('time').time_ns()")
     result = check(repo)

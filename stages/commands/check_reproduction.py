@@ -3,9 +3,10 @@
     check-reproduction [TARGET ...] [--tolerance 0.01]
     python -m stages.commands.check_reproduction evaluate@toy
 
-1. **Same params, same bytes on this machine.** ``dvc repro TARGET`` runs what is out of
-   date, then ``dvc repro -f TARGET`` runs every stage again: each output must come out
-   byte for byte as the first run wrote it. A time stamp, an unseeded draw or an
+1. **Same params, same bytes on this machine.** ``dvc repro -f TARGET`` runs every stage,
+   then runs every stage again: each output must come out byte for byte as the first run
+   wrote it (outputs already in the workspace may come from ``dvc pull`` or another CPU,
+   so the first run is forced too). A time stamp, an unseeded draw or an
    unordered listing in an output fails here, on whatever machine runs it.
 2. **The metrics the workspace held, on any machine.** Every metrics file under
    ``metrics/`` must agree with what it held before the check: the same keys, the same
@@ -250,7 +251,9 @@ def main(argv: list[str]) -> None:
     index_paths = [*files, METRICS_DIR]  # and files that appear under metrics/
     before, staged = take_snapshot(files), index_entries(index_paths)
     try:
-        dvc_repro(*args.targets)
+        # Both runs forced: outputs that were there before (pulled, or written with another
+        # CPU's kernels) are not this machine's first run.
+        check_stages_ran(args.targets, needed, dvc_repro("--force", *args.targets))
         first_lock = LOCK_FILE.read_text()
         check_stages_ran(args.targets, needed, dvc_repro("--force", *args.targets))
         first, second = output_hashes(first_lock, needed), output_hashes(LOCK_FILE.read_text(), needed)
