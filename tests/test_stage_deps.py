@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import PROJECT
-from tools.stage_deps import differences, files_run_by, listed_code_deps, rewritten, stage_modules
+from tools.stage_deps import differences, files_run_by, listed_code_deps, rewritten, stage_bodies, stage_modules
 
 DVC_YAML = PROJECT / "dvc.yaml"
 
@@ -30,7 +30,7 @@ def test_deps_list_exactly_the_modules_the_stage_runs(stage):
 
 def test_every_stage_runs_a_module_of_the_package():
     modules = stage_modules(DVC_YAML)
-    assert set(modules) == set(dvc_stages()) and all(modules.values()), modules
+    assert set(modules) == set(stage_bodies(DVC_YAML)) and all(modules.values()), modules
 
 
 def test_a_stage_whose_code_cannot_be_read_or_no_stage_at_all_is_a_difference(tmp_path):
@@ -84,12 +84,6 @@ def test_the_writer_puts_back_what_a_hand_edit_changed(tmp_path):
     assert rewritten(text, wanted) == text  # the committed dvc.yaml is the writer's own output
 
 
-def dvc_stages() -> dict[str, dict]:
-    """dvc.yaml's stages, a ``foreach`` stage by its ``do`` body."""
-    stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
-    return {name: definition.get("do", definition) for name, definition in stages.items()}
-
-
 def test_a_stage_depends_on_the_one_entry_of_data_local_its_params_name():
     # A params value names a download by its keyword, or a local copy by its name inside a
     # folder of data/local/ (stages.shared.files.local_or); the stage's dep is that one entry,
@@ -99,7 +93,7 @@ def test_a_stage_depends_on_the_one_entry_of_data_local_its_params_name():
     from stages import extract_vgg_features as extract
     from stages.shared import images
 
-    stages = dvc_stages()
+    stages = stage_bodies(DVC_YAML)
     for stage, reads in (
         ("augment_train_mnist", [("data", mnist.LOCAL_DATA_DIR, ["keras"])]),
         (

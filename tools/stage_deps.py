@@ -79,24 +79,29 @@ def files_run_by(module: str, root: Path = PROJECT) -> list[str]:
     return [own.relative_to(root).as_posix(), *sorted(file.relative_to(root).as_posix() for file in files - {own})]
 
 
+def stage_bodies(dvc_yaml: Path) -> dict[str, dict]:
+    """dvc.yaml's stages, a ``foreach`` stage by its ``do`` body (its deps are the same for every item)."""
+    return {
+        name: definition.get("do", definition)
+        for name, definition in yaml.safe_load(dvc_yaml.read_text())["stages"].items()
+    }
+
+
 def stage_modules(dvc_yaml: Path) -> dict[str, str | None]:
-    """``{stage: module}`` for every stage (a ``foreach`` stage by its ``do`` body): the
-    module of its ``python -m stages.<module>`` command, or None for any other command."""
+    """``{stage: module}`` for every stage: the module of its ``python -m stages.<module>``
+    command, or None for any other command."""
     modules = {}
-    for name, definition in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
-        command = re.match(rf"python -m ({PACKAGE}(?:\.\w+)+)", definition.get("do", definition)["cmd"])
+    for name, body in stage_bodies(dvc_yaml).items():
+        command = re.match(rf"python -m ({PACKAGE}(?:\.\w+)+)", body["cmd"])
         modules[name] = command.group(1) if command else None
     return modules
 
 
 def listed_code_deps(dvc_yaml: Path) -> dict[str, list[str]]:
     """``{stage: [code deps]}`` as dvc.yaml lists them."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
     return {
-        name: [
-            dep for dep in definition.get("do", definition).get("deps", []) if re.fullmatch(rf"{PACKAGE}/\S+\.py", dep)
-        ]
-        for name, definition in stages.items()
+        name: [dep for dep in body.get("deps", []) if re.fullmatch(rf"{PACKAGE}/\S+\.py", dep)]
+        for name, body in stage_bodies(dvc_yaml).items()
     }
 
 
