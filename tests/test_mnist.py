@@ -107,9 +107,26 @@ def test_shift_moves_by_at_most_the_fraction():
     assert np.abs(offsets).max() > 1.5 and offsets.min() < 0 < offsets.max()  # both ways, not just jitter
 
 
-def test_one_short_run_writes_every_output_and_a_killed_run_resumes_to_its_weights(workdir, monkeypatch):
+@pytest.mark.parametrize(
+    "levers, history_columns",
+    [
+        ({}, "epoch,accuracy,loss,val_accuracy,val_loss"),
+        # The averaged weights live in the optimizer's state, which the checkpoint must keep.
+        (
+            {"label_smoothing": 0.1, "weight_averaging": 0.9},
+            "epoch,accuracy,loss,val_accuracy,val_loss,val_averaged_accuracy",
+        ),
+    ],
+    ids=["original", "smoothing-and-averaging"],
+)
+def test_one_short_run_writes_every_output_and_a_killed_run_resumes_to_its_weights(
+    workdir, monkeypatch, levers, history_columns
+):
     import keras
 
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["augment_train_mnist"].update(levers)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     mnist.main(stage_argv("augment_train_mnist"))
     predictions, class_names = read_predictions(workdir / "predictions/mnist/cnn.csv")
     assert class_names == tuple("0123456789")
@@ -121,7 +138,7 @@ def test_one_short_run_writes_every_output_and_a_killed_run_resumes_to_its_weigh
     assert 1 <= facts["best_epoch"] <= 3 and facts["device"].startswith("CPU") and facts["params_total"] == 727_530
     assert facts["params_trainable"] == 725_610
     history = (workdir / "plots/mnist/history.csv").read_text().splitlines()
-    assert history[0] == "epoch,accuracy,loss,val_accuracy,val_loss" and len(history) == 4
+    assert history[0] == history_columns and len(history) == 4
     assert (workdir / "models/mnist/model.keras").is_file()
     assert not (workdir / "checkpoints/mnist").exists()  # cleared once the run is complete
 
