@@ -6,7 +6,8 @@
 Reads ``seed`` and ``augment_train_mnist`` from params.yaml, and MNIST either from
 Keras (downloaded once, hash-checked, cached in ~/.keras/datasets) or from a local
 ``.npz`` with Keras's keys in ``data/local/mnist/``, which ``augment_train_mnist.data``
-names. Writes the model (the weights of the epoch with the best validation accuracy),
+names. Writes the model (the weights of the epoch with the best validation accuracy, or
+with ``weight_averaging`` the moving average of the weights at that epoch),
 its per-epoch history and its predictions on the validation images and the test set,
 which ``evaluate@mnist`` scores. A run killed halfway resumes from its last finished
 epoch, kept in the checkpoints folder (git-ignored, not a DVC output), and ends with the
