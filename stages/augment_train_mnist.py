@@ -6,7 +6,8 @@
 Reads ``seed`` and ``augment_train_mnist`` from params.yaml, and MNIST either from
 Keras (downloaded once, hash-checked, cached in ~/.keras/datasets) or from a local
 ``.npz`` with Keras's keys in ``data/local/mnist/``, which ``augment_train_mnist.data``
-names. Writes the model (the weights of the epoch with the best validation accuracy),
+names. Writes the model (the weights of the epoch with the best validation accuracy, or
+with ``weight_averaging`` the moving average of the weights at that epoch),
 its per-epoch history and its predictions on the validation images and the test set,
 which ``evaluate@mnist`` scores. A run killed halfway resumes from its last finished
 epoch, kept in the checkpoints folder (git-ignored, not a DVC output), and ends with the
@@ -15,6 +16,7 @@ same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -69,6 +71,8 @@ class MnistTraining(Section):
     learning_rate: float = Field(gt=0)
     lr_schedule: Literal["constant", "cosine"]
     dropout: float = Field(ge=0, le=0.95)
+    label_smoothing: float = Field(ge=0, lt=1)
+    weight_averaging: float = Field(ge=0, lt=1)
     augmentation: Augmentation
     mixed_precision: bool
     jit_compile: bool
@@ -185,14 +189,15 @@ def make_augmentation(rotation_degrees: float, shift: float, zoom: float):
     return RandomAffine(rotation_degrees, shift, zoom, name="augmentation")
 
 
-def train_dataset(x, y, batch_size: int, steps: int, augmentation, seed: int):
+def train_dataset(x, y, batch_size: int, steps: int, augmentation, seed: int, one_hot: bool = False):
     """One epoch of shuffled, augmented batches as a ``tf.data`` pipeline.
 
     Augmentation is applied to whole batches (one call per batch, not per image) in
     a parallel map, and ``prefetch`` overlaps it with the training step. Batch ``i``
     is augmented with the stateless seed ``(seed, i)``: the same seed gives the same
     epoch whatever order the parallel map finishes in, and a resumed run rebuilds
-    the epoch from its seed alone. ``augmentation`` None leaves the images as they are.
+    the epoch from its seed alone. ``augmentation`` None leaves the images as they are;
+    ``one_hot`` gives the labels as one-hot rows, which label smoothing needs.
     """
     import tensorflow as tf
 
@@ -206,6 +211,8 @@ def train_dataset(x, y, batch_size: int, steps: int, augmentation, seed: int):
         images = mnist_model_input(images)
         if augmentation is not None:
             images = augmentation(images, seed=tf.stack([tf.constant(seed, tf.int64), index]))
+        if one_hot:
+            labels = tf.one_hot(labels, MNIST_NUM_CLASSES)
         return images, labels
 
     return (
@@ -237,6 +244,30 @@ def reseed_dropout(model, seed: int) -> None:
 
 def on_off(flag: bool) -> str:
     return "on" if flag else "off"
+
+
+def make_loss(label_smoothing: float):
+    """The cross-entropy the model is trained on, with its labels' form: sparse (digit
+    numbers) when ``label_smoothing`` is 0, as the original; one-hot otherwise, because
+    only Keras's categorical cross-entropy smooths labels."""
+    import keras
+
+    if label_smoothing:
+        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), True
+    return "sparse_categorical_crossentropy", False
+
+
+@contextlib.contextmanager
+def averaged_weights_in_place(model):
+    """Within the block, the model's trainable weights are the optimizer's moving average
+    of them (batch norm's statistics stay the model's own); after it, its own again."""
+    own = [variable.numpy() for variable in model.trainable_variables]
+    model.optimizer.finalize_variable_values(model.trainable_variables)
+    try:
+        yield
+    finally:
+        for variable, value in zip(model.trainable_variables, own):
+            variable.assign(value)
 
 
 # --------------------------------------------------------------------------- resumable training
@@ -283,12 +314,21 @@ class Checkpoint(ResumeFolder):
         return [keras.models.load_model(self.folder / f"{kind}-{epoch}.keras") for kind in ("last", "best")]
 
 
-def epoch_bookkeeping(best_model, state: dict, seed: int, images_per_epoch: int, checkpoint: Checkpoint | None):
+def epoch_bookkeeping(
+    best_model,
+    state: dict,
+    seed: int,
+    images_per_epoch: int,
+    checkpoint: Checkpoint | None,
+    averaged_validation: tuple | None = None,
+):
     """A callback for ``fit`` that does, around each epoch, what the resume needs.
 
     Before: reseed the dropout from the epoch's seed. After: keep the weights if the
     validation accuracy is the best so far, add the epoch to the history, print a line,
-    and save the checkpoint (the model, the best weights and ``state``).
+    and save the checkpoint (the model, the best weights and ``state``). With weight
+    averaging, ``averaged_validation`` is ``(x_val, y_val, batch_size)``: the weights
+    judged and kept are the moving average's, and the history gains ``val_averaged_accuracy``.
     """
     import keras
 
@@ -302,15 +342,23 @@ def epoch_bookkeeping(best_model, state: dict, seed: int, images_per_epoch: int,
             for key, value in logs.items():
                 if key != "learning_rate":
                     state["history"].setdefault(key, []).append(float(value))
-            improved = logs["val_accuracy"] > state["best_val_accuracy"]
-            if improved:
-                best_model.set_weights(self.model.get_weights())
-                state.update(best_epoch=epoch + 1, best_val_accuracy=float(logs["val_accuracy"]))
+            judged = logs["val_accuracy"]
+            with averaged_weights_in_place(self.model) if averaged_validation else contextlib.nullcontext():
+                if averaged_validation:
+                    x_val, y_val, batch_size = averaged_validation
+                    predicted = self.model.predict(x_val, batch_size=batch_size, verbose=0).argmax(axis=1)
+                    judged = float(np.mean(predicted == y_val))
+                    state["history"].setdefault("val_averaged_accuracy", []).append(judged)
+                improved = judged > state["best_val_accuracy"]
+                if improved:
+                    best_model.set_weights(self.model.get_weights())
+                    state.update(best_epoch=epoch + 1, best_val_accuracy=float(judged))
             state["epochs_done"] = epoch + 1
             state["train_seconds"] += took
             print(
                 f"epoch {epoch + 1}/{self.params['epochs']}  loss={logs['loss']:.4f}  "
                 f"accuracy={logs['accuracy']:.4f}  val_accuracy={logs['val_accuracy']:.4f}"
+                f"{f'  averaged={judged:.4f}' if averaged_validation else ''}"
                 f"{'  (best so far)' if improved else ''}  {took:.1f}s, {images_per_epoch / took:.0f} images/s",
                 flush=True,
             )
@@ -327,8 +375,9 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
     its own seed, so a resumed run feeds the same ones (Keras's ``BackupAndRestore``
     would restore the weights but neither the data position nor the dropout's random
     state, which is why the checkpoint is this stage's own). The best model is the one
-    with the highest accuracy on the validation images ``(x_val, y_val)``; the test set
-    is not looked at here. ``history`` maps each Keras metric to its per-epoch values;
+    with the highest accuracy on the validation images ``(x_val, y_val)``, or, with
+    ``weight_averaging``, the moving average of the weights (Keras's ``use_ema``) with the
+    highest; the test set is not looked at here. ``history`` maps each Keras metric to its per-epoch values;
     ``summary`` holds the best epoch, timing and the device.
     """
     import functools
@@ -348,6 +397,7 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
     strategy, devices = distribution_strategy()
     device = describe_devices(devices)
 
+    loss, one_hot = make_loss(settings.label_smoothing)
     state = checkpoint.load() if checkpoint else None
     with strategy.scope():
         if state:
@@ -360,9 +410,13 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
             rate = settings.learning_rate
             if settings.lr_schedule == "cosine":
                 rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=steps * epochs)
+            # The average is the optimizer's state, so the checkpoint keeps it for a resume.
+            averaging = (
+                {"use_ema": True, "ema_momentum": settings.weight_averaging} if settings.weight_averaging else {}
+            )
             model.compile(
-                optimizer=keras.optimizers.Adam(rate),
-                loss="sparse_categorical_crossentropy",
+                optimizer=keras.optimizers.Adam(rate, **averaging),
+                loss=loss,
                 metrics=["accuracy"],
                 jit_compile=settings.jit_compile,
             )
@@ -370,6 +424,7 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
             state = {"epochs_done": 0, "history": {}, "best_epoch": 0, "best_val_accuracy": -1.0, "train_seconds": 0.0}
 
     augmentation = make_augmentation(**settings.augmentation.model_dump())
+    y_val_for_loss = np.eye(MNIST_NUM_CLASSES, dtype="float32")[y_val] if one_hot else y_val
     print(
         f"training on {device}: {len(y_train)} images, {len(y_val)} held out for validation, "
         f"{steps} steps of {batch_size} per epoch, {epochs} epochs; XLA {on_off(model.jit_compile)}, "
@@ -382,7 +437,7 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
         batches = functools.reduce(
             lambda a, b: a.concatenate(b),
             [
-                train_dataset(x_train, y_train, batch_size, steps, augmentation, epoch_seed(seed, epoch))
+                train_dataset(x_train, y_train, batch_size, steps, augmentation, epoch_seed(seed, epoch), one_hot)
                 for epoch in remaining
             ],
         )
@@ -391,11 +446,20 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
             epochs=epochs,
             initial_epoch=remaining.start,
             steps_per_epoch=steps,
-            validation_data=(mnist_model_input(x_val), y_val),
+            validation_data=(mnist_model_input(x_val), y_val_for_loss),
             validation_batch_size=batch_size,
             shuffle=False,
             verbose=0,
-            callbacks=[epoch_bookkeeping(best_model, state, seed, steps * batch_size, checkpoint)],
+            callbacks=[
+                epoch_bookkeeping(
+                    best_model,
+                    state,
+                    seed,
+                    steps * batch_size,
+                    checkpoint,
+                    (mnist_model_input(x_val), y_val, batch_size) if settings.weight_averaging else None,
+                )
+            ],
         )
 
     summary = {

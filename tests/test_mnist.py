@@ -98,6 +98,22 @@ def test_rotation_and_zoom_turn_about_the_centre(rotation, zoom):
     assert rotation == 0 or angle.max() > rotation / 2  # the angles are spread, not all near 0
 
 
+def test_averaged_weights_are_in_place_only_within_the_block():
+    import keras
+
+    model = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.5), loss="mse")
+    rng = np.random.default_rng(0)
+    for _ in range(4):  # not fit, which ends by putting the averages in place for good
+        model.train_on_batch(rng.normal(size=(8, 3)), rng.normal(size=(8, 2)))
+    own = [w.copy() for w in model.get_weights()]
+    averages = [v.numpy() for v in model.optimizer._model_variables_moving_average]
+    assert not any(np.array_equal(a, b) for a, b in zip(own, averages))  # 4 steps moved them apart
+    with mnist.averaged_weights_in_place(model):
+        assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), averages))
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), own))
+
+
 def test_shift_moves_by_at_most_the_fraction():
     import tensorflow as tf
 
@@ -107,9 +123,26 @@ def test_shift_moves_by_at_most_the_fraction():
     assert np.abs(offsets).max() > 1.5 and offsets.min() < 0 < offsets.max()  # both ways, not just jitter
 
 
-def test_one_short_run_writes_every_output_and_a_killed_run_resumes_to_its_weights(workdir, monkeypatch):
+@pytest.mark.parametrize(
+    "levers, history_columns",
+    [
+        ({}, "epoch,accuracy,loss,val_accuracy,val_loss"),
+        # The averaged weights live in the optimizer's state, which the checkpoint must keep.
+        (
+            {"label_smoothing": 0.1, "weight_averaging": 0.9},
+            "epoch,accuracy,loss,val_accuracy,val_loss,val_averaged_accuracy",
+        ),
+    ],
+    ids=["original", "smoothing-and-averaging"],
+)
+def test_one_short_run_writes_every_output_and_a_killed_run_resumes_to_its_weights(
+    workdir, monkeypatch, levers, history_columns
+):
     import keras
 
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["augment_train_mnist"].update(levers)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     mnist.main(stage_argv("augment_train_mnist"))
     predictions, class_names = read_predictions(workdir / "predictions/mnist/cnn.csv")
     assert class_names == tuple("0123456789")
@@ -121,7 +154,7 @@ def test_one_short_run_writes_every_output_and_a_killed_run_resumes_to_its_weigh
     assert 1 <= facts["best_epoch"] <= 3 and facts["device"].startswith("CPU") and facts["params_total"] == 727_530
     assert facts["params_trainable"] == 725_610
     history = (workdir / "plots/mnist/history.csv").read_text().splitlines()
-    assert history[0] == "epoch,accuracy,loss,val_accuracy,val_loss" and len(history) == 4
+    assert history[0] == history_columns and len(history) == 4
     assert (workdir / "models/mnist/model.keras").is_file()
     assert not (workdir / "checkpoints/mnist").exists()  # cleared once the run is complete
 
@@ -195,6 +228,64 @@ def test_training_mirrored_over_two_devices(workdir, capsys):
 
     one, two = heldout_accuracy(one_device["predictions"]), heldout_accuracy(predictions)
     assert min(one, two) >= 0.75 and abs(one - two) <= TWO_DEVICE_ACCURACY_GAP, (one, two)
+
+
+@pytest.mark.slow  # second tier: a child process of TensorFlow
+def test_weight_averaging_and_label_smoothing_over_two_devices(workdir):
+    # On several GPUs the weights are mirrored variables: swapping the average in and out
+    # of them at each epoch's end must work there too, and leave training going on.
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["augment_train_mnist"].update(label_smoothing=0.1, weight_averaging=0.5)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, "-c", two_cpu_devices_script("augment_train_mnist"), *stage_argv("augment_train_mnist")]
+    result = subprocess.run(
+        command, cwd=workdir, env={**tool_env(), "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((workdir / "runs/augment_train_mnist.json").read_text())["device"].startswith("CPU:0, CPU:1")
+    history = pd.read_csv(workdir / "plots/mnist/history.csv")
+    assert len(history) == 3 and history["val_averaged_accuracy"].between(0, 1).all()
+
+
+MIRRORED_SWAP_SCRIPT = """
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from stages.augment_train_mnist import averaged_weights_in_place
+with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    model = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.5), loss="mse")
+rng = np.random.default_rng(0)
+for _ in range(4):
+    model.train_on_batch(rng.normal(size=(8, 3)), rng.normal(size=(8, 2)))
+own = [w.copy() for w in model.get_weights()]
+averages = [v.numpy() for v in model.optimizer._model_variables_moving_average]
+assert not any(np.array_equal(a, b) for a, b in zip(own, averages))
+with averaged_weights_in_place(model):
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), averages))
+    # every replica's copy holds the average, not only the first
+    for variable, average in zip(model.trainable_variables, averages):
+        for copy in variable.value.values:
+            assert np.array_equal(copy.numpy(), average)
+assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), own))
+for variable, value in zip(model.trainable_variables, own):
+    for copy in variable.value.values:
+        assert np.array_equal(copy.numpy(), value)
+print("swapped on", len(variable.value.values), "replicas")
+"""
+
+
+@pytest.mark.slow  # second tier: a child process of TensorFlow
+def test_averaged_weights_swap_on_every_replica_of_mirrored_variables():
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SWAP_SCRIPT],
+        env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "swapped on 2 replicas" in result.stdout
 
 
 @pytest.mark.slow  # second tier: XLA compiles the model, half a minute on 2 cores

@@ -31,7 +31,8 @@ def other_value(value: object) -> tuple[str, object]:
     if isinstance(value, int):
         return str(value + 1), value + 1
     if isinstance(value, float):
-        return repr(value / 2), value / 2
+        other = value / 2 if value else 0.5  # half of 0.0 would be no change
+        return repr(other), other
     if isinstance(value, list):
         return "[7,9]", [7, 9]
     return f"{value}_x", f"{value}_x"

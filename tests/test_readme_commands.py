@@ -64,6 +64,9 @@ NOT_RUN = {
     "python bench/select_breast_features.py --features data/breast/features.npz --classifier head --seeds 42": "as above, training heads for a quarter of an hour",
     "python bench/select_breast_head.py --features data/breast/features.npz --members 1 5 --seeds 42 43 44 45 46": "a measurement of minutes on the real breast features",
     "dvc repro evaluate@breast": "needs the breast features; test_pipeline_full runs the breast stages",
+    "dvc exp run -S augment_train_mnist.epochs=60 -S augment_train_mnist.label_smoothing=0.1 "
+    "-S augment_train_mnist.weight_averaging=0.999 evaluate@mnist": "a quarter of an hour on the full MNIST, "
+    "downloaded; test_mnist runs both levers on tiny data",
     "python bench/measure_novelty_flag.py --breast data/local/breast/breastmnist_28.npz --mnist PATH/mnist.npz "
     "--per-kind 50": "a measurement on the real BreastMNIST and MNIST; PATH is a placeholder",
 }
