@@ -247,14 +247,14 @@ def on_off(flag: bool) -> str:
 
 
 def make_loss(label_smoothing: float):
-    """The cross-entropy the model is trained on, with its labels' form: sparse (digit
-    numbers) when ``label_smoothing`` is 0, as the original; one-hot otherwise, because
-    only Keras's categorical cross-entropy smooths labels."""
+    """The cross-entropy the model is trained on: on digit numbers when ``label_smoothing``
+    is 0, as the original; otherwise on one-hot rows, because only Keras's categorical
+    cross-entropy smooths labels."""
     import keras
 
     if label_smoothing:
-        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), True
-    return "sparse_categorical_crossentropy", False
+        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    return "sparse_categorical_crossentropy"
 
 
 @contextlib.contextmanager
@@ -397,7 +397,6 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
     strategy, devices = distribution_strategy()
     device = describe_devices(devices)
 
-    loss, one_hot = make_loss(settings.label_smoothing)
     state = checkpoint.load() if checkpoint else None
     with strategy.scope():
         if state:
@@ -416,7 +415,7 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
             )
             model.compile(
                 optimizer=keras.optimizers.Adam(rate, **averaging),
-                loss=loss,
+                loss=make_loss(settings.label_smoothing),
                 metrics=["accuracy"],
                 jit_compile=settings.jit_compile,
             )
@@ -424,7 +423,9 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
             state = {"epochs_done": 0, "history": {}, "best_epoch": 0, "best_val_accuracy": -1.0, "train_seconds": 0.0}
 
     augmentation = make_augmentation(**settings.augmentation.model_dump())
-    y_val_for_loss = np.eye(MNIST_NUM_CLASSES, dtype="float32")[y_val] if one_hot else y_val
+    one_hot = settings.label_smoothing > 0  # the labels make_loss's loss takes
+    x_val_input = mnist_model_input(x_val)
+    y_val_for_loss = keras.utils.to_categorical(y_val, MNIST_NUM_CLASSES) if one_hot else y_val
     print(
         f"training on {device}: {len(y_train)} images, {len(y_val)} held out for validation, "
         f"{steps} steps of {batch_size} per epoch, {epochs} epochs; XLA {on_off(model.jit_compile)}, "
@@ -446,7 +447,7 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
             epochs=epochs,
             initial_epoch=remaining.start,
             steps_per_epoch=steps,
-            validation_data=(mnist_model_input(x_val), y_val_for_loss),
+            validation_data=(x_val_input, y_val_for_loss),
             validation_batch_size=batch_size,
             shuffle=False,
             verbose=0,
@@ -457,7 +458,7 @@ def train(x_train, y_train, x_val, y_val, settings: MnistTraining, seed: int, ch
                     seed,
                     steps * batch_size,
                     checkpoint,
-                    (mnist_model_input(x_val), y_val, batch_size) if settings.weight_averaging else None,
+                    (x_val_input, y_val, batch_size) if settings.weight_averaging else None,
                 )
             ],
         )

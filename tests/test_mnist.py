@@ -98,22 +98,6 @@ def test_rotation_and_zoom_turn_about_the_centre(rotation, zoom):
     assert rotation == 0 or angle.max() > rotation / 2  # the angles are spread, not all near 0
 
 
-def test_averaged_weights_are_in_place_only_within_the_block():
-    import keras
-
-    model = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2)])
-    model.compile(optimizer=keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.5), loss="mse")
-    rng = np.random.default_rng(0)
-    for _ in range(4):  # not fit, which ends by putting the averages in place for good
-        model.train_on_batch(rng.normal(size=(8, 3)), rng.normal(size=(8, 2)))
-    own = [w.copy() for w in model.get_weights()]
-    averages = [v.numpy() for v in model.optimizer._model_variables_moving_average]
-    assert not any(np.array_equal(a, b) for a, b in zip(own, averages))  # 4 steps moved them apart
-    with mnist.averaged_weights_in_place(model):
-        assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), averages))
-    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), own))
-
-
 def test_shift_moves_by_at_most_the_fraction():
     import tensorflow as tf
 
@@ -276,8 +260,8 @@ print("swapped on", len(variable.value.values), "replicas")
 """
 
 
-@pytest.mark.slow  # second tier: a child process of TensorFlow
 def test_averaged_weights_swap_on_every_replica_of_mirrored_variables():
+    # A child process, to split the CPU into two devices before TensorFlow starts (7 s).
     result = subprocess.run(
         [sys.executable, "-c", MIRRORED_SWAP_SCRIPT],
         env={**tool_env(), "PYTHONPATH": str(PROJECT)},
