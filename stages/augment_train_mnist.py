@@ -331,6 +331,7 @@ def epoch_bookkeeping(
     judged and kept are the moving average's, and the history gains ``val_averaged_accuracy``.
     """
     import keras
+    from sklearn.metrics import accuracy_score
 
     class EpochBookkeeping(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -347,7 +348,7 @@ def epoch_bookkeeping(
                 if averaged_validation:
                     x_val, y_val, batch_size = averaged_validation
                     predicted = self.model.predict(x_val, batch_size=batch_size, verbose=0).argmax(axis=1)
-                    judged = float(np.mean(predicted == y_val))
+                    judged = float(accuracy_score(y_val, predicted))
                     state["history"].setdefault("val_averaged_accuracy", []).append(judged)
                 improved = judged > state["best_val_accuracy"]
                 if improved:
