@@ -35,6 +35,7 @@ sys.path.insert(0, str(PROJECT))  # run from anywhere, no install
 
 from stages import extract_vgg_features as stage
 from stages.commands.classify import stage_command
+from stages.shared import breast_data
 from stages.shared import images as shared_images
 
 IMAGE_SIZE = 224  # the stage's default input size
@@ -75,7 +76,7 @@ def old_read(paths: list[Path]) -> int:
     return count
 
 
-def new_read(images: stage.ImageSet, workers: int) -> int:
+def new_read(images: breast_data.ImageSet, workers: int) -> int:
     return sum(len(batch) for batch in stage.iterate_batches(images, IMAGE_SIZE, BATCH_SIZE, workers))
 
 
@@ -84,7 +85,7 @@ def bench_input(n_images: int, rounds: int) -> None:
         root = Path(folder)
         started = time.perf_counter()
         write_images(root, n_images, PHOTO_SHAPE)
-        images = stage.load_image_folder(root)  # the stage's listing and header check
+        images = breast_data.load_image_folder(root)  # the stage's listing and header check
         paths = [root / source for source in images.source]
         megabytes = sum(p.stat().st_size for p in paths) / 2**20
         print(

@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
 from stages import extract_vgg_features as stage
+from stages.shared import breast_data
 from stages.shared import images as shared_images
 from stages.shared.runtime import seed_everything
 
@@ -59,14 +60,14 @@ class PeakRss:
         self._thread.join()
 
 
-def load_images(npz: str | None, count: int) -> stage.ImageSet:
+def load_images(npz: str | None, count: int) -> breast_data.ImageSet:
     """``count`` uint8 images: the first ones of ``npz``, or random 224x224 grey ones."""
     if npz:
-        source = stage.load_npz_images(Path(npz))
+        source = breast_data.load_npz_images(Path(npz))
         raw = [source.read(i) for i in range(min(count, len(source)))]
     else:
         raw = list(np.random.default_rng(SEED).integers(0, 256, (count, 224, 224), dtype=np.uint8))
-    return stage.ImageSet(
+    return breast_data.ImageSet(
         read=raw.__getitem__,
         labels=np.zeros(len(raw), dtype=np.int64),
         split=np.array(["train"] * len(raw)),
@@ -76,14 +77,14 @@ def load_images(npz: str | None, count: int) -> stage.ImageSet:
     )
 
 
-def original_way(model, preprocess, images: stage.ImageSet, image_size: int) -> np.ndarray:
+def original_way(model, preprocess, images: breast_data.ImageSet, image_size: int) -> np.ndarray:
     """As the original: the whole data set in memory as floats, then one predict per image."""
     prepared = np.stack([shared_images.prepare_image(images.read(i), image_size) for i in range(len(images))])
     rows = [model.predict(preprocess(image[np.newaxis]), verbose=0)[0] for image in prepared]
     return np.stack(rows)
 
 
-def stage_way(model, preprocess, images: stage.ImageSet, image_size: int, batch_size: int) -> np.ndarray:
+def stage_way(model, preprocess, images: breast_data.ImageSet, image_size: int, batch_size: int) -> np.ndarray:
     forward = stage.make_forward_pass(model, preprocess)
     features, _ = stage.extract_features(
         forward, model.output_shape[-1], images, image_size, batch_size, progress_every=None

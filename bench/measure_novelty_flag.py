@@ -99,10 +99,10 @@ def flagged(columns, size: int, images: np.ndarray, batch_size: int = 32) -> tup
     return np.concatenate(flags), np.concatenate(distances)
 
 
-def unseen_class_rate(features_path: Path, percentile: float) -> tuple[int, float]:
+def unseen_class_rate(features_path: Path, groups_path: Path, percentile: float) -> tuple[int, float]:
     """How often the test split's malignant scans are flagged against a reference of the
     non-test benign or normal ones alone, with a threshold fitted on that reference."""
-    data = load_features(features_path, read_params(fit_knn.Params).fit_knn.features, "fit_knn.features")
+    data = load_features(features_path, read_params(fit_knn.Params).fit_knn.features, "fit_knn.features", groups_path)
     benign = (data.split != "test") & (data.labels == data.class_names.index("normal_or_benign"))
     malignant = (data.split == "test") & (data.labels == data.class_names.index("malignant"))
     knn = fit_knn.make_knn_pipeline(1).fit(data.features[benign], data.labels[benign])
@@ -116,6 +116,9 @@ def main() -> None:
     parser.add_argument("--mnist", type=Path, required=True, help="MNIST .npz with x_test")
     parser.add_argument("--per-kind", type=int, default=50, help="images of each other kind")
     parser.add_argument("--features", type=Path, default=Path("data/breast/features.npz"))
+    parser.add_argument(
+        "--groups", type=Path, default=Path("data/breast/near_copies.csv"), help="find_near_copies' groups"
+    )
     args = parser.parse_args()
     _, columns, _, size, threshold = classify.breast_classifier("breast-head")
     novelty = json.loads(stage_paths("fit_knn")["novelty"].read_text())
@@ -134,7 +137,7 @@ def main() -> None:
             f"| {kind} | {len(flags)} | {int(flags.sum())} | {flags.mean():.3f} | {np.median(distances):.4f} |",
             flush=True,
         )
-    n, rate = unseen_class_rate(args.features, novelty["percentile"])
+    n, rate = unseen_class_rate(args.features, args.groups, novelty["percentile"])
     print(
         f"| malignant test scans against a benign-or-normal-only reference (a class the reference lacks) | "
         f"{n} | {round(rate * n)} | {rate:.3f} | |"

@@ -42,20 +42,23 @@ def default_candidates(blocks: list[str], classifier: str) -> list[list[str]]:
     return [list(chosen) for n in range(1, len(blocks) + 1) for chosen in itertools.combinations(blocks, n)]
 
 
-def predictions(classifier: str, features: Path, blocks: list[str], seed: int):
+def predictions(classifier: str, features: Path, groups: Path, blocks: list[str], seed: int):
     """The predictions frames of one run of the classifier's stage code on ``blocks``."""
     if classifier == "knn":
         params = read_params(fit_knn.Params)
-        data = load_features(features, blocks, "--candidates")
+        data = load_features(features, blocks, "--candidates", groups)
         return data, fit_knn.fit_and_predict(data, params.fit_knn, params.breast_cv_folds, seed)[1]
     params = read_params(train_head.Params)
-    data = load_features(features, blocks, "--candidates")
+    data = load_features(features, blocks, "--candidates", groups)
     return data, train_head.fit_and_predict(data, params.train_head, params.breast_cv_folds, seed)[2]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--features", type=Path, required=True)
+    parser.add_argument(
+        "--groups", type=Path, default=Path("data/breast/near_copies.csv"), help="find_near_copies' groups"
+    )
     parser.add_argument("--classifier", choices=["knn", "head"], required=True)
     parser.add_argument("--candidates", nargs="+", help="comma-separated block names, e.g. block4,block5")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
@@ -67,7 +70,7 @@ def main() -> None:
     cv, test = {}, {}
     for blocks, seed in itertools.product(candidates, args.seeds):
         started = time.perf_counter()
-        data, frames = predictions(args.classifier, args.features, blocks, seed)
+        data, frames = predictions(args.classifier, args.features, args.groups, blocks, seed)
         cv[",".join(blocks), seed] = figures(frames, "cv", data.class_names)
         test[",".join(blocks), seed] = figures(frames, "heldout", data.class_names)
         print(

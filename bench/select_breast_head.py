@@ -45,11 +45,14 @@ def figures(frames: list, evaluation: str, class_names: tuple[str, ...]) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--features", type=Path, required=True)
+    parser.add_argument(
+        "--groups", type=Path, default=Path("data/breast/near_copies.csv"), help="find_near_copies' groups"
+    )
     parser.add_argument("--members", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
     args = parser.parse_args()
     params = read_params(train_head.Params)
-    data = load_features(args.features, params.train_head.features, "train_head.features")
+    data = load_features(args.features, params.train_head.features, "train_head.features", args.groups)
     table = {}
     for members in args.members:
         settings = params.train_head.model_copy(update={"ensemble_members": members})

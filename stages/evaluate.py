@@ -37,7 +37,8 @@ from stages.shared.predictions import PROBABILITY_PREFIX, read_predictions
 from stages.shared.runtime import run_stage, stage_args
 
 # The order of evaluations in the metrics; ``heldout`` is what plots and thresholds use.
-EVALUATIONS = ("heldout", "validation", "cv", "resubstitution")
+# ``heldout_unseen``: the held-out images with no near-copy among those fitted on (breast).
+EVALUATIONS = ("heldout", "heldout_unseen", "validation", "cv", "resubstitution")
 DIGITS = 4
 # The class that is the positive one wherever the data names it (BreastMNIST's label 0).
 NAMED_POSITIVE_CLASS = "malignant"

@@ -1,11 +1,12 @@
 """Stage ``fit_knn``: L2-normalised VGG features into a k-nearest-neighbours classifier.
 
-    python -m stages.fit_knn --features FEATURES.npz --model KNN.skops --inputs INPUTS.json
+    python -m stages.fit_knn --features FEATURES.npz --groups GROUPS.csv --model KNN.skops --inputs INPUTS.json
         --novelty NOVELTY.json --predictions PREDICTIONS.csv
 
 Reads ``seed``, ``breast_cv_folds`` and ``fit_knn`` from params.yaml and, of the features
 that ``extract_vgg_features`` wrote, the blocks ``fit_knn.features`` names (``--inputs``
-records them for ``classify-images``); writes the pipeline fitted on every non-test image
+records them for ``classify-images``), and the groups of near-copies that ``find_near_copies``
+wrote (``--groups``), which its folds keep whole; writes the pipeline fitted on every non-test image
 (``--model``, a skops file: loading it runs no code and accepts only the types in
 ``stages.commands.classify.KNN_TYPES``) and its predictions (``--predictions``), which
 ``evaluate@breast`` scores: ``heldout`` and ``cv`` by the protocol it shares with
@@ -115,9 +116,9 @@ def novelty_threshold(knn, percentile: float) -> dict:
 
 def main(argv: list[str]) -> None:
     params = read_params(Params)
-    args = stage_args("fit_knn", argv, "features", "model", "inputs", "novelty", "predictions")
+    args = stage_args("fit_knn", argv, "features", "groups", "model", "inputs", "novelty", "predictions")
     settings = params.fit_knn
-    data = load_features(args.features, settings.features, "fit_knn.features")
+    data = load_features(args.features, settings.features, "fit_knn.features", args.groups)
     print(
         f"fit_knn: {len(data.labels)} images, {data.features.shape[1]}-d features of "
         f"{', '.join(data.blocks)}; k={settings.k}, "

@@ -1,7 +1,7 @@
 """Stage ``train_head``: the original's transfer learning, a classifier trained on the frozen
 backbone's features.
 
-    python -m stages.train_head --features FEATURES.npz --model HEAD.keras --inputs INPUTS.json
+    python -m stages.train_head --features FEATURES.npz --groups GROUPS.csv --model HEAD.keras --inputs INPUTS.json
         --predictions PREDICTIONS.csv --history FOLDER
 
 The original names it without doing it: "freezing all the CNN layers and defining our own
@@ -11,14 +11,16 @@ reruns the backbone.
 
 Reads ``seed``, ``breast_cv_folds`` and ``train_head`` from params.yaml and, of the
 features that ``extract_vgg_features`` wrote, the blocks ``train_head.features`` names
-(``--inputs`` records them for ``classify-images``). The model is an ensemble of
+(``--inputs`` records them for ``classify-images``), and the groups of near-copies that
+``find_near_copies`` wrote (``--groups``): every split below keeps a group whole. The model is an ensemble of
 ``ensemble_members`` heads whose class probabilities are averaged (a cross-validation
 ensemble): the images it is fitted on are split into that many stratified folds, and
 each head trains on all but one and stops at the epoch with the best ROC AUC on that
-one. With one member, the head trains on the training split and stops on the data's
-validation split or, when there is none, trains on the rest of the images it is fitted
-on and stops on a stratified share of them (``validation_fraction``). Never on the test
-split. Writes
+one. With one member, the head trains on the training split and stops on those images of
+the data's validation split that have no near-copy among the training images (the split
+is the data's, so it cannot be regrouped) or, when there is none, trains on the rest of
+the images it is fitted on and stops on a stratified, grouped share of them
+(``validation_fraction``). Never on the test split. Writes
 
 * ``--model``: the ensemble fitted on the non-test images, as one Keras model from raw
   features (standardisation and averaging included);
@@ -47,6 +49,7 @@ from stages.shared.breast import (
     load_features,
     protocol_predictions,
     stratified_folds,
+    unseen,
     write_model_inputs,
 )
 from stages.shared.config import Section, StageError, read_params
@@ -133,25 +136,39 @@ def member_splits(data: FeatureSet, indices: np.ndarray, settings: HeadSettings,
     stratified fold to stop on, the others to train on; or, for one member, ``stopping_split``."""
     if settings.ensemble_members == 1:
         return [stopping_split(data, indices, settings.validation_fraction, seed)]
-    folds = stratified_folds(data.labels[indices], settings.ensemble_members, seed, key="train_head.ensemble_members")
+    folds = stratified_folds(
+        data.labels[indices], data.groups[indices], settings.ensemble_members, seed, key="train_head.ensemble_members"
+    )
     return [(indices[train], indices[stop]) for train, stop in folds]
 
 
 def stopping_split(data: FeatureSet, indices: np.ndarray, fraction: float, seed: int):
     """``(train, stop)``: the images of ``indices`` to train on and to choose the epoch on.
 
-    The data's validation split among them when it has one with every class, else a
-    stratified share.
+    The images of the data's validation split among them that have no near-copy among the
+    others (the training images), when those hold every class; else a stratified share
+    of about ``fraction`` that keeps each group whole.
     """
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import StratifiedGroupKFold
 
     is_val = data.split[indices] == "val"
-    if is_val.sum() < len(indices) and set(data.labels[indices[is_val]]) == set(data.labels[indices]):
-        return indices[~is_val], indices[is_val]
-    labels = data.labels[indices]
-    if np.bincount(labels).min() < 2:
-        raise StageError("a class has fewer than 2 images to train on; the head needs more images")
-    return train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
+    train = indices[~is_val]
+    stop = unseen(indices[is_val], train, data.groups)
+    if len(train) and set(data.labels[stop]) == set(data.labels[indices]):
+        if len(stop) < is_val.sum():
+            print(
+                f"train_head: stopping on the {len(stop)} of {is_val.sum()} validation images with no near-copy "
+                f"among the training images (the data's own split, which cannot be regrouped)",
+                flush=True,
+            )
+        return train, stop
+    labels, groups = data.labels[indices], data.groups[indices]
+    if min(len(np.unique(groups[labels == label])) for label in np.unique(labels)) < 2:
+        raise StageError("a class has fewer than 2 groups of images to train on; the head needs more images")
+    # The first of round(1 / fraction) grouped stratified folds: a share of about `fraction`.
+    folds = StratifiedGroupKFold(max(2, round(1 / fraction)), shuffle=True, random_state=seed)
+    fit, held = next(folds.split(indices, labels, groups))
+    return indices[fit], indices[held]
 
 
 class HeadTrainer:
@@ -300,9 +317,9 @@ def fit_and_predict(data: FeatureSet, settings: HeadSettings, n_folds: int, seed
 
 def main(argv: list[str]) -> None:
     params = read_params(Params)
-    args = stage_args("train_head", argv, "features", "model", "inputs", "predictions", "history")
+    args = stage_args("train_head", argv, "features", "groups", "model", "inputs", "predictions", "history")
     settings, n_folds = params.train_head, params.breast_cv_folds
-    data = load_features(args.features, settings.features, "train_head.features")
+    data = load_features(args.features, settings.features, "train_head.features", args.groups)
     print(
         f"train_head: {len(data.labels)} images, {data.features.shape[1]}-d features of "
         f"{', '.join(data.blocks)}; hidden units "

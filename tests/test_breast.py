@@ -6,6 +6,7 @@ pooled layers at 32x32, where VGG is small enough to run in a second.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -16,10 +17,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import evaluate, fit_knn, train_head
+from stages import evaluate, find_near_copies, fit_knn, train_head
 from stages import extract_vgg_features as extract
 from stages.commands import check_thresholds, classify
-from stages.shared import breast
+from stages.shared import breast, breast_data
 from stages.shared import images as shared_images
 from stages.shared.breast import FeatureSet
 from stages.shared.config import ParamsError, StageError
@@ -122,6 +123,7 @@ def write_params(folder: Path, data: str, k: int = 3, **extract_overrides) -> No
             "batch_size": 5,
             **extract_overrides,
         },
+        "find_near_copies": {"min_correlation": 0.95, "lab_groups": "none"},
         "fit_knn": {
             "features": ["block5"],
             "k": k,
@@ -137,7 +139,7 @@ def write_params(folder: Path, data: str, k: int = 3, **extract_overrides) -> No
 
 # --------------------------------------------------------------------------- reading data
 def test_npz_layout_is_read_split_by_split(breast_npz):
-    images = extract.load_npz_images(breast_npz)
+    images = breast_data.load_npz_images(breast_npz)
     assert len(images) == 22 and images.class_names == ("malignant", "normal_or_benign")
     assert images.labels.dtype == np.int64 and images.labels.shape == (22,)
     assert [int((images.split == s).sum()) for s in ("train", "val", "test")] == [12, 4, 6]
@@ -149,7 +151,7 @@ def test_npz_without_val_and_test_is_all_train(tmp_path):
     path = write_breast_npz(
         tmp_path / "train_only.npz", val_images=None, val_labels=None, test_images=None, test_labels=None
     )
-    assert set(extract.load_npz_images(path).split) == {"train"}
+    assert set(breast_data.load_npz_images(path).split) == {"train"}
 
 
 @pytest.mark.parametrize(
@@ -174,7 +176,7 @@ def test_npz_without_val_and_test_is_all_train(tmp_path):
 def test_bad_npz_is_named_in_one_line(tmp_path, replace, message):
     path = write_breast_npz(tmp_path / "bad.npz", **replace)
     with pytest.raises(StageError) as error:
-        extract.load_npz_images(path)
+        breast_data.load_npz_images(path)
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -188,11 +190,11 @@ def test_npz_that_is_not_one(tmp_path, breast_npz, content):
         np.save(tmp_path / "one.npy", np.zeros(3))
         path.write_bytes((tmp_path / "one.npy").read_bytes())
     with pytest.raises(StageError, match="broken.npz: not a readable .npz file"):
-        extract.load_npz_images(path)
+        breast_data.load_npz_images(path)
 
 
 def test_folder_classes_sources_and_reading(image_folder):
-    images = extract.load_image_folder(image_folder)
+    images = breast_data.load_image_folder(image_folder)
     assert images.class_names == ("benign", "malignant")  # sorted folder names
     assert images.labels.tolist() == [0] * 6 + [1] * 6 and set(images.split) == {"train"}
     assert "benign/nested/5.jpg" in images.source.tolist() and "malignant/0.png" in images.source.tolist()
@@ -244,7 +246,7 @@ def spoil_folder(root: Path, how: str) -> Path:
 def test_bad_folder_is_named_in_one_line(image_folder, how, message):
     culprit = spoil_folder(image_folder, how)
     with pytest.raises(StageError) as error:  # a truncated body passes the header check, fails to decode
-        list(extract.iterate_batches(extract.load_image_folder(image_folder), 32, batch_size=4))
+        list(extract.iterate_batches(breast_data.load_image_folder(image_folder), 32, batch_size=4))
     assert str(error.value).startswith(f"{culprit}: ")
     assert message in str(error.value) and "\n" not in str(error.value)
 
@@ -261,7 +263,7 @@ def test_data_that_is_not_there_or_not_tracked(tmp_path, monkeypatch, data, mess
     (tmp_path / LOCAL).mkdir(parents=True)
     (tmp_path / LOCAL / "list.csv").write_text("a,b\n")
     with pytest.raises(StageError, match=f"^{message}"):
-        extract.open_data(data)
+        breast_data.open_data(data)
 
 
 def offline(*args, **kwargs):
@@ -273,9 +275,9 @@ def test_failed_downloads_name_the_key_to_set(monkeypatch):
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(StageError) as error:
-        extract.open_data("medmnist")
+        breast_data.open_data("medmnist")
     assert str(error.value) == (
-        f"could not download BreastMNIST from {extract.MEDMNIST_RELEASES['medmnist'][1]} (URL fetch failure on "
+        f"could not download BreastMNIST from {breast_data.MEDMNIST_RELEASES['medmnist'][1]} (URL fetch failure on "
         "https://example/x: "
         "None -- [Errno -2] Name or service not known); put a .npz or an image folder in data/local/breast/ "
         "and set extract_vgg_features.data to its name"
@@ -313,7 +315,7 @@ def test_images_become_rgb_batches_of_the_chosen_size(breast_npz, image_folder):
     prepared = shared_images.prepare_image(grey, 8)
     assert prepared.shape == (8, 8, 3) and prepared.dtype == np.float32
     assert np.array_equal(prepared[..., 0], prepared[..., 2])  # grey repeated to three channels
-    for images in (extract.load_npz_images(breast_npz), extract.load_image_folder(image_folder)):
+    for images in (breast_data.load_npz_images(breast_npz), breast_data.load_image_folder(image_folder)):
         sizes = [batch.shape for batch in extract.iterate_batches(images, 32, batch_size=5)]
         expected = [5] * (len(images) // 5) + ([len(images) % 5] if len(images) % 5 else [])
         assert [size[0] for size in sizes] == expected and {size[1:] for size in sizes} == {(32, 32, 3)}
@@ -322,7 +324,7 @@ def test_images_become_rgb_batches_of_the_chosen_size(breast_npz, image_folder):
 # --------------------------------------------------------------------------- the network
 @pytest.mark.parametrize(("backbone", "layer"), [("vgg19", "avg"), ("vgg16", "max")])
 def test_pooled_features_stream_through_in_batches(breast_npz, backbone, layer, capsys):
-    images = extract.load_npz_images(breast_npz)
+    images = breast_data.load_npz_images(breast_npz)
     model = shared_images.build_extractor(backbone, "none", layer, 32)
     forward = extract.make_forward_pass(model, shared_images.preprocess_function(backbone))
     features, _ = extract.extract_features(forward, 512, images, 32, batch_size=4, progress_every=2)
@@ -452,7 +454,17 @@ def clustered_features(n_per_class: int = 20, with_test: bool = True, seed: int 
         source=np.array([f"train_images[{i}]" for i in range(2 * n_per_class)]),
         class_names=("malignant", "normal_or_benign"),
         blocks=("block5",),
+        groups=np.arange(2 * n_per_class),  # no near-copies
     )
+
+
+def write_groups(features: Path, groups: np.ndarray | None = None, path: Path = Path("data/breast/near_copies.csv")):
+    """A groups file as find_near_copies writes it for the images of ``features``: each image
+    in a group of its own unless ``groups`` says otherwise."""
+    source = np.load(features)["source"]
+    groups = np.arange(len(source)) if groups is None else groups
+    pd.DataFrame({"source": source, "group": groups}).to_csv(path, index=False)
+    return path
 
 
 def save_feature_set(data: FeatureSet, path: str = "data/breast/features.npz") -> None:
@@ -467,6 +479,7 @@ def save_feature_set(data: FeatureSet, path: str = "data/breast/features.npz") -
         source=data.source,
         class_names=np.array(data.class_names),
     )
+    write_groups(Path(path), data.groups, Path(path).with_name("near_copies.csv"))
 
 
 SETTINGS = fit_knn.KnnSettings(features=["block5"], k=5, metric="euclidean", weights="uniform", novelty_percentile=90)
@@ -491,7 +504,7 @@ def test_knn_predictions_keep_held_out_cv_and_resubstitution_apart():
         "p_normal_or_benign",
     ]
     counts = predictions["evaluation"].value_counts().to_dict()
-    assert counts == {"heldout": 8, "cv": 32, "resubstitution": 40}
+    assert counts == {"heldout": 8, "heldout_unseen": 8, "cv": 32, "resubstitution": 40}
     held = predictions[predictions["evaluation"] == "heldout"]
     assert set(held["protocol"]) == {"test split"} and held["fold"].isna().all()
     assert set(held["id"]) == set(data.source[data.split == "test"])
@@ -524,7 +537,7 @@ def test_without_a_test_split_cross_validation_is_the_held_out_figure():
     _, predictions = knn_predictions(clustered_features(with_test=False), SETTINGS)
     assert predictions["evaluation"].value_counts().to_dict() == {"heldout": 40, "resubstitution": 40}
     held = predictions[predictions["evaluation"] == "heldout"]
-    assert set(held["protocol"]) == {"4-fold stratified cross-validation"} and held["fold"].notna().all()
+    assert set(held["protocol"]) == {"4-fold grouped stratified cross-validation"} and held["fold"].notna().all()
 
 
 def test_pipeline_normalises_each_vector():
@@ -544,7 +557,7 @@ def test_same_seed_same_folds():
     ("k", "n_folds", "message"),
     [
         (25, 4, "params.yaml: fit_knn.k: 25 neighbours is more than the 24 images"),
-        (5, 17, "params.yaml: breast_cv_folds: 17 folds need 17 images of every class"),
+        (5, 17, "params.yaml: breast_cv_folds: 17 folds need 17 groups of near-copies holding every class"),
     ],
 )
 def test_k_or_folds_too_large_for_the_data(k, n_folds, message):
@@ -559,7 +572,7 @@ def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
     save_feature_set(data)
     fit_knn.main(stage_argv("fit_knn"))
     predictions, class_names = read_predictions(tmp_path / "predictions/breast/knn.csv")
-    assert class_names == ("malignant", "normal_or_benign") and len(predictions) == 8 + 32 + 40
+    assert class_names == ("malignant", "normal_or_benign") and len(predictions) == 8 + 8 + 32 + 40
     inputs = json.loads((tmp_path / "models/breast/knn_inputs.json").read_text())
     assert inputs == {"features": ["block5"], "n_features": 16}
 
@@ -609,6 +622,7 @@ def test_both_stages_and_evaluate_on_a_folder(tmp_path, monkeypatch, image_folde
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, "lab")
     extract.main(stage_argv("extract_vgg_features"))
+    find_near_copies.main(stage_argv("find_near_copies"))
     fit_knn.main(stage_argv("fit_knn"))
     train_head.main(stage_argv("train_head"))
     evaluate.main(stage_argv("evaluate", "breast"))
@@ -616,7 +630,7 @@ def test_both_stages_and_evaluate_on_a_folder(tmp_path, monkeypatch, image_folde
     assert list(metrics) == ["heldout", "resubstitution"]
     for classifier in ("knn", "head"):
         heldout = json.loads((tmp_path / f"metrics/breast/{classifier}.json").read_text())["heldout"]
-        assert heldout["protocol"] == "3-fold stratified cross-validation" and heldout["n"] == 12
+        assert heldout["protocol"] == "3-fold grouped stratified cross-validation" and heldout["n"] == 12
     confusion = (tmp_path / "plots/breast/evaluation/confusion/knn.csv").read_text().splitlines()
     assert len(confusion) == 1 + 12 and set(",".join(confusion[1:]).split(",")) <= {"benign", "malignant"}
     # The project's breast bounds find their metrics in a folder's layout too (from cross-validation).
@@ -637,7 +651,7 @@ BREASTMNIST_28 = SHARED_DATA / "breastmnist_28.npz"
 
 @pytest.mark.skipif(not BREASTMNIST_28.exists(), reason=f"{BREASTMNIST_28} is absent")
 def test_breastmnist_28_is_read_as_medmnist_lays_it_out():
-    images = extract.load_npz_images(BREASTMNIST_28)
+    images = breast_data.load_npz_images(BREASTMNIST_28)
     assert [int((images.split == s).sum()) for s in ("train", "val", "test")] == [546, 78, 156]
     assert np.bincount(images.labels).tolist()[0] < np.bincount(images.labels).tolist()[1]
     assert shared_images.prepare_image(images.read(0), 224).shape == (224, 224, 3)
@@ -694,7 +708,7 @@ def test_the_backbone_recipe_rebuilds_the_same_features(tmp_path, monkeypatch, b
         "block_widths": [512, 512],
         "weights_sha256": shared_images.weights_digest(rebuilt),
     }
-    images = extract.load_npz_images(breast_npz)
+    images = breast_data.load_npz_images(breast_npz)
     batch = next(extract.iterate_batches(images, 32, batch_size=4))
     again = rebuilt.predict_on_batch(shared_images.preprocess_function("vgg19")(batch))
     with np.load(tmp_path / "data/breast/features.npz") as saved:
@@ -702,13 +716,14 @@ def test_the_backbone_recipe_rebuilds_the_same_features(tmp_path, monkeypatch, b
         assert saved["feature_blocks"].tolist() == ["block4", "block5"] and saved["block_widths"].tolist() == [512, 512]
     # Each classifier takes its own blocks out of the one extraction, in the order it names them.
     whole = np.load(tmp_path / "data/breast/features.npz")["features"]
-    block5 = breast.load_features(Path("data/breast/features.npz"), ["block5"], "fit_knn.features")
-    both = breast.load_features(Path("data/breast/features.npz"), ["block5", "block4"], "train_head.features")
+    groups = write_groups(Path("data/breast/features.npz"))
+    block5 = breast.load_features(Path("data/breast/features.npz"), ["block5"], "fit_knn.features", groups)
+    both = breast.load_features(Path("data/breast/features.npz"), ["block5", "block4"], "train_head.features", groups)
     np.testing.assert_array_equal(block5.features, whole[:, 512:])
     np.testing.assert_array_equal(both.features, np.concatenate([whole[:, 512:], whole[:, :512]], axis=1))
     assert block5.blocks == ("block5",)
     with pytest.raises(ParamsError) as error:
-        breast.load_features(Path("data/breast/features.npz"), ["block3"], "fit_knn.features")
+        breast.load_features(Path("data/breast/features.npz"), ["block3"], "fit_knn.features", groups)
     assert str(error.value) == (
         "params.yaml: fit_knn.features: block3 is not among the blocks of "
         "data/breast/features.npz (block4, block5); choose among those, or add it to "
@@ -766,9 +781,7 @@ def test_head_stops_on_the_validation_split_or_a_share_of_the_training_images():
     assert set(data.split[stop]) == {"val"} and set(data.split[fit]) == {"train"}
     no_val = clustered_features(n_per_class=40, with_test=False)
     everything = np.arange(80)
-    no_val = FeatureSet(
-        no_val.features, no_val.labels, np.full(80, "train"), no_val.source, no_val.class_names, no_val.blocks
-    )
+    no_val = dataclasses.replace(no_val, split=np.full(80, "train"))
     fit, stop = train_head.stopping_split(no_val, everything, 0.25, seed=0)
     assert len(stop) == 20 and np.bincount(no_val.labels[stop]).tolist() == [10, 10]
     assert sorted([*fit, *stop]) == everything.tolist()
@@ -847,7 +860,7 @@ def test_train_head_stage_writes_its_outputs(tmp_path, monkeypatch):
     predictions, _ = read_predictions(tmp_path / "predictions/breast/head.csv")
     counts = predictions["evaluation"].value_counts().to_dict()
     # Each of the 2 members stopped on its own half of the 48 non-test images.
-    assert counts == {"heldout": 12, "cv": 48, "validation": 48}
+    assert counts == {"heldout": 12, "heldout_unseen": 12, "cv": 48, "validation": 48}
     assert set(predictions.loc[predictions["evaluation"] == "validation", "id"]) == set(
         data.source[data.split != "test"]
     )
@@ -910,6 +923,7 @@ def test_the_originals_recipe_runs_as_the_readme_prints_it(tmp_path, monkeypatch
             params[section][name] = value
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     extract.main(stage_argv("extract_vgg_features"))
+    find_near_copies.main(stage_argv("find_near_copies"))
     fit_knn.main(stage_argv("fit_knn"))
     train_head.main(stage_argv("train_head"))
     evaluate.main(stage_argv("evaluate", "breast"))

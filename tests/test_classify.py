@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages import augment_train_mnist, evaluate, extract_vgg_features, fit_knn, train_head
+from stages import augment_train_mnist, evaluate, extract_vgg_features, find_near_copies, fit_knn, train_head
 from stages.commands import classify as classify_stage
 from stages.shared import breast
 from stages.shared import images as shared_images
@@ -89,7 +89,7 @@ def breast_project(tmp_path_factory) -> Path:
     cwd = Path.cwd()
     try:
         os.chdir(root)
-        for stage in (extract_vgg_features, fit_knn, train_head):
+        for stage in (extract_vgg_features, find_near_copies, fit_knn, train_head):
             stage.main(stage_argv(stage.__name__.removeprefix("stages.")))
         evaluate.main(stage_argv("evaluate", "breast"))
     finally:
@@ -143,7 +143,12 @@ def test_the_model_used_is_the_one_whose_figures_are_reported(breast_project, mo
     monkeypatch.chdir(breast_project)
     name, probabilities = classify_stage.breast_feature_model(model)
     stage = classify_stage.BREAST_MODELS[name]
-    data = breast.load_features(Path("data/breast/features.npz"), params_of(breast_project)[stage]["features"], stage)
+    data = breast.load_features(
+        Path("data/breast/features.npz"),
+        params_of(breast_project)[stage]["features"],
+        stage,
+        Path("data/breast/near_copies.csv"),
+    )
     test = data.split == "test"
     features, ids = data.features[test], data.source[test]
     predictions, class_names = read_predictions(Path(f"predictions/breast/{name.removeprefix('breast-')}.csv"))
@@ -178,7 +183,7 @@ def write_breast_metrics(folder: Path, cv: dict[str, float], test: dict[str, flo
                 {
                     "heldout": {"protocol": "test split", "roc_auc": test[classifier]},
                     "cv": {
-                        "protocol": "5-fold stratified cross-validation of the non-test images",
+                        "protocol": "5-fold grouped stratified cross-validation of the non-test images",
                         "roc_auc": cv[classifier],
                     },
                 }

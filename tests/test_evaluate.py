@@ -220,7 +220,7 @@ def test_many_classes_get_a_confusion_file_and_no_roc(tmp_path, monkeypatch):
         (lambda f: f[f["evaluation"] != "heldout"], "no heldout predictions"),
         (
             lambda f: f.assign(evaluation="training"),
-            "unknown evaluation 'training' (expected heldout, validation, cv, resubstitution)",
+            "unknown evaluation 'training' (expected heldout, heldout_unseen, validation, cv, resubstitution)",
         ),
         (lambda f: f.assign(actual="normal"), "class 'normal' has no p_normal column"),
         (lambda f: f.drop(columns=["protocol"]), "not a predictions file (missing columns protocol)"),

@@ -24,6 +24,7 @@ import yaml
 from PIL import Image
 
 from stages import extract_vgg_features as extract
+from stages.shared import breast_data
 from stages.shared import images as shared_images
 from stages.shared.config import ParamsError, StageError
 from tests.conftest import PROJECT, stage_argv, tool_env, two_cpu_devices_script
@@ -93,7 +94,7 @@ def stage_child(folder: Path, *python: str) -> subprocess.Popen:
     )
 
 
-def slow_image_set(n: int, batch_size: int, delay_s: float) -> tuple[extract.ImageSet, list[int]]:
+def slow_image_set(n: int, batch_size: int, delay_s: float) -> tuple[breast_data.ImageSet, list[int]]:
     """``n`` distinct grey images, the even batches slow to read, so that a later batch
     finishes first; also the list of the indices read, in the order they were."""
     pixels = np.random.default_rng(2).integers(0, 256, (n, 20, 30), dtype=np.uint8)
@@ -106,7 +107,7 @@ def slow_image_set(n: int, batch_size: int, delay_s: float) -> tuple[extract.Ima
             time.sleep(delay_s)
         return pixels[i]
 
-    images = extract.ImageSet(
+    images = breast_data.ImageSet(
         read=read,
         labels=np.zeros(n, np.int64),
         split=np.full(n, "train"),
@@ -118,7 +119,7 @@ def slow_image_set(n: int, batch_size: int, delay_s: float) -> tuple[extract.Ima
 
 
 def test_class_folders_called_train_or_test_leave_the_split_counts_alone():
-    images = extract.ImageSet(
+    images = breast_data.ImageSet(
         read=lambda i: None,
         labels=np.array([0, 0, 0, 1]),
         split=np.full(4, "train"),

@@ -90,25 +90,30 @@ def test_a_stage_depends_on_the_one_entry_of_data_local_its_params_name():
     # the keyword's marker file for a download, so that a file dropped in the folder reruns
     # only the stage that reads it (tests/test_local_copies.py runs DVC on it).
     from stages import augment_train_mnist as mnist
-    from stages import extract_vgg_features as extract
-    from stages.shared import images
+    from stages import find_near_copies
+    from stages.shared import breast_data, images
 
+    breast_images = ("extract_vgg_features.data", breast_data.LOCAL_DATA_DIR, breast_data.MEDMNIST_RELEASES)
     stages = stage_bodies(DVC_YAML)
     for stage, reads in (
-        ("augment_train_mnist", [("data", mnist.LOCAL_DATA_DIR, ["keras"])]),
+        ("augment_train_mnist", [("augment_train_mnist.data", mnist.LOCAL_DATA_DIR, ["keras"])]),
         (
             "extract_vgg_features",
+            [breast_images, ("extract_vgg_features.weights", images.LOCAL_WEIGHTS_DIR, images.WEIGHTS_KEYWORDS)],
+        ),
+        (
+            "find_near_copies",
             [
-                ("data", extract.LOCAL_DATA_DIR, extract.MEDMNIST_RELEASES),
-                ("weights", images.LOCAL_WEIGHTS_DIR, images.WEIGHTS_KEYWORDS),
+                breast_images,
+                ("find_near_copies.lab_groups", breast_data.LOCAL_DATA_DIR, [find_near_copies.NO_LAB_GROUPS]),
             ],
         ),
     ):
         local_deps = {dep for dep in stages[stage]["deps"] if dep.startswith("data/local/")}
-        assert local_deps == {f"{folder.as_posix()}/${{{stage}.{key}}}" for key, folder, _ in reads}, stage
+        assert local_deps == {f"{folder.as_posix()}/${{{key}}}" for key, folder, _ in reads}, stage
         for key, folder, keywords in reads:
             for keyword in keywords:
-                assert (PROJECT / folder / keyword).is_file(), f"{stage}.{key}: no marker file for {keyword}"
+                assert (PROJECT / folder / keyword).is_file(), f"{key}: no marker file for {keyword}"
 
 
 def test_stages_commands_and_shared_code_import_only_downwards():

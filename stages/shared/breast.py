@@ -5,13 +5,16 @@ and the same folds.
 The protocol, given a way to ``fit`` a classifier on some images and to predict others:
 
 * with a test split: the classifier fitted on every non-test image predicts the test
-  split (evaluation ``heldout``), and stratified k-fold cross-validation over the
-  non-test images gives a second, steadier figure (``cv``) without touching the test
-  split;
+  split (evaluation ``heldout``), and again those of its images that have no near-copy
+  among the images it was fitted on (``heldout_unseen``: images it has not in effect
+  seen); stratified k-fold cross-validation over the non-test images gives a second,
+  steadier figure (``cv``) without touching the test split;
 * without one (a lab's folder of images): the cross-validation runs over all the
   images and is the held-out figure; the classifier fitted on all of them is kept.
 
-The folds come from ``seed`` and ``breast_cv_folds`` alone, so both classifiers see
+Every fold keeps each group of ``find_near_copies`` whole (near-copies of one scan, and a
+lab's patients or lesions), so no image is scored by a classifier fitted on its copy. The
+folds come from ``seed``, ``breast_cv_folds`` and the groups alone, so both classifiers see
 the same ones. Each classifier reads the blocks of features it uses (its ``features``
 param) out of the one extraction, which holds every block side by side.
 """
@@ -27,7 +30,7 @@ import numpy as np
 import pydantic
 from pydantic import Field
 
-from stages.shared.config import ParamsError, Section, StageError
+from stages.shared.config import ParamsError, Section, StageError, one_line
 from stages.shared.files import read_npz, write_json
 from stages.shared.predictions import prediction_frame
 
@@ -67,6 +70,7 @@ class FeatureSet:
     source: np.ndarray  # file path or npz index of each image
     class_names: tuple[str, ...]
     blocks: tuple[str, ...]  # the chosen blocks, in the order of their columns
+    groups: np.ndarray  # int (N,): find_near_copies' group of each image, which no split separates
 
 
 def block_columns(
@@ -83,9 +87,10 @@ def block_columns(
     return np.concatenate([np.arange(starts[block], starts[block] + width_of[block]) for block in chosen])
 
 
-def load_features(path: Path, chosen: Sequence[str], key: str) -> FeatureSet:
+def load_features(path: Path, chosen: Sequence[str], key: str, groups_path: Path) -> FeatureSet:
     """The features ``extract_vgg_features`` wrote to ``path``, cut to the ``chosen`` blocks
-    (the params ``key`` of the classifier that reads them)."""
+    (the params ``key`` of the classifier that reads them), with the groups that
+    ``find_near_copies`` wrote to ``groups_path``."""
     arrays = read_npz(
         path,
         ("features", "feature_blocks", "block_widths", "labels", "split", "source", "class_names"),
@@ -106,7 +111,26 @@ def load_features(path: Path, chosen: Sequence[str], key: str) -> FeatureSet:
         arrays["source"],
         tuple(arrays["class_names"].tolist()),
         tuple(chosen),
+        read_groups(groups_path, arrays["source"], path),
     )
+
+
+def read_groups(path: Path, sources: np.ndarray, features_path: Path) -> np.ndarray:
+    """The group of each image of ``sources`` (the features' order) from ``find_near_copies``'
+    CSV, which must list the same images in the same order."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path, dtype={"source": str}, keep_default_na=False)
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found; run find_near_copies first") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise StageError(f"{path}: not a readable CSV ({one_line(err)})") from None
+    if "group" not in table.columns or "source" not in table.columns:
+        raise StageError(f"{path}: not a find_near_copies groups file (no source or group column)")
+    if table["source"].tolist() != sources.tolist():
+        raise StageError(f"{path}: its images are not those of {features_path}; rerun find_near_copies")
+    return table["group"].to_numpy(np.int64)
 
 
 def write_model_inputs(path: Path, data: FeatureSet) -> None:
@@ -116,21 +140,30 @@ def write_model_inputs(path: Path, data: FeatureSet) -> None:
 
 
 def stratified_folds(
-    labels: np.ndarray, n_folds: int, seed: int, key: str = FOLDS_KEY
+    labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int, key: str = FOLDS_KEY
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Shuffled stratified ``(fit, held_out)`` index pairs over ``labels``; ``key`` is the
-    params key that set ``n_folds``, named when the data has too few images for them."""
-    from sklearn.model_selection import StratifiedKFold
+    """Shuffled stratified ``(fit, held_out)`` index pairs over ``labels`` that keep each of
+    ``groups`` in one fold; ``key`` is the params key that set ``n_folds``, named when the
+    data has too few groups for them."""
+    from sklearn.model_selection import StratifiedGroupKFold
 
-    classes, counts = np.unique(labels, return_counts=True)
+    classes = np.unique(labels)
     if len(classes) < 2:
         raise StageError(f"the images to cross-validate hold one class only (label {classes[0]}); need two")
+    # A fold holds every class only if each class lies in at least n_folds groups.
+    counts = np.array([len(np.unique(groups[labels == label])) for label in classes])
     if counts.min() < n_folds:
         raise ParamsError(
-            f"params.yaml: {key}: {n_folds} folds need {n_folds} images of every class; "
-            f"label {classes[counts.argmin()]} has {counts.min()}"
+            f"params.yaml: {key}: {n_folds} folds need {n_folds} groups of near-copies holding every class; "
+            f"label {classes[counts.argmin()]} is in {counts.min()}"
         )
-    return list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(labels, labels))
+    return list(StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(labels, labels, groups))
+
+
+def unseen(candidates: np.ndarray, fitted: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The images of ``candidates`` with no near-copy among the images ``fitted`` (indices):
+    those whose group holds none of them."""
+    return candidates[~np.isin(groups[candidates], groups[fitted])]
 
 
 def protocol_predictions(
@@ -152,7 +185,8 @@ def protocol_predictions(
     rest = np.flatnonzero(~is_test)
     final = fit(rest)
     probabilities, fold_of = np.empty((len(data.labels), len(data.class_names))), np.zeros(len(data.labels), int)
-    for number, (fold_fit, fold_held) in enumerate(stratified_folds(data.labels[rest], n_folds, seed), start=1):
+    folds = stratified_folds(data.labels[rest], data.groups[rest], n_folds, seed)
+    for number, (fold_fit, fold_held) in enumerate(folds, start=1):
         probabilities[rest[fold_held]] = predict_proba(fit(rest[fold_fit]), rest[fold_held])
         fold_of[rest[fold_held]] = number
 
@@ -164,12 +198,25 @@ def protocol_predictions(
     cv = (rest, probabilities[rest])
     if is_test.any():
         test = np.flatnonzero(is_test)
+        test_probabilities = predict_proba(final, test)
+        unseen_test = np.isin(test, unseen(test, rest, data.groups))
         frames = [
-            rows(test, predict_proba(final, test), "heldout", "test split"),
-            rows(*cv, "cv", f"{n_folds}-fold stratified cross-validation of the non-test images", fold=fold_of[rest]),
+            rows(test, test_probabilities, "heldout", "test split"),
+            rows(
+                test[unseen_test],
+                test_probabilities[unseen_test],
+                "heldout_unseen",
+                "test split, the images with no near-copy among the images fitted on",
+            ),
+            rows(
+                *cv,
+                "cv",
+                f"{n_folds}-fold grouped stratified cross-validation of the non-test images",
+                fold=fold_of[rest],
+            ),
         ]
     else:
-        frames = [rows(*cv, "heldout", f"{n_folds}-fold stratified cross-validation", fold=fold_of[rest])]
+        frames = [rows(*cv, "heldout", f"{n_folds}-fold grouped stratified cross-validation", fold=fold_of[rest])]
     return final, frames
 
 
