@@ -14,7 +14,7 @@ import pytest
 from stages import evaluate, find_near_copies, fit_knn, train_head
 from stages.shared.breast import FeatureSet
 from stages.shared.config import StageError
-from stages.shared.near_copies import group_ids, near_copy_pairs, nearest, thumbnail, unit_rows
+from stages.shared.near_copies import CopyReference, group_ids, near_copy_pairs, nearest, thumbnail, unit_rows
 from tests.conftest import stage_argv
 from tests.test_breast import HEAD, SETTINGS, clustered_features, save_image, write_params
 
@@ -172,6 +172,17 @@ def test_the_stage_groups_audits_and_draws_the_groups_with_two_labels(lab_with_c
     ]
     with np.load(lab_with_copies / "models/breast/thumbnails.npz") as saved:
         assert saved["thumbnails"].shape == (24, 28 * 28) and float(saved["min_correlation"]) == 0.95
+
+
+def test_a_new_image_is_named_as_a_near_copy_of_the_training_image_it_copies(lab_with_copies):
+    run_stage(lab_with_copies)
+    reference = CopyReference(lab_with_copies / "models/breast/thumbnails.npz")
+    images, _, _ = scans_with_copies(n_scans=8)
+    again = images[4].copy()
+    again[20:22, 10:20] = 255  # the same scan with calipers drawn elsewhere
+    unrelated = np.random.default_rng(9).integers(0, 256, (28, 28), dtype=np.uint8)
+    ids, labels = reference.copies_of([again, unrelated])
+    assert ids[0].startswith("benign/scan1_") and labels == ["benign", ""] and ids[1] == ""
 
 
 def test_a_lab_s_groups_join_the_near_copies(lab_with_copies):

@@ -19,9 +19,11 @@ different scans into one group.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
+from stages.shared.files import read_npz
 from stages.shared.images import prepare_image
 
 THUMBNAIL_SIZE = 28
@@ -95,3 +97,27 @@ def group_ids(n: int, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     _, first_seen = np.unique(component, return_index=True)
     order = np.argsort(np.argsort(first_seen))
     return order[component]
+
+
+class CopyReference:
+    """The images a classifier was fitted on, as ``find_near_copies`` saved their thumbnails
+    (``--thumbnails``): tells which of them a new image is a near-copy of, by the same rule."""
+
+    def __init__(self, path: Path):
+        saved = read_npz(path, ("thumbnails", "source", "labels", "class_names", "min_correlation"), "find_near_copies")
+        self.unit = unit_rows(saved["thumbnails"])
+        self.source = saved["source"]
+        self.label = np.asarray(saved["class_names"])[saved["labels"]]
+        self.min_correlation = float(saved["min_correlation"])
+
+    def copies_of(self, images: list[np.ndarray]) -> tuple[list[str], list[str]]:
+        """For each image, the source and label of the training image it is a near-copy of
+        (its most correlated one), or empty strings when it is a near-copy of none."""
+        if not len(self.unit):
+            return [""] * len(images), [""] * len(images)
+        index, correlation = nearest(unit_rows(np.stack([thumbnail(image) for image in images])), self.unit)
+        copy = correlation >= self.min_correlation
+        return (
+            np.where(copy, self.source[index], "").tolist(),
+            np.where(copy, self.label[index], "").tolist(),
+        )
