@@ -35,6 +35,7 @@ TOY_STAGES = [f"{stage}@{name}" for stage in ("generate_toy", "train_toy") for n
 OTHER_STAGES = [
     "augment_train_mnist",
     "extract_vgg_features",
+    "find_near_copies",
     "fit_knn",
     "train_head",
     "evaluate@mnist",
@@ -223,8 +224,15 @@ def test_ci_workflow_then_same_bytes_diff_run_cache_and_thresholds(project_repo,
     metrics_diff = json.loads(dvc(a, "metrics", "diff", "--json").stdout)
     assert metrics_diff["metrics/breast/head.json"]["cv.folds"] == {"old": 3, "new": 4, "diff": 1}
 
+    # The near-copy threshold: the groups are found again and the classifiers refit on them
+    # if they changed, but the extraction, which the groups do not read, is kept.
+    edit_params(a, {"find_near_copies.min_correlation": 0.12})
+    changed = stages_run(dvc(a, "repro").stdout)
+    assert "find_near_copies" in changed and "extract_vgg_features" not in changed
+    assert set(changed) <= {"find_near_copies", "fit_knn", "train_head", "evaluate@breast"}
+
     # Back to the committed params: the run cache restores the earlier outputs instead of refitting.
-    edit_params(a, {"fit_knn.k": 3, "breast_cv_folds": 3})
+    edit_params(a, {"fit_knn.k": 3, "breast_cv_folds": 3, "find_near_copies.min_correlation": 0.95})
     restored = dvc(a, "repro")
     assert stages_run(restored.stdout) == []
     assert "Stage 'fit_knn' is cached - skipping run" in restored.stdout

@@ -109,25 +109,32 @@ def test_offline_the_quick_start_finishes_the_toy_exercise_and_names_each_downlo
     env = {**tool_env(), "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
     result = subprocess.run(["run-pipeline"], cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 255, result.stdout + result.stderr
-    summary = result.stdout[result.stdout.index("run-pipeline: 2 stage(s) could not run:") :].splitlines()
+    summary = result.stdout[result.stdout.index("run-pipeline: 3 stage(s) could not run:") :].splitlines()
+    reasons = dict(line.strip().split(": ", 1) for line in summary[1:4])
     assert re.fullmatch(
-        r"  augment_train_mnist: could not download MNIST .*; put a \.npz with Keras's keys in "
+        r"could not download MNIST .*; put a \.npz with Keras's keys in "
         r"data/local/mnist/ and set augment_train_mnist\.data to its name",
-        summary[1],
+        reasons["augment_train_mnist"],
     )
     assert re.fullmatch(
-        r"  extract_vgg_features: could not download BreastMNIST .*; put .* in data/local/breast/ "
+        r"could not download BreastMNIST .*; put .* in data/local/breast/ "
         r"and set extract_vgg_features\.data to its name; and could not download the ImageNet weights "
         r"of vgg16 .*; put .* in data/local/weights/ and set extract_vgg_features\.weights to its "
         r"name",
-        summary[2],
+        reasons["extract_vgg_features"],
     )
-    skipped = summary[3].removeprefix("  skipped, as they need those: ").split(", ")
+    # find_near_copies reads the same images, so it names the same download.
+    assert re.fullmatch(
+        r"could not download BreastMNIST .*; put .* in data/local/breast/ and set extract_vgg_features\.data to its name",
+        reasons["find_near_copies"],
+    )
+    skipped = summary[4].removeprefix("  skipped, as they need those: ").split(", ")
     assert sorted(skipped) == ["evaluate@breast", "evaluate@mnist", "fit_knn", "train_head"]
     assert stages_run(result.stdout) == [
         "augment_train_mnist",
         "evaluate@toy",
         "extract_vgg_features",
+        "find_near_copies",
         "train_toy@two_blops",
     ]
     assert "Data and pipelines are up to date." in dvc(repo, "status", "evaluate@toy").stdout
