@@ -58,7 +58,7 @@ def main() -> None:
         settings = params.train_head.model_copy(update={"ensemble_members": members})
         for seed in args.seeds:
             started = time.perf_counter()
-            _, _, frames = train_head.fit_and_predict(data, settings, params.breast_cv_folds, seed)
+            _, _, frames, _ = train_head.fit_and_predict(data, settings, params.breast_cv_folds, seed)
             table[members, seed] = (
                 *figures(frames, "cv", data.class_names),
                 *figures(frames, "heldout", data.class_names),

@@ -2,7 +2,7 @@
 
     python -m stages.evaluate EXERCISE --predictions FOLDER --metrics FOLDER --plots FOLDER
 
-Reads ``evaluate.EXERCISE`` from params.yaml and every predictions file in
+Reads ``positive_class.EXERCISE`` from params.yaml and every predictions file in
 ``--predictions`` (one per classifier of an exercise, written by the model stages: see
 ``stages.shared.predictions``), and scores each of its evaluations with one function,
 ``score``, the same for every exercise: accuracy, balanced accuracy, each class's recall
@@ -31,41 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.shared.config import ParamsError, Section, StageError, read_params
+from stages.shared.config import Section, StageError, read_params
 from stages.shared.files import atomic_path, write_json
-from stages.shared.predictions import PROBABILITY_PREFIX, read_predictions
+from stages.shared.predictions import PROBABILITY_PREFIX, positive_class, read_predictions
 from stages.shared.runtime import run_stage, stage_args
 
 # The order of evaluations in the metrics; ``heldout`` is what plots and thresholds use.
 # ``heldout_unseen``: the held-out images with no near-copy among those fitted on (breast).
 EVALUATIONS = ("heldout", "heldout_unseen", "validation", "cv", "resubstitution")
 DIGITS = 4
-# The class that is the positive one wherever the data names it (BreastMNIST's label 0).
-NAMED_POSITIVE_CLASS = "malignant"
-
-
-class EvaluationSettings(Section):
-    positive_class: str | None
 
 
 class Params(Section):
-    evaluate: dict[str, EvaluationSettings]
-
-
-def positive_class(chosen: str | None, class_names: tuple[str, ...], key: str, path: Path) -> str | None:
-    """The positive class of an exercise's predictions: ``chosen`` (the params ``key``), which
-    must be one of two classes; or, when it is None, ``NAMED_POSITIVE_CLASS`` if the data
-    has a class of that name, else none."""
-    if chosen is None:
-        return NAMED_POSITIVE_CLASS if len(class_names) == 2 and NAMED_POSITIVE_CLASS in class_names else None
-    if chosen not in class_names:
-        raise ParamsError(
-            f"params.yaml: {key}: {chosen!r} is not a class of {path} "
-            f"(its classes: {', '.join(class_names)}); name one of them, or null"
-        )
-    if len(class_names) != 2:
-        raise ParamsError(f"params.yaml: {key}: a positive class needs two classes; {path} has {len(class_names)}")
-    return chosen
+    positive_class: dict[str, str | None]  # per exercise
 
 
 def score(
@@ -163,8 +141,8 @@ def roc_curve_rows(model: str, heldout, positive: str):
 def main(argv: list[str]) -> None:
     import pandas as pd
 
-    sections = read_params(Params).evaluate
-    args = stage_args("evaluate", argv, "predictions", "metrics", "plots", items=sections)
+    chosen = read_params(Params).positive_class
+    args = stage_args("evaluate", argv, "predictions", "metrics", "plots", items=chosen)
     files = sorted(args.predictions.glob("*.csv"))
     if not files:
         raise StageError(f"{args.predictions}/: no predictions files; run its model stages first")
@@ -172,7 +150,7 @@ def main(argv: list[str]) -> None:
     for path in files:
         model = path.stem
         metrics[model], heldout, class_names, positive = score_classifier(
-            path, sections[args.name].positive_class, f"evaluate.{args.name}.positive_class"
+            path, chosen[args.name], f"positive_class.{args.name}"
         )
         with atomic_path(args.plots / "confusion" / f"{model}.csv") as tmp:
             heldout[["actual", "predicted"]].to_csv(tmp, index=False)

@@ -1,7 +1,7 @@
 """Stage ``fit_knn``: L2-normalised VGG features into a k-nearest-neighbours classifier.
 
     python -m stages.fit_knn --features FEATURES.npz --groups GROUPS.csv --model KNN.skops --inputs INPUTS.json
-        --novelty NOVELTY.json --predictions PREDICTIONS.csv
+        --novelty NOVELTY.json --operating-point POINT.json --predictions PREDICTIONS.csv
 
 Reads ``seed``, ``breast_cv_folds`` and ``fit_knn`` from params.yaml and, of the features
 that ``extract_vgg_features`` wrote, the blocks ``fit_knn.features`` names (``--inputs``
@@ -13,6 +13,13 @@ wrote (``--groups``), which its folds keep whole; writes the pipeline fitted on 
 ``train_head`` (see ``stages.shared.breast``), and ``resubstitution``: fitted on all the
 images and predicting them, the way the original got its 88%. That one measures memory, not generalisation. (The original also scored raw
 features against a fit on normalised ones; the pipeline here normalises both.)
+
+``--operating-point`` is where the saved KNN calls an image positive (``target_sensitivity``;
+null: the argmax alone): the cut of the positive class's probability chosen on the
+cross-validation's out-of-fold predictions (``stages.shared.breast.OperatingPoint``). Each
+cross-validation fold's own calls use a cut chosen by a grouped cross-validation of that
+fold's training images alone (nested; a KNN's fit only stores the images, so it costs
+next to nothing).
 
 ``--novelty`` is how far a new image may be from the training images before
 ``classify-images`` flags it as unlike them: the ``novelty_percentile`` of the fitted
@@ -31,10 +38,15 @@ from stages.shared.breast import (
     FeatureBlocks,
     FeatureSet,
     FoldParams,
+    OperatingPoint,
+    TargetSensitivity,
     load_features,
     nearest_distances,
+    operating_point,
     protocol_predictions,
+    stratified_folds,
     write_model_inputs,
+    write_operating_point,
 )
 from stages.shared.config import ParamsError, Section, read_params
 from stages.shared.files import save_skops, write_json
@@ -48,6 +60,7 @@ class KnnSettings(Section):
     metric: Literal["euclidean", "cosine", "manhattan", "chebyshev"]
     weights: Literal["uniform", "distance"]
     novelty_percentile: float = Field(gt=0, le=100)
+    target_sensitivity: TargetSensitivity  # the operating point; null: the argmax alone
 
 
 class Params(FoldParams):
@@ -65,11 +78,14 @@ def make_knn_pipeline(k: int, metric: str = "euclidean", weights: str = "uniform
     )
 
 
-def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed: int):
-    """Fit the pipeline and predict every evaluation (see the module docstring).
+def fit_and_predict(
+    data: FeatureSet, settings: KnnSettings, n_folds: int, seed: int, point: OperatingPoint | None = None
+):
+    """Fit the pipeline and predict every evaluation (see the module docstring), with each
+    image's call at the operating ``point`` if there is one.
 
-    Returns ``(model, frames)``: the pipeline fitted on all non-test images, and the
-    rows of the predictions file.
+    Returns ``(model, frames, described)``: the pipeline fitted on all non-test images,
+    the rows of the predictions file, and where its operating point is (None without one).
     """
     x, y = data.features, data.labels
 
@@ -82,25 +98,36 @@ def fit_and_predict(data: FeatureSet, settings: KnnSettings, n_folds: int, seed:
             )
         return make_knn_pipeline(settings.k, settings.metric, settings.weights).fit(x[indices], y[indices])
 
-    model, frames = protocol_predictions(
+    def inner_out_of_fold(_, indices):
+        # The same grouped folds within the images of one fold's fit: nested cross-validation.
+        probabilities = np.empty((len(indices), len(data.class_names)))
+        for inner_fit, inner_held in stratified_folds(y[indices], data.groups[indices], n_folds, seed):
+            probabilities[inner_held] = fit(indices[inner_fit]).predict_proba(x[indices[inner_held]])
+        return indices, probabilities
+
+    model, frames, described = protocol_predictions(
         data,
         fit=fit,
         predict_proba=lambda knn, indices: knn.predict_proba(x[indices]),
         n_folds=n_folds,
         seed=seed,
+        point=point,
+        inner_out_of_fold=inner_out_of_fold,
     )
     everything = fit(np.arange(len(y)))
+    probabilities = everything.predict_proba(x)
     frames.append(
         prediction_frame(
             data.source,
             y,
-            everything.predict_proba(x),
+            probabilities,
             data.class_names,
             "resubstitution",
             "fitted and scored on the same images, as the original's 88%",
+            called=point.calls(probabilities, described["min_positive_probability"]) if point else None,
         )
     )
-    return model, frames
+    return model, frames, described
 
 
 def novelty_threshold(knn, percentile: float) -> dict:
@@ -116,7 +143,9 @@ def novelty_threshold(knn, percentile: float) -> dict:
 
 def main(argv: list[str]) -> None:
     params = read_params(Params)
-    args = stage_args("fit_knn", argv, "features", "groups", "model", "inputs", "novelty", "predictions")
+    args = stage_args(
+        "fit_knn", argv, "features", "groups", "model", "inputs", "novelty", "operating_point", "predictions"
+    )
     settings = params.fit_knn
     data = load_features(args.features, settings.features, "fit_knn.features", args.groups)
     print(
@@ -125,11 +154,13 @@ def main(argv: list[str]) -> None:
         f"{settings.metric}, {settings.weights}, {params.breast_cv_folds}-fold CV",
         flush=True,
     )
-    model, frames = fit_and_predict(data, settings, params.breast_cv_folds, params.seed)
+    point = operating_point(params, settings.target_sensitivity, data, "fit_knn.target_sensitivity", args.features)
+    model, frames, described = fit_and_predict(data, settings, params.breast_cv_folds, params.seed, point)
     save_skops(model, args.model)
     write_model_inputs(args.inputs, data)
     novelty = novelty_threshold(model, settings.novelty_percentile)
     write_json(args.novelty, novelty)
+    write_operating_point(args.operating_point, described, data, point)
     write_predictions(args.predictions, frames)
     print(
         f"fit_knn: wrote {args.model}, {args.inputs}, {args.novelty} (threshold {novelty['threshold']:.4f}) and {args.predictions}"

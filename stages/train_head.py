@@ -2,7 +2,7 @@
 backbone's features.
 
     python -m stages.train_head --features FEATURES.npz --groups GROUPS.csv --model HEAD.keras --inputs INPUTS.json
-        --predictions PREDICTIONS.csv --history FOLDER
+        --operating-point POINT.json --predictions PREDICTIONS.csv --history FOLDER
 
 The original names it without doing it: "freezing all the CNN layers and defining our own
 output layer and training this with our data". The backbone is ``extract_vgg_features``'s,
@@ -28,6 +28,12 @@ the images it is fitted on and stops on a stratified, grouped share of them
   (``stages.shared.breast``): ``cv`` fits a whole ensemble in each fold, so it scores the
   reported model's method; and ``validation``: each member of that model on the images
   that chose its stopping epoch (optimistic by construction);
+* ``--operating-point``: where the saved ensemble calls an image positive
+  (``target_sensitivity``; null: the argmax alone), the cut of the positive class's
+  probability chosen on the cross-validation's out-of-fold predictions. Each
+  cross-validation fold's own calls use a cut chosen on the predictions of that fold's
+  ensemble members on the images each stopped on: out of fold, at no extra training, but
+  slightly optimistic, since those images chose each member's epoch (docs/breast.md);
 * ``--history``: a folder of ``member_<n>.csv``, each member's loss and validation ROC
   AUC per epoch.
 """
@@ -46,11 +52,15 @@ from stages.shared.breast import (
     FeatureBlocks,
     FeatureSet,
     FoldParams,
+    OperatingPoint,
+    TargetSensitivity,
     load_features,
+    operating_point,
     protocol_predictions,
     stratified_folds,
     unseen,
     write_model_inputs,
+    write_operating_point,
 )
 from stages.shared.config import Section, StageError, read_params
 from stages.shared.files import save_keras_model, write_history_csv
@@ -70,6 +80,7 @@ class HeadSettings(Section):
     class_weight: Literal["none", "balanced"]
     validation_fraction: float = Field(ge=0.05, le=0.5)
     ensemble_members: int = Field(ge=1)
+    target_sensitivity: TargetSensitivity  # the operating point; null: the argmax alone
 
 
 class Params(FoldParams):
@@ -285,23 +296,33 @@ def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return ((x - mean) / np.maximum(std, 1e-7)).astype(np.float32)
 
 
-def fit_and_predict(data: FeatureSet, settings: HeadSettings, n_folds: int, seed: int):
-    """Fit the ensemble and predict every evaluation (see the module docstring).
+def fit_and_predict(
+    data: FeatureSet, settings: HeadSettings, n_folds: int, seed: int, point: OperatingPoint | None = None
+):
+    """Fit the ensemble and predict every evaluation (see the module docstring), with each
+    image's call at the operating ``point`` if there is one.
 
-    Returns ``(trainer, heads, frames)``: the trainer (which exports the heads and
-    knows its trainings), the members of the ensemble fitted on all non-test images,
-    and the rows of the predictions file.
+    Returns ``(trainer, heads, frames, described)``: the trainer (which exports the heads
+    and knows its trainings), the members of the ensemble fitted on all non-test images,
+    the rows of the predictions file, and where its operating point is (None without one).
     """
     trainer = HeadTrainer(data.features.shape[1], data.class_names, settings, seed)
-    heads, frames = protocol_predictions(
+
+    def on_their_stops(heads: list[TrainedHead]) -> tuple[np.ndarray, np.ndarray]:
+        # Each member on the images it stopped on: out of fold for the ensemble's images.
+        stops = np.concatenate([head.stop for head in heads])
+        return stops, np.concatenate([trainer.probabilities([head], data.features[head.stop]) for head in heads])
+
+    heads, frames, described = protocol_predictions(
         data,
         fit=lambda indices: [trainer.train(data, *split) for split in member_splits(data, indices, settings, seed)],
         predict_proba=lambda heads, indices: trainer.probabilities(heads, data.features[indices]),
         n_folds=n_folds,
         seed=seed,
+        point=point,
+        inner_out_of_fold=lambda heads, _: on_their_stops(heads),
     )
-    stops = np.concatenate([head.stop for head in heads])
-    each = np.concatenate([trainer.probabilities([head], data.features[head.stop]) for head in heads])
+    stops, each = on_their_stops(heads)
     frames.append(
         prediction_frame(
             data.source[stops],
@@ -310,14 +331,17 @@ def fit_and_predict(data: FeatureSet, settings: HeadSettings, n_folds: int, seed
             data.class_names,
             "validation",
             "each member on the images that chose its stopping epoch",
+            called=point.calls(each, described["min_positive_probability"]) if point else None,
         )
     )
-    return trainer, heads, frames
+    return trainer, heads, frames, described
 
 
 def main(argv: list[str]) -> None:
     params = read_params(Params)
-    args = stage_args("train_head", argv, "features", "groups", "model", "inputs", "predictions", "history")
+    args = stage_args(
+        "train_head", argv, "features", "groups", "model", "inputs", "operating_point", "predictions", "history"
+    )
     settings, n_folds = params.train_head, params.breast_cv_folds
     data = load_features(args.features, settings.features, "train_head.features", args.groups)
     print(
@@ -328,9 +352,11 @@ def main(argv: list[str]) -> None:
         flush=True,
     )
     started = time.perf_counter()
-    trainer, heads, frames = fit_and_predict(data, settings, n_folds, params.seed)
+    point = operating_point(params, settings.target_sensitivity, data, "train_head.target_sensitivity", args.features)
+    trainer, heads, frames, described = fit_and_predict(data, settings, n_folds, params.seed, point)
     save_keras_model(trainer.export(heads), args.model)
     write_model_inputs(args.inputs, data)
+    write_operating_point(args.operating_point, described, data, point)
     write_predictions(args.predictions, frames)
     shutil.rmtree(args.history, ignore_errors=True)  # no member of an earlier, larger ensemble
     for number, head in enumerate(heads, start=1):

@@ -106,6 +106,7 @@ HEAD_SETTINGS = {
     "class_weight": "none",
     "validation_fraction": 0.25,
     "ensemble_members": 2,
+    "target_sensitivity": None,
 }
 
 
@@ -130,9 +131,10 @@ def write_params(folder: Path, data: str, k: int = 3, **extract_overrides) -> No
             "metric": "euclidean",
             "weights": "uniform",
             "novelty_percentile": 90,
+            "target_sensitivity": None,
         },
         "train_head": HEAD_SETTINGS,
-        "evaluate": {"breast": {"positive_class": None}},
+        "positive_class": {"breast": None},
     }
     (folder / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
 
@@ -482,11 +484,13 @@ def save_feature_set(data: FeatureSet, path: str = "data/breast/features.npz") -
     write_groups(Path(path), data.groups, Path(path).with_name("near_copies.csv"))
 
 
-SETTINGS = fit_knn.KnnSettings(features=["block5"], k=5, metric="euclidean", weights="uniform", novelty_percentile=90)
+SETTINGS = fit_knn.KnnSettings(
+    features=["block5"], k=5, metric="euclidean", weights="uniform", novelty_percentile=90, target_sensitivity=None
+)
 
 
 def knn_predictions(data, settings, seed=0, n_folds=4):
-    model, frames = fit_knn.fit_and_predict(data, settings, n_folds, seed)
+    model, frames, _ = fit_knn.fit_and_predict(data, settings, n_folds, seed)
     return model, pd.concat(frames, ignore_index=True)
 
 
@@ -535,7 +539,11 @@ def test_resubstitution_with_distance_weights_is_perfect_memory():
 
 def test_without_a_test_split_cross_validation_is_the_held_out_figure():
     _, predictions = knn_predictions(clustered_features(with_test=False), SETTINGS)
-    assert predictions["evaluation"].value_counts().to_dict() == {"heldout": 40, "resubstitution": 40}
+    assert predictions["evaluation"].value_counts().to_dict() == {
+        "heldout": 40,
+        "heldout_unseen": 40,
+        "resubstitution": 40,
+    }
     held = predictions[predictions["evaluation"] == "heldout"]
     assert set(held["protocol"]) == {"4-fold grouped stratified cross-validation"} and held["fold"].notna().all()
 
@@ -593,7 +601,7 @@ def test_a_tampered_knn_file_is_refused_unloaded(tmp_path):
     import zipfile
 
     data = clustered_features()
-    model, _ = fit_knn.fit_and_predict(data, SETTINGS, 4, seed=0)
+    model, _, _ = fit_knn.fit_and_predict(data, SETTINGS, 4, seed=0)
     save_skops(model, tmp_path / "knn.skops")
     with zipfile.ZipFile(tmp_path / "knn.skops") as saved:
         entries = {name: saved.read(name) for name in saved.namelist()}
@@ -627,7 +635,8 @@ def test_both_stages_and_evaluate_on_a_folder(tmp_path, monkeypatch, image_folde
     train_head.main(stage_argv("train_head"))
     evaluate.main(stage_argv("evaluate", "breast"))
     metrics = json.loads((tmp_path / "metrics/breast/knn.json").read_text())
-    assert list(metrics) == ["heldout", "resubstitution"]
+    assert list(metrics) == ["heldout", "heldout_unseen", "resubstitution"]
+    assert metrics["heldout_unseen"] == metrics["heldout"]  # grouped folds: every held-out image is unseen
     for classifier in ("knn", "head"):
         heldout = json.loads((tmp_path / f"metrics/breast/{classifier}.json").read_text())["heldout"]
         assert heldout["protocol"] == "3-fold grouped stratified cross-validation" and heldout["n"] == 12

@@ -20,13 +20,13 @@ BINARY = ("malignant", "benign")
 
 @pytest.fixture(autouse=True)
 def evaluate_params(tmp_path):
-    """params.yaml's evaluate section in the folder each test runs in; returns a function
-    that sets one exercise's positive class."""
-    params = {"evaluate": project_params()["evaluate"]}
+    """params.yaml's positive_class section in the folder each test runs in; returns a
+    function that sets one exercise's positive class."""
+    params = {"positive_class": project_params()["positive_class"]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     def set_positive(exercise: str, name: str | None) -> None:
-        params["evaluate"][exercise]["positive_class"] = name
+        params["positive_class"][exercise] = name
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     return set_positive
@@ -187,7 +187,7 @@ def test_a_labs_classes_have_no_positive_class_unless_named(tmp_path, monkeypatc
     with pytest.raises(ParamsError) as error:
         evaluate.main(stage_argv("evaluate", "breast"))
     assert str(error.value) == (
-        "params.yaml: evaluate.breast.positive_class: 'malignant' is not a class of "
+        "params.yaml: positive_class.breast: 'malignant' is not a class of "
         "predictions/breast/knn.csv (its classes: cat, dog); name one of them, or null"
     )
 

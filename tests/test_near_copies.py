@@ -60,7 +60,7 @@ def test_nearest_finds_the_copy_of_a_new_image():
 
 
 def cv_accuracy(data: FeatureSet) -> float:
-    _, frames = fit_knn.fit_and_predict(data, SETTINGS.model_copy(update={"k": 1}), n_folds=5, seed=0)
+    _, frames, _ = fit_knn.fit_and_predict(data, SETTINGS.model_copy(update={"k": 1}), n_folds=5, seed=0)
     heldout = pd.concat(frames).query("evaluation == 'heldout'")
     return float((heldout["actual"] == heldout["predicted"]).mean())
 
@@ -121,7 +121,7 @@ def test_heldout_unseen_leaves_out_the_test_images_with_a_copy_among_the_fitted_
     test = np.flatnonzero(data.split == "test")
     groups = np.arange(40)
     groups[test[:2]] = groups[test[:2] - 1]  # two test images are copies of non-test images
-    _, frames = fit_knn.fit_and_predict(dataclasses.replace(data, groups=groups), SETTINGS, 4, seed=0)
+    _, frames, _ = fit_knn.fit_and_predict(dataclasses.replace(data, groups=groups), SETTINGS, 4, seed=0)
     rows = pd.concat(frames)
     heldout, unseen = (rows[rows["evaluation"] == name] for name in ("heldout", "heldout_unseen"))
     assert sorted(unseen["id"]) == sorted(data.source[test[2:]])
@@ -220,7 +220,7 @@ def test_evaluate_scores_heldout_unseen_with_its_count(tmp_path, monkeypatch):
     test = np.flatnonzero(data.split == "test")
     groups = np.arange(40)
     groups[test[0]] = groups[test[0] - 1]
-    _, frames = fit_knn.fit_and_predict(dataclasses.replace(data, groups=groups), SETTINGS, 4, seed=0)
+    _, frames, _ = fit_knn.fit_and_predict(dataclasses.replace(data, groups=groups), SETTINGS, 4, seed=0)
     predictions = tmp_path / "predictions/breast"
     predictions.mkdir(parents=True)
     pd.concat(frames).to_csv(predictions / "knn.csv", index=False)

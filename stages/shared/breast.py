@@ -10,7 +10,8 @@ The protocol, given a way to ``fit`` a classifier on some images and to predict 
   seen); stratified k-fold cross-validation over the non-test images gives a second,
   steadier figure (``cv``) without touching the test split;
 * without one (a lab's folder of images): the cross-validation runs over all the
-  images and is the held-out figure; the classifier fitted on all of them is kept.
+  images and is the held-out figure (``heldout``, and ``heldout_unseen`` too, since its
+  folds keep near-copies together); the classifier fitted on all of them is kept.
 
 Every fold keeps each group of ``find_near_copies`` whole (near-copies of one scan, and a
 lab's patients or lesions), so no image is scored by a classifier fitted on its copy. The
@@ -21,6 +22,7 @@ param) out of the one extraction, which holds every block side by side.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,16 +34,35 @@ from pydantic import Field
 
 from stages.shared.config import ParamsError, Section, StageError, one_line
 from stages.shared.files import read_npz, write_json
-from stages.shared.predictions import prediction_frame
+from stages.shared.predictions import positive_class, prediction_frame
 
 FOLDS_KEY = "breast_cv_folds"
 
 
 class FoldParams(Section):
-    """The keys both breast classifiers read, so that they are held out on the same folds."""
+    """The keys both breast classifiers read, so that they are held out on the same folds and
+    call the same class positive (``positive_class.breast``)."""
 
     seed: int = Field(ge=0)
     breast_cv_folds: int = Field(ge=2)
+    positive_class: dict[str, str | None]
+
+
+# The operating point a classifier's ``target_sensitivity`` param sets (null: the argmax alone).
+TargetSensitivity = Annotated[float, Field(gt=0, le=1)] | None
+
+
+def operating_point(
+    params: FoldParams, target: float | None, data: FeatureSet, key: str, source: Path
+) -> OperatingPoint | None:
+    """The operating point of a classifier's ``target`` sensitivity (the params ``key``) on
+    ``data`` (read from ``source``), for the breast positive class; None for no target."""
+    if target is None:
+        return None
+    positive = positive_class(params.positive_class.get("breast"), data.class_names, "positive_class.breast", source)
+    if positive is None:
+        raise ParamsError(f"params.yaml: {key}: a target sensitivity needs a positive class; set positive_class.breast")
+    return OperatingPoint(data.class_names.index(positive), target)
 
 
 def _distinct(names: list[str]) -> list[str]:
@@ -133,6 +154,15 @@ def read_groups(path: Path, sources: np.ndarray, features_path: Path) -> np.ndar
     return table["group"].to_numpy(np.int64)
 
 
+def write_operating_point(path: Path, described: dict | None, data: FeatureSet, point: OperatingPoint | None) -> None:
+    """Where a saved classifier calls an image positive (``--operating-point``):
+    ``OperatingPoint.describe``'s figures with the positive class, or the argmax alone."""
+    if point is None:
+        write_json(path, {"target_sensitivity": None, "call": "the most probable class"})
+    else:
+        write_json(path, {"positive_class": data.class_names[point.positive], **described})
+
+
 def write_model_inputs(path: Path, data: FeatureSet) -> None:
     """Which blocks, in which order, a saved classifier takes: ``classify-images`` cuts the
     rebuilt backbone's features to them."""
@@ -166,33 +196,97 @@ def unseen(candidates: np.ndarray, fitted: np.ndarray, groups: np.ndarray) -> np
     return candidates[~np.isin(groups[candidates], groups[fitted])]
 
 
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Where a classifier calls an image positive: when its probability of the ``positive``
+    class (an index) is at least the cut that catches ``target_sensitivity`` of the positive
+    images among predictions made without them (out of fold)."""
+
+    positive: int
+    target_sensitivity: float
+
+    def cut(self, labels: np.ndarray, probabilities: np.ndarray) -> float:
+        """The highest cut of the positive class's probability whose calls catch at least the
+        target share of the positive images in ``labels`` (class indices)."""
+        ranked = np.sort(probabilities[labels == self.positive, self.positive])[::-1]
+        if not len(ranked):
+            raise StageError("no image of the positive class to choose the operating point on")
+        return float(ranked[math.ceil(self.target_sensitivity * len(ranked) - 1e-9) - 1])
+
+    def calls(self, probabilities: np.ndarray, cut: float | np.ndarray) -> np.ndarray:
+        """Class indices at the operating point (two classes): the positive class at or above ``cut``."""
+        return np.where(probabilities[:, self.positive] >= cut, self.positive, 1 - self.positive)
+
+    def describe(self, labels: np.ndarray, probabilities: np.ndarray, cut: float, chosen_on: str) -> dict:
+        """What ``--operating-point`` holds for a cut chosen on these out-of-fold predictions."""
+        called = self.calls(probabilities, cut) == self.positive
+        actual = labels == self.positive
+        return {
+            "target_sensitivity": self.target_sensitivity,
+            "min_positive_probability": cut,
+            "chosen_on": chosen_on,
+            "images": len(labels),
+            "out_of_fold_sensitivity": round(float(called[actual].mean()), 4),
+            "out_of_fold_specificity": round(float((~called[~actual]).mean()), 4),
+        }
+
+
 def protocol_predictions(
     data: FeatureSet,
     fit: Callable[[np.ndarray], Any],
     predict_proba: Callable[[Any, np.ndarray], np.ndarray],
     n_folds: int,
     seed: int,
-) -> tuple[Any, list]:
+    point: OperatingPoint | None = None,
+    inner_out_of_fold: Callable[[Any, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple[Any, list, dict | None]:
     """Score a classifier by the protocol of the module docstring.
 
     ``fit(indices)`` returns a classifier fitted on those images; ``predict_proba(model,
     indices)`` its class probabilities for others. Returns the classifier fitted on every
-    non-test image and the rows of its predictions file. (Not scikit-learn's
+    non-test image, the rows of its predictions file and, with an operating ``point``, what
+    its cut is (``OperatingPoint.describe``; else None). (Not scikit-learn's
     ``cross_val_predict``: the head is a Keras model, not an estimator, and the
     predictions file records each image's fold; the metrics come from ``evaluate``.)
+
+    At an operating ``point`` the rows also hold each image's call at it, by a cut chosen
+    without that image: the test split's by the cut on the cross-validation's out-of-fold
+    predictions (the one the saved classifier keeps); a cross-validation fold's by the cut
+    on out-of-fold predictions over that fold's training images alone, which
+    ``inner_out_of_fold(model, indices)`` gives as ``(indices, probabilities)`` for the
+    model fitted on them.
     """
     is_test = data.split == "test"
     rest = np.flatnonzero(~is_test)
     final = fit(rest)
     probabilities, fold_of = np.empty((len(data.labels), len(data.class_names))), np.zeros(len(data.labels), int)
+    fold_cut = np.zeros(len(data.labels))
     folds = stratified_folds(data.labels[rest], data.groups[rest], n_folds, seed)
     for number, (fold_fit, fold_held) in enumerate(folds, start=1):
-        probabilities[rest[fold_held]] = predict_proba(fit(rest[fold_fit]), rest[fold_held])
+        model = fit(rest[fold_fit])
+        probabilities[rest[fold_held]] = predict_proba(model, rest[fold_held])
         fold_of[rest[fold_held]] = number
+        if point:
+            inner, inner_probabilities = inner_out_of_fold(model, rest[fold_fit])
+            fold_cut[rest[fold_held]] = point.cut(data.labels[inner], inner_probabilities)
+    cut, described = None, None
+    if point:
+        cut = point.cut(data.labels[rest], probabilities[rest])
+        described = point.describe(
+            data.labels[rest], probabilities[rest], cut, f"{n_folds}-fold grouped stratified cross-validation"
+        )
 
-    def rows(indices, probabilities, evaluation, protocol, fold=None):
+    def rows(indices, probabilities, evaluation, protocol, fold=None, cut=cut):
+        called = point.calls(probabilities, cut) if point else None
         return prediction_frame(
-            data.source[indices], data.labels[indices], probabilities, data.class_names, evaluation, protocol, fold=fold
+            data.source[indices],
+            data.labels[indices],
+            probabilities,
+            data.class_names,
+            evaluation,
+            protocol,
+            fold=fold,
+            called=called,
         )
 
     cv = (rest, probabilities[rest])
@@ -213,11 +307,18 @@ def protocol_predictions(
                 "cv",
                 f"{n_folds}-fold grouped stratified cross-validation of the non-test images",
                 fold=fold_of[rest],
+                cut=fold_cut[rest],
             ),
         ]
     else:
-        frames = [rows(*cv, "heldout", f"{n_folds}-fold grouped stratified cross-validation", fold=fold_of[rest])]
-    return final, frames
+        protocol = f"{n_folds}-fold grouped stratified cross-validation"
+        # Grouped folds hold out only images with no near-copy in the images fitted on, so
+        # every held-out image is an unseen one: the same rows under both names.
+        frames = [
+            rows(*cv, evaluation, protocol, fold=fold_of[rest], cut=fold_cut[rest])
+            for evaluation in ("heldout", "heldout_unseen")
+        ]
+    return final, frames, described
 
 
 def nearest_distances(knn, features: np.ndarray | None = None) -> np.ndarray:

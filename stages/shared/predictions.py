@@ -13,7 +13,10 @@ image (or point) and evaluation, with the columns
   ``5-fold stratified cross-validation``;
 * ``fold``: the cross-validation fold (1-based), else empty;
 * ``actual`` and ``predicted``: class names;
-* ``p_<class>``: the probability of each class, in the classifier's class order.
+* ``p_<class>``: the probability of each class, in the classifier's class order;
+* ``called`` (breast classifiers with an operating point only): the class called at the
+  operating point, which a cut of the positive class's probability sets, where
+  ``predicted`` is the most probable one.
 
 Kept apart from ``stages.evaluate`` so that a change in how metrics are computed
 reruns only the evaluation, not the training stages that write these files.
@@ -26,10 +29,28 @@ from typing import Any
 
 import numpy as np
 
-from stages.shared.config import StageError, one_line
+from stages.shared.config import ParamsError, StageError, one_line
 from stages.shared.files import atomic_path
 
 PROBABILITY_PREFIX = "p_"
+# The class that is the positive one wherever the data names it (BreastMNIST's label 0).
+NAMED_POSITIVE_CLASS = "malignant"
+
+
+def positive_class(chosen: str | None, class_names: tuple[str, ...], key: str, source: Path | str) -> str | None:
+    """The positive class of an exercise: ``chosen`` (the params ``key``), which must be one of
+    two classes (those of ``source``, a file that names them); or, when it is None,
+    ``NAMED_POSITIVE_CLASS`` if the data has a class of that name, else none."""
+    if chosen is None:
+        return NAMED_POSITIVE_CLASS if len(class_names) == 2 and NAMED_POSITIVE_CLASS in class_names else None
+    if chosen not in class_names:
+        raise ParamsError(
+            f"params.yaml: {key}: {chosen!r} is not a class of {source} "
+            f"(its classes: {', '.join(class_names)}); name one of them, or null"
+        )
+    if len(class_names) != 2:
+        raise ParamsError(f"params.yaml: {key}: a positive class needs two classes; {source} has {len(class_names)}")
+    return chosen
 
 
 def prediction_frame(
@@ -40,9 +61,11 @@ def prediction_frame(
     evaluation: str,
     protocol: str,
     fold: np.ndarray | None = None,
+    called: np.ndarray | None = None,
 ):
     """Rows of the predictions file for one evaluation: ``actual`` holds class indices,
-    ``probabilities`` is (N, classes), and the predicted class is the most probable."""
+    ``probabilities`` is (N, classes), and the predicted class is the most probable;
+    ``called``, class indices at an operating point, adds the column of that name."""
     import pandas as pd
 
     names = np.asarray(class_names, dtype=object)
@@ -56,6 +79,8 @@ def prediction_frame(
             "predicted": names[probabilities.argmax(axis=1)],
         }
     )
+    if called is not None:
+        frame["called"] = names[called]
     for index, name in enumerate(class_names):
         frame[f"{PROBABILITY_PREFIX}{name}"] = probabilities[:, index].astype(np.float32)
     return frame
@@ -76,7 +101,7 @@ def read_predictions(path: Path):
 
     try:
         frame = pd.read_csv(
-            path, dtype={"id": str, "fold": str, "actual": str, "predicted": str}, keep_default_na=False
+            path, dtype={"id": str, "fold": str, "actual": str, "predicted": str, "called": str}, keep_default_na=False
         )
     except FileNotFoundError:
         raise StageError(f"{path}: not found; its stage has not run") from None

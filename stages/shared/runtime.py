@@ -31,8 +31,8 @@ def stage_args(stage: str, argv: list[str], *paths: str, items: Iterable[str] | 
     parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
     if items is not None:
         parser.add_argument("name", choices=list(items), help="an item of params.yaml's section")
-    for name in paths:
-        parser.add_argument(f"--{name}", type=Path, required=True, metavar="PATH")
+    for name in paths:  # operating_point is --operating-point
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True, metavar="PATH")
     return parser.parse_args(argv)
 
 
