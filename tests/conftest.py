@@ -6,9 +6,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import urllib.error
 import zlib
 from pathlib import Path
 
@@ -70,6 +72,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if second_tier:
         config.hook.pytest_deselected(items=second_tier)
         items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+def fail_as_keras_offline(url: str = "https://example/x"):
+    """Raise what Keras's ``get_file`` raises with no network: a bare Exception, raised
+    while it handles urllib's URLError (keras/src/utils/file_utils.py)."""
+    try:
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+    except urllib.error.URLError as err:
+        raise Exception(f"URL fetch failure on {url}: {err.errno} -- {err.reason}")  # noqa: B904 (as Keras does)
 
 
 def write_decompression_bomb(path: Path) -> Path:

@@ -25,7 +25,7 @@ from stages.shared.breast import FeatureSet
 from stages.shared.config import ParamsError, StageError
 from stages.shared.files import DownloadError, save_npz, save_skops
 from stages.shared.predictions import read_predictions
-from tests.conftest import PROJECT, SHARED_DATA, stage_argv, write_decompression_bomb
+from tests.conftest import PROJECT, SHARED_DATA, fail_as_keras_offline, stage_argv, write_decompression_bomb
 
 LOCAL = Path("data/local/breast")  # relative: the main() tests chdir into tmp_path
 
@@ -342,7 +342,7 @@ def test_data_that_is_not_there_or_not_tracked(tmp_path, monkeypatch, data, mess
 
 
 def offline(*args, **kwargs):
-    raise Exception("URL fetch failure on https://example/x: None -- [Errno -2] Name or service not known")
+    fail_as_keras_offline()
 
 
 def test_failed_downloads_name_the_key_to_set(monkeypatch):

@@ -18,7 +18,7 @@ from stages.shared import images as shared_images
 from stages.shared.config import ParamsError, StageError
 from stages.shared.files import write_json
 from stages.shared.predictions import read_predictions
-from tests.conftest import PROJECT, stage_argv, tiny_mnist, tool_env, two_cpu_devices_script
+from tests.conftest import PROJECT, fail_as_keras_offline, stage_argv, tiny_mnist, tool_env, two_cpu_devices_script
 
 LOCAL_NAME = "tiny.npz"  # augment_train_mnist.data: the file's name inside data/local/mnist/
 LOCAL_FILE = f"data/local/mnist/{LOCAL_NAME}"
@@ -346,10 +346,7 @@ def test_bad_files_are_named(workdir, spoil, message):
 def test_failed_download_says_what_to_do(monkeypatch):
     import keras
 
-    def offline():
-        raise Exception("URL fetch failure on https://example/mnist.npz: None -- [Errno -2] Name or service not known")
-
-    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: fail_as_keras_offline("https://example/mnist.npz"))
     with pytest.raises(StageError) as error:
         mnist.load_mnist("keras")
     assert str(error.value) == (

@@ -11,12 +11,13 @@ import re
 import shutil
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from stages import TF_LOG_LEVEL_FROM_USER
-from stages.shared.config import StageError
+from stages.shared.config import StageError, one_line
 from stages.shared.files import write_json
 
 
@@ -106,13 +107,24 @@ def quiet_tensorflow_stderr() -> Iterator[None]:
 
 
 def run_stage(main: Callable[[list[str]], None]) -> None:
-    """Call a stage's ``main(argv)``; turn a StageError into one line and exit status 2."""
+    """Call a stage's ``main(argv)``; turn a StageError into one line and exit status 2.
+
+    Any other exception is no fault of the user's input (a bug, no memory or disk left, a
+    library that changed): its traceback goes to stderr, for whoever fixes it, and then one
+    line that names it, the last the stage prints (run-pipeline's summary quotes it); exit
+    status 1.
+    """
     try:
         with quiet_tensorflow_stderr():
             main(sys.argv[1:])
     except StageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:
+        traceback.print_exc()
+        message = one_line(err)
+        print(f"error: {type(err).__name__}{f': {message}' if message else ''} (traceback above)", file=sys.stderr)
+        sys.exit(1)
 
 
 # ------------------------------------------------------------------------------------- seeds
