@@ -4,6 +4,7 @@ writes (stages.shared.files), same-bytes zips (stages.shared.files), and a stage
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
@@ -28,6 +29,7 @@ from stages.shared.files import (
     save_skops,
     write_json,
 )
+from stages.shared.runtime import ResumeFolder
 from tests.conftest import PROJECT, tool_env
 
 
@@ -383,6 +385,28 @@ def test_a_stage_that_dies_still_shows_its_last_stderr_lines(death, status, last
         assert len(lines) == 1
     else:  # the traceback after it
         assert lines[-1] == last_line
+
+
+def test_a_resume_folder_that_cannot_be_cleared_stops_the_stage(tmp_path, monkeypatch):
+    folder = tmp_path / "checkpoints"
+    ResumeFolder(folder, {"params": 1})
+    write_json(folder / "state.json", {"epochs_done": 2})
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):  # as files the user may not delete
+        if Path(path).suffix == ".json":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(StageError) as error:
+        ResumeFolder(folder, {"params": 2})
+    assert re.fullmatch(
+        rf"{re.escape(str(folder))}: cannot delete this folder of resume files "
+        r"\(\[Errno 13\] Permission denied: '(key|state)\.json'\); delete it yourself",
+        str(error.value),
+    )
+    assert json.loads((folder / "key.json").read_text()) == {"params": 1}  # not taken for the new run's
 
 
 def keras_download(cache: Path, origin: str, file_hash: str | None = None) -> None:
