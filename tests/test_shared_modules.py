@@ -394,7 +394,7 @@ def test_a_resume_folder_that_cannot_be_cleared_stops_the_stage(tmp_path, monkey
     real_unlink = os.unlink
 
     def unlink(path, *args, **kwargs):  # as files the user may not delete
-        if Path(path).suffix == ".json":
+        if Path(path).name in ("key.json", "state.json"):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         real_unlink(path, *args, **kwargs)
 
