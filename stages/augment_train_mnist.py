@@ -41,6 +41,7 @@ from stages.shared.images import MNIST_CLASS_NAMES, MNIST_IMAGE_SHAPE, MNIST_NUM
 from stages.shared.predictions import prediction_frame, write_predictions
 from stages.shared.runtime import (
     ResumeFolder,
+    code_digests,
     describe_devices,
     device_names,
     distribution_strategy,
@@ -271,15 +272,22 @@ def averaged_weights_in_place(model):
 
 
 # --------------------------------------------------------------------------- resumable training
-def run_fingerprint(params: dict, arrays: dict[str, np.ndarray], devices: int) -> str:
-    """What a checkpoint must match to be resumed: the params, the data and the number of
-    devices. Batch norm normalises each device's share of a batch by itself, so a run
-    resumed on another number of devices would end with weights that neither would give."""
-    digest = hashlib.sha256(json.dumps([params, devices], sort_keys=True).encode())
+def run_fingerprint(params: dict, arrays: dict[str, np.ndarray], devices: int) -> dict:
+    """What a checkpoint must match to be resumed, part by part: the params, the data, the
+    number of devices and the code the stage runs. Batch norm normalises each device's
+    share of a batch by itself, so a run resumed on another number of devices would end
+    with weights that neither would give; and a run resumed under other code (the model,
+    the augmentation) would go on from a model that the new code did not build."""
+    data = hashlib.sha256()
     for key in sorted(arrays):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-    return digest.hexdigest()
+        data.update(key.encode())
+        data.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return {
+        "params": params,
+        "data": data.hexdigest(),
+        "devices": devices,
+        "code": code_digests("augment_train_mnist"),
+    }
 
 
 class Checkpoint(ResumeFolder):

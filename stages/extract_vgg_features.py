@@ -65,6 +65,7 @@ from stages.shared.images import (
 )
 from stages.shared.runtime import (
     ResumeFolder,
+    code_digests,
     describe_devices,
     distribution_strategy,
     run_stage,
@@ -279,9 +280,17 @@ def main(argv: list[str]) -> None:
     )
     with strategy.scope():
         model = load_backbone(recipe)
+    weights_sha256 = weights_digest(model)
     # Finished chunks depend on every setting but workers (which changes the speed alone),
-    # the images, and how many devices share each batch.
-    key = {**settings.model_dump(exclude={"workers"}), "images": images.identity, "devices": len(devices)}
+    # the weights (by their content: a file replaced under the same name is other weights),
+    # the images, how many devices share each batch, and the code.
+    key = {
+        "params": settings.model_dump(exclude={"workers", "weights"}),
+        "weights": weights_sha256,
+        "images": images.identity,
+        "devices": len(devices),
+        "code": code_digests("extract_vgg_features"),
+    }
     checkpoint = ChunkCheckpoint(args.checkpoints, key)
     started = time.perf_counter()
     features, resumed = extract_features(
@@ -314,7 +323,7 @@ def main(argv: list[str]) -> None:
             "class_names": list(images.class_names),
             "feature_blocks": names,
             "block_widths": widths,
-            "weights_sha256": weights_digest(model),
+            "weights_sha256": weights_sha256,
         },
     )
     checkpoint.clear()

@@ -6,8 +6,12 @@ import json
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import urllib.error
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +72,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if second_tier:
         config.hook.pytest_deselected(items=second_tier)
         items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+def fail_as_keras_offline(url: str = "https://example/x"):
+    """Raise what Keras's ``get_file`` raises with no network: a bare Exception, raised
+    while it handles urllib's URLError (keras/src/utils/file_utils.py)."""
+    try:
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+    except urllib.error.URLError as err:
+        raise Exception(f"URL fetch failure on {url}: {err.errno} -- {err.reason}")  # noqa: B904 (as Keras does)
+
+
+def write_decompression_bomb(path: Path) -> Path:
+    """A PNG of a few bytes whose header claims 20,000 x 20,000 pixels: more than twice
+    Pillow's limit (``Image.MAX_IMAGE_PIXELS``), which Pillow refuses to open."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (1, 1)).save(path)
+    png = bytearray(path.read_bytes())
+    chunk = png.index(b"IHDR")  # the chunk's type, then 13 bytes of data (width and height first), then its CRC
+    png[chunk + 4 : chunk + 12] = struct.pack(">II", 20_000, 20_000)
+    png[chunk + 17 : chunk + 21] = struct.pack(">I", zlib.crc32(png[chunk : chunk + 17]))
+    path.write_bytes(png)
+    return path
 
 
 def tool_env() -> dict[str, str]:

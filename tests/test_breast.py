@@ -26,7 +26,7 @@ from stages.shared.breast import FeatureSet
 from stages.shared.config import ParamsError, StageError
 from stages.shared.files import DownloadError, save_npz, save_skops
 from stages.shared.predictions import read_predictions
-from tests.conftest import PROJECT, SHARED_DATA, stage_argv
+from tests.conftest import PROJECT, SHARED_DATA, fail_as_keras_offline, stage_argv, write_decompression_bomb
 
 LOCAL = Path("data/local/breast")  # relative: the main() tests chdir into tmp_path
 
@@ -210,6 +210,83 @@ def test_sixteen_bit_grey_keeps_its_full_range(tmp_path):
     assert shared_images.read_image_file(path).tolist() == [[0, 128, 255]]
 
 
+def image_in_mode(mode: str, pixels: list) -> Image.Image:
+    """An image of one row, ``pixels`` given in ``mode``'s own terms (palette indices for
+    P and PA, whose palette is (10, 20, 30), (200, 100, 50))."""
+    image = Image.new(mode, (len(pixels), 1))
+    if mode in ("P", "PA"):
+        image.putpalette([10, 20, 30, 200, 100, 50])
+    image.putdata(pixels)
+    return image
+
+
+# Each mode Pillow opens image files in, a file format that keeps it, pixels in the mode's
+# own terms, and the 8-bit reading worked out by hand.
+MODE_READINGS = [
+    ("1", "png", [0, 1], [[0, 255]]),
+    ("L", "png", [0, 77, 255], [[0, 77, 255]]),
+    ("LA", "png", [(10, 0), (200, 128)], [[10, 200]]),  # the alpha dropped
+    ("P", "png", [1, 0], [[[200, 100, 50], [10, 20, 30]]]),
+    ("PA", "tif", [(1, 0), (0, 128)], [[[200, 100, 50], [10, 20, 30]]]),
+    ("RGB", "png", [(1, 2, 3), (250, 0, 9)], [[[1, 2, 3], [250, 0, 9]]]),
+    ("RGBA", "png", [(1, 2, 3, 0), (250, 0, 9, 255)], [[[1, 2, 3], [250, 0, 9]]]),
+    # R = (255 - C) (255 - K) / 255, and so on: the usual formula, with no colour profile
+    ("CMYK", "tif", [(0, 255, 255, 0), (100, 50, 0, 20)], [[[255, 0, 0], [143, 189, 235]]]),
+    # JFIF's: R = Y + 1.402 (Cr - 128), G = Y - 0.344 (Cb - 128) - 0.714 (Cr - 128), B = Y + 1.772 (Cb - 128)
+    ("YCbCr", "tif", [(128, 128, 128), (150, 100, 170)], [[[128, 128, 128], [209, 130, 100]]]),
+    ("I;16", "png", [0, 32896, 65535], [[0, 128, 255]]),  # the full range of 16 bits
+    ("I;16B", "tif", [0, 32896, 65535], [[0, 128, 255]]),
+    # 32-bit integer and float: the image's own range; 70005 / 200005 * 255 = 89.3, 0.75 / 2 * 255 = 95.6
+    ("I", "tif", [-5, 70_000, 200_000], [[0, 89, 255]]),
+    ("F", "tif", [-0.5, 0.25, 1.5], [[0, 96, 255]]),
+]
+
+
+@pytest.mark.parametrize(("mode", "suffix", "pixels", "reading"), MODE_READINGS, ids=[m[0] for m in MODE_READINGS])
+def test_each_image_mode_is_read_right(tmp_path, mode, suffix, pixels, reading):
+    path = tmp_path / f"image.{suffix}"
+    image_in_mode(mode, pixels).save(path)
+    with Image.open(path) as saved:
+        assert saved.mode == mode  # what the reading below is of
+    read = shared_images.read_image_file(path)
+    assert read.dtype == np.uint8
+    # YCbCr's conversion works in fixed point, a unit off JFIF's formulas at most
+    np.testing.assert_allclose(read, np.array(reading), atol=1 if mode == "YCbCr" else 0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "pixels", "message"),
+    [
+        ("LAB", [(50, 0, 0)], "image mode LAB is not read here (save it as 8- or 16-bit grey, or RGB)"),
+        ("F", [0.0, float("nan")], "image mode F with NaN or infinite pixels; cannot scale it to 8 bits"),
+        ("I", [7, 7], "image mode I of one value (7) throughout; no range to scale to 8 bits"),
+    ],
+)
+def test_an_image_that_cannot_be_read_right_is_named_and_refused(tmp_path, mode, pixels, message):
+    path = tmp_path / "image.tif"
+    image_in_mode(mode, pixels).save(path)
+    with pytest.raises(StageError) as error:
+        shared_images.read_image_file(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    bomb = write_decompression_bomb(tmp_path / "bomb.png")
+    for header_only in (True, False):
+        with pytest.raises(StageError, match=rf"^{re.escape(str(bomb))}: refused as a possible decompression bomb \("):
+            shared_images.read_image_file(bomb, header_only)
+
+
+def test_a_folder_with_an_image_refused_stops_before_the_network(image_folder):
+    write_decompression_bomb(image_folder / "benign/huge.png")
+    with pytest.raises(StageError, match=r"lab/benign/huge\.png: refused as a possible decompression bomb"):
+        extract.load_image_folder(image_folder)
+    (image_folder / "benign/huge.png").unlink()
+    image_in_mode("LAB", [(50, 0, 0)]).save(image_folder / "malignant/lab.tif")
+    with pytest.raises(StageError, match=r"lab/malignant/lab\.tif: image mode LAB is not read here"):
+        extract.load_image_folder(image_folder)
+
+
 def spoil_folder(root: Path, how: str) -> Path:
     """Break the image folder in one way; return the path that the error must name."""
     if how in ("truncated png", "truncated jpeg"):
@@ -269,7 +346,7 @@ def test_data_that_is_not_there_or_not_tracked(tmp_path, monkeypatch, data, mess
 
 
 def offline(*args, **kwargs):
-    raise Exception("URL fetch failure on https://example/x: None -- [Errno -2] Name or service not known")
+    fail_as_keras_offline()
 
 
 def test_failed_downloads_name_the_key_to_set(monkeypatch):

@@ -26,7 +26,7 @@ from stages.shared import images as shared_images
 from stages.shared.config import StageError
 from stages.shared.predictions import read_predictions
 from stages.shared.runtime import run_stage
-from tests.conftest import stage_argv, tiny_breast, tiny_mnist, tool_env
+from tests.conftest import stage_argv, tiny_breast, tiny_mnist, tool_env, write_decompression_bomb
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -312,6 +312,20 @@ def test_bad_files_are_named_and_skipped(breast_project):
     none_readable = classify(breast_project, "--model", "breast-knn", "mixed/broken.png")
     assert none_readable.returncode == 1
     assert none_readable.stdout.splitlines() == [result.stdout.splitlines()[0]]
+
+
+def test_a_decompression_bomb_is_named_and_skipped(breast_project):
+    folder = breast_project / "with_bomb"
+    save_images(folder, tiny_breast(n_train=2, n_val=0, n_test=0)["train_images"], "ok_")
+    write_decompression_bomb(folder / "huge.png")
+    result = classify(breast_project, "--model", "breast-knn", "with_bomb")
+    assert result.returncode == 1
+    assert "skipped with_bomb/huge.png: refused as a possible decompression bomb (" in result.stderr
+    assert "classified 2 images; skipped 1 that could not be read" in result.stderr
+    assert [line.split(",")[0] for line in result.stdout.splitlines()[1:]] == [
+        "with_bomb/ok_0.png",
+        "with_bomb/ok_1.png",
+    ]
 
 
 def test_missing_inputs_are_one_line_errors(breast_project, tmp_path):

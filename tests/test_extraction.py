@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from PIL import Image
 from stages import extract_vgg_features as extract
 from stages.shared import breast_data
 from stages.shared import images as shared_images
+from stages.shared import runtime
 from stages.shared.config import ParamsError, StageError
 from tests.conftest import PROJECT, stage_argv, tool_env, two_cpu_devices_script
 
@@ -354,7 +356,7 @@ def test_chunks_of_other_settings_or_images_are_not_reused(tmp_path, monkeypatch
     max_pooled = run(layer="max")
     run(stop_after=4, layer="avg")  # chunks of the same shape as max pooling's, other numbers
     assert run(layer="max") == max_pooled
-    assert "is from other params or data: starting afresh" in capsys.readouterr().out
+    assert f"{CHECKPOINTS} is from a run with other params (layer): starting afresh" in capsys.readouterr().out
 
     run(stop_after=4, layer="max", workers=1)  # workers change the speed alone: its chunks are resumed
     assert run(layer="max", workers=2) == max_pooled
@@ -363,7 +365,62 @@ def test_chunks_of_other_settings_or_images_are_not_reused(tmp_path, monkeypatch
     run(stop_after=4, layer="max")
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(lab / "benign" / "new.png")  # other images now
     run(layer="max")
-    assert "starting afresh" in capsys.readouterr().out
+    assert f"{CHECKPOINTS} is from a run with other images: starting afresh" in capsys.readouterr().out
+
+
+def save_vgg16_weights(path: Path, seed: int) -> None:
+    """A weights file of no-top VGG16, random weights drawn from ``seed``."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(path)
+
+
+def test_chunks_of_weights_replaced_under_the_same_name_are_not_reused(tmp_path, monkeypatch, capsys):
+    write_lab_folder(tmp_path / "data/local/breast/lab")
+    weights = tmp_path / "data/local/weights/vgg16.weights.h5"
+    save_vgg16_weights(weights, seed=1)
+    write_params(tmp_path, "lab", weights=weights.name, chunk_size=8)
+    with monkeypatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(extract, "make_forward_pass", forward_stopping_after(4))
+        run_here(tmp_path, monkeypatch)
+    assert len(list((tmp_path / CHECKPOINTS).glob("chunk-*.npy"))) == 2
+    save_vgg16_weights(weights, seed=2)  # other weights, the same file name
+    capsys.readouterr()
+    resumed = run_here(tmp_path, monkeypatch)
+    log = capsys.readouterr().out
+    assert f"{CHECKPOINTS} is from a run with other weights: starting afresh" in log and "resuming" not in log
+    assert run_here(tmp_path, monkeypatch) == resumed  # every chunk from the new weights
+
+
+def test_chunks_of_other_code_are_not_reused(tmp_path, monkeypatch, capsys):
+    # The resume key reads the code of the project that dvc.yaml lies in: here a copy,
+    # whose backbone code is edited between the interrupted run and the next.
+    code = tmp_path / "code"
+    shutil.copytree(PROJECT / "stages", code / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT / "dvc.yaml", code)
+    monkeypatch.setattr(runtime, "PROJECT_ROOT", code)
+    write_lab_folder(tmp_path / "data/local/breast/lab")
+    write_params(tmp_path, "lab", chunk_size=8)
+
+    def interrupted_run() -> None:
+        with monkeypatch.context() as patch, pytest.raises(Interrupted):
+            patch.setattr(extract, "make_forward_pass", forward_stopping_after(4))
+            run_here(tmp_path, monkeypatch)
+
+    interrupted_run()
+    run_here(tmp_path, monkeypatch)
+    assert "resuming after 16 images" in capsys.readouterr().out  # the same code resumes the chunks
+    interrupted_run()
+    backbone_code = code / "stages/shared/images.py"
+    text = backbone_code.read_text()
+    assert "Image.Resampling.BILINEAR" in text
+    backbone_code.write_text(text.replace("Image.Resampling.BILINEAR", "Image.Resampling.BICUBIC"))
+    run_here(tmp_path, monkeypatch)
+    log = capsys.readouterr().out
+    assert f"{CHECKPOINTS} is from a run with other code (stages/shared/images.py): starting afresh" in log
+    assert "resuming" not in log
 
 
 @pytest.mark.slow  # second tier: child processes of TensorFlow

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +18,11 @@ import yaml
 
 from stages import augment_train_mnist as mnist
 from stages.shared import images as shared_images
+from stages.shared import runtime
 from stages.shared.config import ParamsError, StageError
 from stages.shared.files import write_json
 from stages.shared.predictions import read_predictions
-from tests.conftest import PROJECT, stage_argv, tiny_mnist, tool_env, two_cpu_devices_script
+from tests.conftest import PROJECT, fail_as_keras_offline, stage_argv, tiny_mnist, tool_env, two_cpu_devices_script
 
 LOCAL_NAME = "tiny.npz"  # augment_train_mnist.data: the file's name inside data/local/mnist/
 LOCAL_FILE = f"data/local/mnist/{LOCAL_NAME}"
@@ -302,25 +306,82 @@ def test_a_checkpoint_from_other_params_is_not_resumed(workdir, capsys):
     assert sorted(path.name for path in folder.iterdir()) == ["key.json"]  # nothing of the other run is left
 
 
+def checkpoint_opened(monkeypatch, devices: int = 1) -> mnist.Checkpoint:
+    """The checkpoint that the stage opens on ``devices`` devices, stopped before training."""
+    opened = []
+
+    def stop(*args):
+        opened.append(args[-1])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mnist, "device_names", lambda: [f"/device:CPU:{i}" for i in range(devices)])
+    monkeypatch.setattr(mnist, "train", stop)
+    with pytest.raises(KeyboardInterrupt):
+        mnist.main(stage_argv("augment_train_mnist"))
+    return opened[0]
+
+
 def test_a_checkpoint_from_another_number_of_devices_is_not_resumed(workdir, monkeypatch, capsys):
-    def checkpoint_opened_on(devices: int) -> mnist.Checkpoint:
-        """The checkpoint that the stage opens on ``devices`` devices, stopped before training."""
-        opened = []
+    write_json(checkpoint_opened(monkeypatch, 1).folder / "state.json", {"epochs_done": 2})
+    assert checkpoint_opened(monkeypatch, 1).load() == {"epochs_done": 2}  # the same devices resume it
+    assert checkpoint_opened(monkeypatch, 2).load() is None
+    assert "checkpoints/mnist is from a run with other devices: starting afresh" in capsys.readouterr().out
 
-        def stop(*args):
-            opened.append(args[-1])
-            raise KeyboardInterrupt
 
-        monkeypatch.setattr(mnist, "device_names", lambda: [f"/device:CPU:{i}" for i in range(devices)])
-        monkeypatch.setattr(mnist, "train", stop)
-        with pytest.raises(KeyboardInterrupt):
-            mnist.main(stage_argv("augment_train_mnist"))
-        return opened[0]
+@pytest.mark.parametrize(
+    ("module", "old", "new"),
+    [
+        ("stages/augment_train_mnist.py", "x = dense_block(x, 512)", "x = dense_block(x, 384)"),  # the model
+        ("stages/shared/augmentation.py", 'interpolation="bilinear"', 'interpolation="nearest"'),  # the augmentation
+    ],
+)
+def test_a_checkpoint_of_other_code_is_not_resumed(workdir, monkeypatch, capsys, module, old, new):
+    # The resume key reads the code of the project that dvc.yaml lies in: here a copy, edited
+    # between the killed run and the next.
+    code = workdir / "code"
+    shutil.copytree(PROJECT / "stages", code / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT / "dvc.yaml", code)
+    monkeypatch.setattr(runtime, "PROJECT_ROOT", code)
+    write_json(checkpoint_opened(monkeypatch).folder / "state.json", {"epochs_done": 2})
+    assert checkpoint_opened(monkeypatch).load() == {"epochs_done": 2}  # the same code resumes it
+    text = (code / module).read_text()
+    assert old in text
+    (code / module).write_text(text.replace(old, new))
+    capsys.readouterr()
+    assert checkpoint_opened(monkeypatch).load() is None
+    assert capsys.readouterr().out == f"checkpoints/mnist is from a run with other code ({module}): starting afresh\n"
 
-    write_json(checkpoint_opened_on(1).folder / "state.json", {"epochs_done": 2})
-    assert checkpoint_opened_on(1).load() == {"epochs_done": 2}  # the same devices resume it
-    assert checkpoint_opened_on(2).load() is None
-    assert "starting afresh" in capsys.readouterr().out
+
+@pytest.mark.slow  # second tier: child processes of TensorFlow
+def test_a_killed_run_whose_model_code_was_edited_starts_afresh_with_the_new_model(workdir):
+    import keras
+
+    # The project's code beside the data, where `python -m` finds it, to be edited between runs.
+    shutil.copytree(PROJECT / "stages", workdir / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT / "dvc.yaml", workdir)
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["augment_train_mnist"]["epochs"] = 8  # time to see the first checkpoint before the run ends
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def stage() -> subprocess.Popen:
+        command = [sys.executable, "-m", "stages.augment_train_mnist", *stage_argv("augment_train_mnist")]
+        return subprocess.Popen(command, cwd=workdir, env=tool_env(), stdout=subprocess.PIPE, text=True)
+
+    killed = stage()
+    while not (workdir / "checkpoints/mnist/state.json").exists() and killed.poll() is None:
+        time.sleep(0.01)
+    killed.kill()
+    assert killed.wait() == -signal.SIGKILL, killed.communicate()[0]
+    model_code = workdir / "stages/augment_train_mnist.py"
+    model_code.write_text(model_code.read_text().replace("x = dense_block(x, 512)", "x = dense_block(x, 384)"))
+
+    rerun = stage()
+    log = rerun.communicate()[0]
+    assert rerun.returncode == 0, log
+    assert "checkpoints/mnist is from a run with other code (stages/augment_train_mnist.py): starting afresh" in log
+    assert "resuming" not in log
+    model = keras.models.load_model(workdir / "models/mnist/model.keras")
+    assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == [384, 256, 10]
 
 
 @pytest.mark.parametrize(
@@ -346,10 +407,7 @@ def test_bad_files_are_named(workdir, spoil, message):
 def test_failed_download_says_what_to_do(monkeypatch):
     import keras
 
-    def offline():
-        raise Exception("URL fetch failure on https://example/mnist.npz: None -- [Errno -2] Name or service not known")
-
-    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: fail_as_keras_offline("https://example/mnist.npz"))
     with pytest.raises(StageError) as error:
         mnist.load_mnist("keras")
     assert str(error.value) == (

@@ -42,6 +42,33 @@ def test_a_failed_stage_stops_only_what_needs_it_and_the_summary_names_its_reaso
     ]
 
 
+NO_DISK_LEFT = """
+from pathlib import Path
+from stages.shared.files import download_or_stop
+from stages.shared.runtime import run_stage
+def main(argv):
+    with download_or_stop("X", "section.key", "a file", Path("data/local")):
+        raise OSError(28, "No space left on device")
+run_stage(main)
+"""
+
+
+def test_the_summary_gives_the_real_cause_of_a_failure_that_is_no_download(tmp_path):
+    git(tmp_path, "init", "-q", "-b", "main")
+    dvc(tmp_path, "init", "-q")
+    (tmp_path / "stage.py").write_text(NO_DISK_LEFT)
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"download": {"cmd": "python stage.py", "outs": ["data.txt"]}}})
+    )
+    result = run([sys.executable, "-m", "stages.commands.run_pipeline"], tmp_path, check=False)
+    assert result.returncode != 0
+    assert "Traceback (most recent call last):" in result.stdout  # where the summary says to look
+    assert result.stdout.splitlines()[-3:-1] == [
+        "run-pipeline: 1 stage(s) could not run:",
+        "  download: OSError: [Errno 28] No space left on device (traceback above)",
+    ]
+
+
 def test_ctrl_c_stops_dvc_and_its_stage_and_says_so_in_one_line(tmp_path):
     git(tmp_path, "init", "-q", "-b", "main")
     dvc(tmp_path, "init", "-q")

@@ -3,11 +3,14 @@ writes (stages.shared.files), same-bytes zips (stages.shared.files), and a stage
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,7 +19,17 @@ import pytest
 from pydantic import Field
 
 from stages.shared.config import Name, ParamsError, Section, StageError, read_params
-from stages.shared.files import atomic_path, local_or, save_keras_model, save_npz, save_skops, write_json
+from stages.shared.files import (
+    DownloadError,
+    atomic_path,
+    download_or_stop,
+    local_or,
+    save_keras_model,
+    save_npz,
+    save_skops,
+    write_json,
+)
+from stages.shared.runtime import ResumeFolder
 from tests.conftest import PROJECT, tool_env
 
 
@@ -372,3 +385,107 @@ def test_a_stage_that_dies_still_shows_its_last_stderr_lines(death, status, last
         assert len(lines) == 1
     else:  # the traceback after it
         assert lines[-1] == last_line
+
+
+def test_a_resume_folder_that_cannot_be_cleared_stops_the_stage(tmp_path, monkeypatch):
+    folder = tmp_path / "checkpoints"
+    ResumeFolder(folder, {"params": 1})
+    write_json(folder / "state.json", {"epochs_done": 2})
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):  # as files the user may not delete
+        if Path(path).name in ("key.json", "state.json"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(StageError) as error:
+        ResumeFolder(folder, {"params": 2})
+    assert re.fullmatch(
+        rf"{re.escape(str(folder))}: cannot delete this folder of resume files "
+        r"\(\[Errno 13\] Permission denied: '(key|state)\.json'\); delete it yourself",
+        str(error.value),
+    )
+    assert json.loads((folder / "key.json").read_text()) == {"params": 1}  # not taken for the new run's
+
+
+def keras_download(cache: Path, origin: str, file_hash: str | None = None) -> None:
+    """Keras's own download (``get_file``) into ``cache``, inside ``download_or_stop``."""
+    import keras
+
+    with download_or_stop("X", "section.key", "a file", Path("data/local")):
+        # A folder that exists: Keras would take /tmp/.keras for one that does not.
+        keras.utils.get_file("x.npz", origin, file_hash=file_hash, cache_dir=cache)
+
+
+def fail_the_transfer(monkeypatch, error: BaseException) -> None:
+    """Make urllib's transfer under Keras's get_file raise ``error``."""
+    from keras.src.utils import file_utils
+
+    def urlretrieve(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(file_utils, "urlretrieve", urlretrieve)
+
+
+@pytest.mark.parametrize(
+    "failure", ["no network", "HTTP error", "connection cut", "hash mismatch"], ids=lambda failure: failure
+)
+def test_a_failed_download_is_reported_as_one(tmp_path, monkeypatch, failure):
+    origin = (tmp_path / "absent.npz").as_uri()  # urllib's URLError, through Keras, with no network at all
+    file_hash = None
+    if failure == "HTTP error":
+        fail_the_transfer(monkeypatch, urllib.error.HTTPError(origin, 503, "Service Unavailable", None, None))
+    elif failure == "connection cut":
+        fail_the_transfer(monkeypatch, ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"))
+    elif failure == "hash mismatch":
+        (tmp_path / "served.npz").write_bytes(b"not the file that was published")
+        origin, file_hash = (tmp_path / "served.npz").as_uri(), "0" * 64
+    with pytest.raises(DownloadError) as error:
+        keras_download(tmp_path, origin, file_hash)
+    assert re.fullmatch(
+        r"could not download X \(.+\); put a file in data/local/ and set section\.key to its name", str(error.value)
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),  # the disk filled while the file was written
+        MemoryError("out of memory"),
+        TypeError("get_file() got an unexpected keyword argument 'file_hash'"),  # a library that changed
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_an_error_that_is_no_failed_download_goes_on_as_it_is(tmp_path, monkeypatch, error):
+    fail_the_transfer(monkeypatch, error)
+    with pytest.raises(type(error)) as raised:
+        keras_download(tmp_path, "https://example/x.npz")
+    assert raised.value is error and not isinstance(raised.value, DownloadError)
+
+
+FAILING_STAGE = """
+from pathlib import Path
+from stages.shared.files import download_or_stop
+from stages.shared.runtime import run_stage
+def main(argv):
+    with download_or_stop("X", "section.key", "a file", Path("data/local")):
+        raise OSError(28, "No space left on device")
+run_stage(main)
+"""
+
+
+def test_an_error_that_is_not_the_users_shows_its_traceback_then_one_line():
+    result = subprocess.run(
+        [sys.executable, "-c", FAILING_STAGE],
+        env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[-2:] == [
+        "OSError: [Errno 28] No space left on device",
+        "error: OSError: [Errno 28] No space left on device (traceback above)",
+    ]

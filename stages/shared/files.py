@@ -5,10 +5,13 @@ history CSV of a training."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import json
 import os
 import re
+import ssl
+import urllib.error
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -88,14 +91,36 @@ class DownloadError(StageError):
     which params key names it."""
 
 
+# What a failed download raises, through Keras's get_file: Keras turns urllib's URLError
+# and HTTPError into a bare Exception raised while it handles them; a connection cut or
+# timed out in the middle of a file comes as it is; a file whose hash does not match, as
+# a ValueError with this text.
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ssl.SSLError)
+KERAS_HASH_MISMATCH = "file hash does not match"
+
+
+def is_download_failure(err: BaseException) -> bool:
+    """Whether ``err``, or an exception it was raised from or while handling, says that a
+    download failed: a network error or a file whose hash does not match."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, NETWORK_ERRORS) or (isinstance(cause, ValueError) and KERAS_HASH_MISMATCH in str(cause)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 @contextlib.contextmanager
 def download_or_stop(what: str, key: str, copy: str, folder: Path) -> Iterator[None]:
-    """Turn a failed Keras download into a DownloadError that says to put ``copy`` (e.g. "a
-    weights file") in ``folder`` and set the params ``key`` to its name. Keras raises a bare
-    Exception when the network fails."""
+    """Turn a failed download in the block (``is_download_failure``) into a DownloadError
+    that says to put ``copy`` (e.g. "a weights file") in ``folder`` and set the params
+    ``key`` to its name. Any other exception (no memory or disk left, a library that
+    changed) is no download's: it goes on as it is, with its own message and traceback."""
     try:
         yield
     except Exception as err:
+        if not is_download_failure(err):
+            raise
         raise DownloadError(
             f"could not download {what} ({one_line(err)}); put {copy} in {folder}/ and set {key} to its name"
         ) from None

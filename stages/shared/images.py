@@ -30,29 +30,63 @@ RANDOM_WEIGHTS_SEED = 0
 
 
 # ------------------------------------------------------------------------------- image files
+# How read_image_file reads each of Pillow's modes; any other mode is refused.
+GREY_MODES = ("1", "L", "LA")  # to grey: black and white as 0 and 255, alpha dropped
+COLOUR_MODES = ("P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")  # to RGB: the palette's colours, alpha dropped
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")  # grey, 0..65535 scaled to 0..255
+OWN_RANGE_MODES = ("I", "F")  # 32-bit integer and float grey: the image's own min..max scaled to 0..255
+IMAGE_MODES = GREY_MODES + COLOUR_MODES + SIXTEEN_BIT_MODES + OWN_RANGE_MODES
+
+
 def read_image_file(path: Path, header_only: bool = False) -> np.ndarray | None:
     """Decode one image file to uint8 (H, W) grey or (H, W, 3) colour.
 
-    16-bit grey (common in lab TIFF and PNG) is scaled from its full range to 8 bits;
-    palette, alpha and CMYK images become RGB. With ``header_only``, read the format,
-    size and mode but no pixels, a fraction of a decode, and return None: a file that
-    is no image stops there, one cut short after a valid header only when decoded.
+    Grey modes stay grey, with black-and-white as 0 and 255; palette, CMYK and YCbCr images
+    become RGB; an alpha channel is dropped (the pixels as stored, not blended onto a
+    background). 16-bit grey (common in lab TIFF and PNG) is scaled from its full range,
+    0..65535, to 0..255. 32-bit integer and float grey have no full range of their own,
+    so each such image is scaled from its own darkest pixel (to 0) to its brightest (to
+    255), rounded; one with a single value throughout, or with NaN or infinite pixels,
+    is refused. Any other mode (LAB, say) is refused, with the file and its mode, as is
+    an image larger than Pillow's limit against decompression bombs.
+
+    With ``header_only``, read the format, size and mode but no pixels, a fraction of a
+    decode, and return None: a file that is no image, or of a mode refused, stops there;
+    one cut short after a valid header only when decoded.
     """
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            if image.mode not in IMAGE_MODES:
+                raise StageError(
+                    f"{path}: image mode {image.mode} is not read here (save it as 8- or 16-bit grey, or RGB)"
+                )
             if header_only:
                 return None
             image.load()  # Image.open only reads the header; this finds truncation
-            if image.mode.startswith("I"):
+            if image.mode in SIXTEEN_BIT_MODES:
                 pixels = np.asarray(image, dtype=np.float64) * (255 / 65535)
                 return np.clip(pixels, 0, 255).astype(np.uint8)
-            if image.mode != "L":
-                image = image.convert("RGB")
-            return np.asarray(image)
+            if image.mode in OWN_RANGE_MODES:
+                return scaled_from_own_range(path, image.mode, np.asarray(image, dtype=np.float64))
+            grey_or_colour = "L" if image.mode in GREY_MODES else "RGB"
+            return np.asarray(image if image.mode == grey_or_colour else image.convert(grey_or_colour))
     except OSError as err:  # unreadable, truncated, or not an image at all
         raise StageError(f"{path}: cannot read image ({one_line(err)})") from None
+    except Image.DecompressionBombError as err:  # not an OSError
+        raise StageError(f"{path}: refused as a possible decompression bomb ({one_line(err)})") from None
+
+
+def scaled_from_own_range(path: Path, mode: str, pixels: np.ndarray) -> np.ndarray:
+    """float64 pixels of a 32-bit integer or float image to uint8: its lowest value to 0,
+    its highest to 255, linearly, rounded to the nearest."""
+    if not np.isfinite(pixels).all():
+        raise StageError(f"{path}: image mode {mode} with NaN or infinite pixels; cannot scale it to 8 bits")
+    low, high = pixels.min(), pixels.max()
+    if low == high:
+        raise StageError(f"{path}: image mode {mode} of one value ({low:g}) throughout; no range to scale to 8 bits")
+    return np.rint((pixels - low) * (255 / (high - low))).astype(np.uint8)
 
 
 def is_skipped(name: str) -> bool:
