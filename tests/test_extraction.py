@@ -25,9 +25,8 @@ import yaml
 from PIL import Image
 
 from stages import extract_vgg_features as extract
-from stages.shared import breast_data
+from stages.shared import breast_data, runtime
 from stages.shared import images as shared_images
-from stages.shared import runtime
 from stages.shared.config import ParamsError, StageError
 from tests.conftest import PROJECT, stage_argv, tool_env, two_cpu_devices_script
 
