@@ -8,7 +8,10 @@ Reads ``positive_class.EXERCISE`` from params.yaml and every predictions file in
 ``score``, the same for every exercise: accuracy, balanced accuracy, each class's recall
 and the log loss, and for two classes the ROC AUC. For two classes with a positive
 class (``positive_class``; by default ``malignant`` when the data has a class of that
-name, as BreastMNIST does), also ``sensitivity`` and ``specificity``, and the ROC curves
+name, as BreastMNIST does), also ``sensitivity`` and ``specificity``, the positive and
+negative predictive values (``ppv``, ``npv``), the Brier score of that class's probability
+(``brier``), a 95 % interval of each proportion (Wilson's) and of the ROC AUC (DeLong's)
+under ``ci95``, and each proportion's count (``counts``, e.g. ``33/42``); and the ROC curves
 plot that class's true-positive rate; with none, the second class's. Writes
 
 * ``<metrics>/<classifier>.json``: ``<evaluation>.<metric>``, e.g. ``heldout.roc_auc``,
@@ -18,7 +21,10 @@ plot that class's true-positive rate; with none, the second class's. Writes
 * ``<plots>/confusion/<classifier>.csv``: the held-out predictions (``actual``,
   ``predicted``) for DVC's confusion-matrix plot;
 * ``<plots>/roc.csv`` for two classes: every classifier's held-out ROC curve
-  (``model``, ``fpr``, ``tpr``).
+  (``model``, ``fpr``, ``tpr``);
+* ``<plots>/calibration.csv`` with a positive class: every classifier's held-out
+  reliability diagram (``model``, ``bin_from``, ``bin_to``, ``predicted``, ``observed``,
+  ``count``).
 
 Scoring predictions, rather than loading the models and the data again, keeps this
 stage free of TensorFlow and of the data, and scores cross-validation too, whose
@@ -40,6 +46,10 @@ from stages.shared.runtime import run_stage, stage_args
 # ``heldout_unseen``: the held-out images with no near-copy among those fitted on (breast).
 EVALUATIONS = ("heldout", "heldout_unseen", "validation", "cv", "resubstitution")
 DIGITS = 4
+# With a positive class: the confidence of every interval (the metrics' ``ci95``), and
+# the reliability diagram's equal-width bins of its probability.
+CONFIDENCE = 0.95
+CALIBRATION_BINS = 10
 
 
 class Params(Section):
@@ -77,11 +87,122 @@ def score(
         metrics.update(sensitivity=recall[scored], specificity=recall[1 - scored])
     if len(class_names) == 2 and len(np.unique(actual)) == 2:
         metrics["roc_auc"] = roc_auc_score(actual == scored, probabilities[:, scored])
-    return rounded(metrics) | ({"positive_class": positive} if positive else {})
+    if not positive:
+        return rounded(metrics)
+    figures, counts = positive_class_figures(actual == scored, predicted == scored, probabilities[:, scored])
+    return rounded(metrics | figures) | {"counts": counts, "positive_class": positive}
 
 
 def rounded(metrics: dict) -> dict:
     return {k: rounded(v) if isinstance(v, dict) else round(float(v), DIGITS) for k, v in metrics.items()}
+
+
+# ---------------------------------------- with a positive class: predictive values, intervals, calibration
+def positive_class_figures(
+    actual_positive: np.ndarray, called_positive: np.ndarray, probability: np.ndarray
+) -> tuple[dict, dict]:
+    """What a positive class adds to ``score``'s figures: the call's positive and negative
+    predictive values (``ppv``, ``npv``), the Brier score of the positive class's
+    ``probability`` (``brier``), and ``ci95``: a 95 % interval of each proportion (accuracy
+    and those of ``call_counts``) and of the ROC AUC; then each proportion's count, e.g.
+    ``{"sensitivity": "33/42"}``."""
+    from sklearn.metrics import brier_score_loss
+
+    counts = {"accuracy": (int(np.sum(actual_positive == called_positive)), len(actual_positive))}
+    values, ci95, labels = proportion_figures(counts | call_counts(actual_positive, called_positive))
+    auc_interval = delong_interval(actual_positive, probability)
+    figures = {name: values[name] for name in ("ppv", "npv") if name in values}
+    figures["brier"] = brier_score_loss(actual_positive, probability)
+    figures["ci95"] = ci95 | ({"roc_auc": auc_interval} if auc_interval else {})
+    return figures, labels
+
+
+def call_counts(actual_positive: np.ndarray, called_positive: np.ndarray) -> dict[str, tuple[int, int]]:
+    """``(hits, total)`` of a two-class call's proportions: ``sensitivity`` (of the actual
+    positives, those called positive), ``specificity`` (of the negatives, those called
+    negative), ``ppv`` and ``npv`` (of those called positive, or negative, those that are).
+    A proportion of nothing (the PPV when nothing is called positive) is left out. Any call
+    will do: the argmax, or a call at another threshold."""
+    actual_positive, called_positive = np.asarray(actual_positive, bool), np.asarray(called_positive, bool)
+    true_positives = int(np.sum(actual_positive & called_positive))
+    true_negatives = int(np.sum(~actual_positive & ~called_positive))
+    counts = {
+        "sensitivity": (true_positives, int(np.sum(actual_positive))),
+        "specificity": (true_negatives, int(np.sum(~actual_positive))),
+        "ppv": (true_positives, int(np.sum(called_positive))),
+        "npv": (true_negatives, int(np.sum(~called_positive))),
+    }
+    return {name: (hits, total) for name, (hits, total) in counts.items() if total}
+
+
+def proportion_figures(counts: dict[str, tuple[int, int]]) -> tuple[dict, dict, dict]:
+    """Of proportions given as ``(hits, total)`` by name: their values, their 95 % Wilson
+    intervals and their counts as text (``hits/total``), each a dict by the same names."""
+    values = {name: hits / total for name, (hits, total) in counts.items()}
+    intervals = {name: wilson_interval(hits, total) for name, (hits, total) in counts.items()}
+    return values, intervals, {name: f"{hits}/{total}" for name, (hits, total) in counts.items()}
+
+
+def wilson_interval(hits: int, total: int, confidence: float = CONFIDENCE) -> dict[str, float]:
+    """Wilson's score interval of the proportion ``hits / total`` (``total`` > 0): unlike
+    p ± z·SE, it stays within [0, 1] and keeps its coverage near 0 and 1 and on few images."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(hits, total).proportion_ci(confidence, method="wilson")
+    return {"low": float(interval.low), "high": float(interval.high)}
+
+
+def delong_interval(
+    actual_positive: np.ndarray, scores: np.ndarray, confidence: float = CONFIDENCE
+) -> dict[str, float] | None:
+    """DeLong's interval of the ROC AUC of ``scores`` for ``actual_positive``: AUC ± z·SE,
+    clipped to [0, 1], with the variance of DeLong et al. (1988) from each image's
+    placement (the share of the other class that it outscores, ties half), computed from
+    midranks (Sun and Xu 2014). No resampling, so nothing to seed; None with fewer than two
+    images of either class, whose placements have no variance to estimate."""
+    from scipy.stats import norm, rankdata
+
+    positives, negatives = scores[actual_positive], scores[~actual_positive]
+    if min(len(positives), len(negatives)) < 2:
+        return None
+    ranks = rankdata(np.concatenate([positives, negatives]))
+    # Each positive's share of negatives below it, and each negative's share of positives above it.
+    positive_placements = (ranks[: len(positives)] - rankdata(positives)) / len(negatives)
+    negative_placements = 1 - (ranks[len(positives) :] - rankdata(negatives)) / len(positives)
+    auc = positive_placements.mean()
+    variance = positive_placements.var(ddof=1) / len(positives) + negative_placements.var(ddof=1) / len(negatives)
+    half_width = norm.ppf(0.5 + confidence / 2) * np.sqrt(variance)
+    return {"low": max(0.0, float(auc - half_width)), "high": min(1.0, float(auc + half_width))}
+
+
+def calibration_rows(model: str, heldout, positive: str):
+    """The held-out reliability diagram of one classifier: its images in
+    ``CALIBRATION_BINS`` equal-width bins of the ``positive`` class's probability, and for
+    each bin that holds any (from ``bin_from`` to ``bin_to``) their mean probability
+    (``predicted``), the share of them that is positive (``observed``) and their ``count``."""
+    import pandas as pd
+
+    probability = heldout[PROBABILITY_PREFIX + positive].to_numpy(np.float64)
+    frame = pd.DataFrame(
+        {
+            "bin": np.minimum((probability * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1),
+            "probability": probability,
+            "positive": (heldout["actual"] == positive).to_numpy(),
+        }
+    )
+    bins = frame.groupby("bin").agg(
+        predicted=("probability", "mean"), observed=("positive", "mean"), count=("positive", "size")
+    )
+    return pd.DataFrame(
+        {
+            "model": model,
+            "bin_from": bins.index / CALIBRATION_BINS,
+            "bin_to": (bins.index + 1) / CALIBRATION_BINS,
+            "predicted": bins["predicted"].round(DIGITS),
+            "observed": bins["observed"].round(DIGITS),
+            "count": bins["count"],
+        }
+    )
 
 
 def class_indices(column, class_names: tuple[str, ...], path: Path) -> np.ndarray:
@@ -146,7 +267,7 @@ def main(argv: list[str]) -> None:
     files = sorted(args.predictions.glob("*.csv"))
     if not files:
         raise StageError(f"{args.predictions}/: no predictions files; run its model stages first")
-    metrics, curves = {}, []
+    metrics, curves, calibrations = {}, [], []
     for path in files:
         model = path.stem
         metrics[model], heldout, class_names, positive = score_classifier(
@@ -156,9 +277,12 @@ def main(argv: list[str]) -> None:
             heldout[["actual", "predicted"]].to_csv(tmp, index=False)
         if "roc_auc" in metrics[model]["heldout"]:
             curves.append(roc_curve_rows(model, heldout, positive or class_names[1]))
-    if curves:
-        with atomic_path(args.plots / "roc.csv") as tmp:
-            pd.concat(curves).to_csv(tmp, index=False)
+        if positive:
+            calibrations.append(calibration_rows(model, heldout, positive))
+    for name, frames in (("roc.csv", curves), ("calibration.csv", calibrations)):
+        if frames:
+            with atomic_path(args.plots / name) as tmp:
+                pd.concat(frames).to_csv(tmp, index=False)
     for model, by_evaluation in metrics.items():
         write_json(args.metrics / f"{model}.json", by_evaluation)
         shown = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,9 +12,10 @@ import pytest
 import yaml
 
 from stages import evaluate
+from stages.commands import check_thresholds
 from stages.shared.config import ParamsError, StageError
 from stages.shared.predictions import prediction_frame, read_predictions, write_predictions
-from tests.conftest import project_params, stage_argv
+from tests.conftest import PROJECT, project_params, stage_argv
 
 BINARY = ("malignant", "benign")
 
@@ -47,9 +49,32 @@ def test_score_by_hand():
         "roc_auc": 0.75,
     }
     # With malignant positive: the same AUC (malignant's scores 0.9, 0.4 against 0.2, 0.7),
-    # and its recall is the sensitivity.
+    # and its recall is the sensitivity. Called malignant: images 0 and 3, one of them is.
     positive = evaluate.score(actual, probabilities.argmax(axis=1), probabilities, BINARY, "malignant")
-    assert positive == {**scores, "sensitivity": 0.5, "specificity": 0.5, "positive_class": "malignant"}
+    # Wilson's interval of 1/2 at z = 1.96: 0.5 ± 1.96·sqrt(1/8 + z²/16) / (1 + z²/2) = 0.5 ± 0.4055;
+    # of 2/4: 0.5 ± 1.96·sqrt(1/16 + z²/64) / (1 + z²/4) = 0.5 ± 0.3500.
+    half = {"low": 0.0945, "high": 0.9055}
+    # DeLong: malignant 0.9 beats both benign scores, 0.4 one (placements 1, 0.5); benign 0.2 is
+    # beaten by both, 0.7 by one (1, 0.5); variance 0.125 / 2 + 0.125 / 2, so 0.75 ± 1.96 · 0.3536.
+    auc = {"low": 0.057, "high": 1.0}
+    assert positive == {
+        **scores,
+        "sensitivity": 0.5,
+        "specificity": 0.5,
+        "ppv": 0.5,
+        "npv": 0.5,
+        "brier": 0.225,  # malignant's probability 0.9, 0.4, 0.2, 0.7 against 1, 1, 0, 0: (0.01 + 0.36 + 0.04 + 0.49) / 4
+        "ci95": {
+            "accuracy": {"low": 0.15, "high": 0.85},
+            "sensitivity": half,
+            "specificity": half,
+            "ppv": half,
+            "npv": half,
+            "roc_auc": auc,
+        },
+        "counts": {"accuracy": "2/4", "sensitivity": "1/2", "specificity": "1/2", "ppv": "1/2", "npv": "1/2"},
+        "positive_class": "malignant",
+    }
     skewed = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])  # every image called malignant
     assert evaluate.score(actual, skewed.argmax(axis=1), skewed, BINARY, "malignant")["sensitivity"] == 1.0
     assert evaluate.score(actual, skewed.argmax(axis=1), skewed, BINARY, "benign")["sensitivity"] == 0.0
@@ -108,12 +133,31 @@ def test_evaluate_scores_every_classifier_and_writes_the_plot_files(tmp_path, mo
             "specificity",
             "log_loss",
             "roc_auc",
+            "ppv",
+            "npv",
+            "brier",
+            "ci95",
+            "counts",
             "positive_class",
         }
     )
+    assert list(knn["heldout"]["ci95"]) == ["accuracy", "sensitivity", "specificity", "ppv", "npv", "roc_auc"]
+    assert list(knn["cv"]["ci95"]) == list(knn["heldout"]["ci95"])  # every evaluation has them
     assert knn["heldout"]["positive_class"] == "malignant"
     assert knn["heldout"]["sensitivity"] == knn["heldout"]["recall"]["malignant"]
     assert knn["heldout"]["specificity"] == knn["heldout"]["recall"]["benign"]
+    # Each figure lies inside its interval, and its count gives it.
+    for name, interval in knn["heldout"]["ci95"].items():
+        assert interval["low"] <= knn["heldout"][name] <= interval["high"] and interval["low"] < interval["high"]
+    for name, count in knn["heldout"]["counts"].items():
+        hits, total = map(int, count.split("/"))
+        assert knn["heldout"][name] == round(hits / total, 4)
+    assert knn["heldout"]["counts"]["accuracy"].endswith("/20")
+    # check-thresholds still finds the point figures it bounds (these predictions hold no
+    # heldout_unseen rows, so only its bounds are missing).
+    _, table = check_thresholds.check(PROJECT / "thresholds.yaml", tmp_path, only=["metrics/breast"])
+    assert not [line for line in table.splitlines() if "MISSING" in line and ":heldout." in line], table
+    assert "metrics/breast/head.json:heldout.sensitivity" in table
     # The numbers are score()'s on the file's rows.
     frame, names = read_predictions(tmp_path / "predictions/breast/knn.csv")
     held = frame[frame["evaluation"] == "heldout"]
@@ -178,11 +222,15 @@ def test_a_labs_classes_have_no_positive_class_unless_named(tmp_path, monkeypatc
     evaluate.main(stage_argv("evaluate", "breast"))
     unnamed = json.loads((tmp_path / "metrics/breast/knn.json").read_text())["heldout"]
     assert "sensitivity" not in unnamed and "positive_class" not in unnamed
+    assert not {"ppv", "brier", "ci95", "counts"} & set(unnamed)  # no positive class: no intervals
+    assert not (tmp_path / "plots/breast/evaluation/calibration.csv").exists()
     evaluate_params("breast", "cat")
     evaluate.main(stage_argv("evaluate", "breast"))
     named = json.loads((tmp_path / "metrics/breast/knn.json").read_text())["heldout"]
     assert named["positive_class"] == "cat" and named["sensitivity"] == named["recall"]["cat"]
     assert named["specificity"] == named["recall"]["dog"] and named["roc_auc"] == unnamed["roc_auc"]
+    assert named["counts"]["sensitivity"].endswith("/10") and "roc_auc" in named["ci95"]
+    assert pd.read_csv(tmp_path / "plots/breast/evaluation/calibration.csv")["count"].sum() == 20
     evaluate_params("breast", "malignant")
     with pytest.raises(ParamsError) as error:
         evaluate.main(stage_argv("evaluate", "breast"))
@@ -212,6 +260,8 @@ def test_many_classes_get_a_confusion_file_and_no_roc(tmp_path, monkeypatch):
     assert "roc_auc" not in metrics["heldout"] and set(metrics["heldout"]["recall"]) == set(digits)
     assert (tmp_path / "plots/mnist/evaluation/confusion/cnn.csv").is_file()
     assert not (tmp_path / "plots/mnist/evaluation/roc.csv").exists()
+    assert not (tmp_path / "plots/mnist/evaluation/calibration.csv").exists()
+    assert "ci95" not in metrics["heldout"] and "brier" not in metrics["heldout"]
 
 
 @pytest.mark.parametrize(
@@ -243,3 +293,125 @@ def test_no_predictions_says_what_to_run(tmp_path, monkeypatch):
         evaluate.main(stage_argv("evaluate", "toy"))
     with pytest.raises(SystemExit):  # argparse: the missing --metrics and --plots named, exit status 2
         evaluate.main(["--predictions", "predictions/toy"])
+
+
+# ------------------------------------------------------------- intervals and calibration
+@pytest.mark.parametrize(
+    ("hits", "total", "low", "high"),
+    [
+        # Newcombe (1998), Statistics in Medicine 17:857, Table I, the score method without
+        # continuity correction: 81/263, 15/148, 0/20, 1/29.
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+        # The issue's 33 of 42 malignant test images, by hand: (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²))
+        # / (1 + z²/n) with z = 1.96 is (0.78571 + 0.04573 ± 0.13226) / 1.09146.
+        (33, 42, 0.6406, 0.8829),
+    ],
+)
+def test_wilson_interval_against_published_figures(hits, total, low, high):
+    interval = evaluate.wilson_interval(hits, total)
+    assert (round(interval["low"], 4), round(interval["high"], 4)) == (low, high)
+
+
+def brute_force_delong(positives: np.ndarray, negatives: np.ndarray) -> tuple[float, float]:
+    """The AUC and DeLong's variance from their definition, every (positive, negative) pair."""
+    wins = (positives[:, None] > negatives[None, :]) + 0.5 * (positives[:, None] == negatives[None, :])
+    auc = wins.mean()
+    return auc, wins.mean(axis=1).var(ddof=1) / len(positives) + wins.mean(axis=0).var(ddof=1) / len(negatives)
+
+
+def test_delong_interval_by_hand_and_against_every_pair():
+    # Positives 0.9, 0.4; negatives 0.2, 0.7, 0.1. Placements: 1 and 2/3; 1, 1/2, 1. AUC 5/6,
+    # variance (1/18) / 2 + (1/12) / 3 = 1/18: 5/6 ± 1.96 · 0.2357, the top clipped to 1.
+    interval = evaluate.delong_interval(np.array([1, 1, 0, 0, 0], bool), np.array([0.9, 0.4, 0.2, 0.7, 0.1]))
+    assert round(interval["low"], 4) == 0.3714 and interval["high"] == 1.0
+    rng = np.random.default_rng(3)
+    for positives, negatives in [(30, 70), (7, 5), (42, 114)]:
+        actual = np.arange(positives + negatives) < positives
+        scores = np.round(rng.normal(actual * 0.8, 1.0), 1)  # rounded: many ties, within and across classes
+        auc, variance = brute_force_delong(scores[actual], scores[~actual])
+        interval = evaluate.delong_interval(actual, scores)
+        half = 1.959963984540054 * np.sqrt(variance)  # the normal distribution's 97.5th percentile
+        assert math.isclose(interval["low"], max(0, auc - half), abs_tol=1e-9)
+        assert math.isclose(interval["high"], min(1, auc + half), abs_tol=1e-9)
+    assert evaluate.delong_interval(np.array([1, 0, 0], bool), np.array([0.9, 0.2, 0.1])) is None  # one positive
+
+
+def test_delong_interval_covers_the_true_auc_95_times_in_100():
+    """Binormal scores, N(1, 1) against N(0, 1), have AUC Φ(1/√2) = 0.7602. Over 400 samples
+    of 40 and 60 images the interval should cover it about 380 times (binomial spread ±4.4);
+    an interval without the negatives' variance, or with z = 1.645, covers far fewer."""
+    rng = np.random.default_rng(4)
+    actual = np.arange(100) < 40
+    covered = 0
+    for _ in range(400):
+        interval = evaluate.delong_interval(actual, rng.normal(actual.astype(float), 1.0))
+        covered += interval["low"] <= 0.76025 <= interval["high"]
+    assert 365 <= covered <= 392, covered
+
+
+def test_call_counts_of_any_call():
+    actual = np.array([1, 1, 1, 0, 0, 0, 0], bool)
+    called = np.array([1, 1, 0, 1, 0, 0, 0], bool)
+    assert evaluate.call_counts(actual, called) == {
+        "sensitivity": (2, 3),
+        "specificity": (3, 4),
+        "ppv": (2, 3),
+        "npv": (3, 4),
+    }
+    # Nothing called positive: no PPV (a share of nothing), and the others as they are.
+    assert evaluate.call_counts(actual, np.zeros(7, bool)) == {
+        "sensitivity": (0, 3),
+        "specificity": (4, 4),
+        "npv": (4, 7),
+    }
+
+
+def calibration_predictions() -> tuple[list, np.ndarray, np.ndarray]:
+    """Held-out rows whose malignant probabilities fall in bins 0, 1, 5 and 9 (1.0 in the last)."""
+    p_malignant = np.array([0.0, 0.05, 0.05, 0.15, 0.55, 0.55, 0.55, 0.95, 0.95, 1.0])
+    malignant = np.array([0, 0, 1, 0, 1, 0, 1, 1, 1, 1], bool)
+    frame = prediction_frame(
+        range(10), (~malignant).astype(int), np.stack([p_malignant, 1 - p_malignant], 1), BINARY, "heldout", "test"
+    )
+    return [frame], p_malignant, malignant
+
+
+def test_the_calibration_bins_and_the_brier_score(tmp_path, monkeypatch):
+    from sklearn.metrics import brier_score_loss
+
+    monkeypatch.chdir(tmp_path)
+    frames, p_malignant, malignant = calibration_predictions()
+    write_predictions("predictions/breast/knn.csv", frames)
+    write_predictions("predictions/breast/head.csv", knn_like_predictions(np.random.default_rng(5))[:1])
+    evaluate.main(stage_argv("evaluate", "breast"))
+    calibration = pd.read_csv(tmp_path / "plots/breast/evaluation/calibration.csv")
+    assert list(calibration.columns) == ["model", "bin_from", "bin_to", "predicted", "observed", "count"]
+    assert list(calibration["model"].unique()) == ["head", "knn"]
+    knn = calibration[calibration["model"] == "knn"]
+    assert knn.drop(columns="model").to_dict("list") == {
+        "bin_from": [0.0, 0.1, 0.5, 0.9],
+        "bin_to": [0.1, 0.2, 0.6, 1.0],
+        "predicted": [0.0333, 0.15, 0.55, 0.9667],  # the mean malignant probability in each bin
+        "observed": [0.3333, 0.0, 0.6667, 1.0],  # the share of malignant images in it
+        "count": [3, 1, 3, 3],
+    }
+    metrics = json.loads((tmp_path / "metrics/breast/knn.json").read_text())["heldout"]
+    # (0.05² + 0.95² + 0.15² + 0.45² + 0.55² + 0.45² + 0.05² + 0.05²) / 10: the other two are exact.
+    assert metrics["brier"] == round(brier_score_loss(malignant, p_malignant), 4) == 0.164
+
+
+def test_the_same_predictions_give_the_same_bytes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_predictions("predictions/breast/knn.csv", knn_like_predictions(np.random.default_rng(6)))
+    runs = []
+    for _ in range(2):
+        evaluate.main(stage_argv("evaluate", "breast"))
+        outputs = sorted(p for folder in ("metrics", "plots") for p in (tmp_path / folder).rglob("*") if p.is_file())
+        runs.append({p.relative_to(tmp_path): p.read_bytes() for p in outputs})
+        for p in outputs:
+            p.unlink()
+    assert runs[0] == runs[1] and "ci95" in runs[0][Path("metrics/breast/knn.json")].decode()
+    assert Path("plots/breast/evaluation/calibration.csv") in runs[0]
