@@ -12,7 +12,10 @@ name, as BreastMNIST does), also ``sensitivity`` and ``specificity``, the positi
 negative predictive values (``ppv``, ``npv``), the Brier score of that class's probability
 (``brier``), a 95 % interval of each proportion (Wilson's) and of the ROC AUC (DeLong's)
 under ``ci95``, and each proportion's count (``counts``, e.g. ``33/42``); and the ROC curves
-plot that class's true-positive rate; with none, the second class's. Writes
+plot that class's true-positive rate; with none, the second class's. Where the predictions
+hold a call at an operating point (``called``: the breast classifiers with a
+``target_sensitivity``), the figures of that call go under ``operating_point`` (e.g.
+``heldout.operating_point.sensitivity``), apart from the argmax's. Writes
 
 * ``<metrics>/<classifier>.json``: ``<evaluation>.<metric>``, e.g. ``heldout.roc_auc``,
   the same keys for every classifier, so that ``dvc metrics show`` prints one row per
@@ -213,6 +216,14 @@ def class_indices(column, class_names: tuple[str, ...], path: Path) -> np.ndarra
     return column.map(index).to_numpy()
 
 
+def operating_point_figures(actual_positive: np.ndarray, called_positive: np.ndarray) -> dict:
+    """The figures of the call at a classifier's operating point (the predictions' ``called``),
+    kept apart from the argmax's: its sensitivity, specificity and predictive values, with
+    their 95 % intervals and counts."""
+    values, ci95, counts = proportion_figures(call_counts(actual_positive, called_positive))
+    return rounded(values | {"ci95": ci95}) | {"counts": counts}
+
+
 def score_evaluation(rows, class_names: tuple[str, ...], path: Path, positive: str | None = None) -> dict:
     """``score`` of one evaluation's rows, with its protocol and size; for cross-validation
     also the number of folds and the spread of accuracy over them."""
@@ -222,6 +233,10 @@ def score_evaluation(rows, class_names: tuple[str, ...], path: Path, positive: s
     protocols = rows["protocol"].unique()
     metrics = {"protocol": str(protocols[0]), "n": int(len(rows))}
     metrics.update(score(actual, predicted, probabilities, class_names, positive))
+    if positive and "called" in rows and (rows["called"] != "").all():
+        scored = class_names.index(positive)
+        called = class_indices(rows["called"], class_names, path)
+        metrics["operating_point"] = operating_point_figures(actual == scored, called == scored)
     folds = rows["fold"].to_numpy()
     if (folds != "").all():
         per_fold = [np.mean(actual[folds == fold] == predicted[folds == fold]) for fold in np.unique(folds)]
@@ -290,6 +305,8 @@ def main(argv: list[str]) -> None:
             for k in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "roc_auc")
             if k in by_evaluation["heldout"]
         }
+        point = by_evaluation["heldout"].get("operating_point", {})
+        shown |= {f"operating_point.{k}": point[k] for k in ("sensitivity", "specificity") if k in point}
         print(f"evaluate: {model}, held out ({by_evaluation['heldout']['protocol']}): {shown}")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import fit_knn
+from stages import evaluate, fit_knn
 from stages.shared.breast import OperatingPoint, protocol_predictions
 from stages.shared.config import ParamsError
 from tests.conftest import stage_argv
@@ -110,3 +110,31 @@ def test_the_knn_s_nested_cuts_need_no_test_split():
     _, frames, described = fit_knn.fit_and_predict(data, settings, 4, seed=0, point=OperatingPoint(0, 0.8))
     heldout = pd.concat(frames).query("evaluation == 'heldout'")
     assert heldout["called"].notna().all() and described["images"] == 80
+
+
+def test_evaluate_scores_the_call_at_the_operating_point_apart_from_the_argmax(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "medmnist")
+    # Four malignant and four benign images; the call at the operating point differs from the argmax.
+    rows = pd.DataFrame(
+        {
+            "id": [f"test_images[{i}]" for i in range(8)],
+            "evaluation": "heldout",
+            "protocol": "test split",
+            "fold": "",
+            "actual": ["malignant"] * 4 + ["normal_or_benign"] * 4,
+            "predicted": ["malignant", "malignant"] + ["normal_or_benign"] * 6,
+            "called": ["malignant"] * 4 + ["malignant", "malignant", "normal_or_benign", "normal_or_benign"],
+            "p_malignant": [0.9, 0.8, 0.4, 0.3, 0.35, 0.3, 0.1, 0.05],
+            "p_normal_or_benign": [0.1, 0.2, 0.6, 0.7, 0.65, 0.7, 0.9, 0.95],
+        }
+    )
+    (tmp_path / "predictions/breast").mkdir(parents=True)
+    rows.to_csv(tmp_path / "predictions/breast/knn.csv", index=False)
+    evaluate.main(stage_argv("evaluate", "breast"))
+    heldout = json.loads((tmp_path / "metrics/breast/knn.json").read_text())["heldout"]
+    assert (heldout["sensitivity"], heldout["specificity"]) == (0.5, 1.0)  # the argmax's
+    point = heldout["operating_point"]
+    assert (point["sensitivity"], point["specificity"], point["ppv"], point["npv"]) == (1.0, 0.5, 0.6667, 1.0)
+    assert point["counts"] == {"sensitivity": "4/4", "specificity": "2/4", "ppv": "4/6", "npv": "2/2"}
+    assert point["ci95"]["sensitivity"]["low"] < 1.0 == point["ci95"]["sensitivity"]["high"]
