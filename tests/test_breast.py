@@ -280,11 +280,11 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
 def test_a_folder_with_an_image_refused_stops_before_the_network(image_folder):
     write_decompression_bomb(image_folder / "benign/huge.png")
     with pytest.raises(StageError, match=r"lab/benign/huge\.png: refused as a possible decompression bomb"):
-        extract.load_image_folder(image_folder)
+        breast_data.load_image_folder(image_folder)
     (image_folder / "benign/huge.png").unlink()
     image_in_mode("LAB", [(50, 0, 0)]).save(image_folder / "malignant/lab.tif")
     with pytest.raises(StageError, match=r"lab/malignant/lab\.tif: image mode LAB is not read here"):
-        extract.load_image_folder(image_folder)
+        breast_data.load_image_folder(image_folder)
 
 
 def spoil_folder(root: Path, how: str) -> Path:
