@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from stages import augment_train_mnist, evaluate, extract_vgg_features, fit_knn, train_head
+from stages.commands import classifiers, model_files
 from stages.commands import classify as classify_stage
 from stages.shared import breast
 from stages.shared import images as shared_images
@@ -141,8 +142,8 @@ def test_the_model_used_is_the_one_whose_figures_are_reported(breast_project, mo
     """The model classify-images loads (for the head, the whole ensemble) gives the test
     images' features the probabilities that its stage reported for them."""
     monkeypatch.chdir(breast_project)
-    name, probabilities = classify_stage.breast_feature_model(model)
-    stage = classify_stage.BREAST_MODELS[name]
+    name, probabilities = classifiers.breast_feature_model(model)
+    stage = classifiers.BREAST_MODELS[name]
     data = breast.load_features(Path("data/breast/features.npz"), params_of(breast_project)[stage]["features"], stage)
     test = data.split == "test"
     features, ids = data.features[test], data.source[test]
@@ -197,7 +198,7 @@ def test_the_choice_follows_cross_validation_when_the_test_split_disagrees(tmp_p
     monkeypatch.chdir(tmp_path)
     shutil.copy(PROJECT / "dvc.yaml", tmp_path)
     write_breast_metrics(tmp_path, cv, test)
-    assert classify_stage.choose_breast_model(Path("metrics/breast")) == chosen
+    assert classifiers.choose_breast_model(Path("metrics/breast")) == chosen
 
 
 def copy_of(project: Path, tmp_path: Path) -> Path:
@@ -286,7 +287,7 @@ def test_a_tampered_keras_model_is_refused_unloaded(tmp_path):
     sneaky = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))  # code inside the file
     sneaky.save(tmp_path / "head.keras")
     with pytest.raises(StageError) as refused:
-        classify_stage.load_keras_model(tmp_path / "head.keras")
+        model_files.load_keras_model(tmp_path / "head.keras")
     message = str(refused.value)
     assert message.startswith(f"{tmp_path / 'head.keras'}: refused or unreadable Keras model (")
     assert "Lambda" in message and "\n" not in message
