@@ -1,7 +1,7 @@
 """The trained pipelines that ``classify-images`` applies to batches of prepared images:
-the breast KNN or head on the frozen backbone's features (with the novelty flag), or the
-MNIST CNN; which model files they load, and how ``breast`` chooses between the two breast
-classifiers."""
+the breast KNN or head on the frozen backbone's features (with the novelty flag, and the
+head's heat maps when asked for), or the MNIST CNN; which model files they load, and how
+``breast`` chooses between the two breast classifiers."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.commands import heatmaps
 from stages.commands.model_files import (
     load_keras_model,
     load_knn,
@@ -34,7 +35,7 @@ NOVELTY_COLUMNS = ("nearest_distance", "unlike_training")
 class Classifier:
     """A trained pipeline as classify-images applies it: ``columns`` of a batch of images
     prepared at ``image_size`` in ``mode`` (RGB, or L for grey) are the class probabilities
-    and a dict of ``other_columns``."""
+    and a dict of ``other_columns``; ``gradcam``, when asked for, makes its heat maps."""
 
     name: str
     class_names: tuple[str, ...]
@@ -43,11 +44,13 @@ class Classifier:
     columns: Callable[[np.ndarray], tuple[np.ndarray, dict[str, np.ndarray]]]
     other_columns: tuple[str, ...] = ()
     novelty_threshold: float | None = None
+    gradcam: heatmaps.GradCam | None = None
 
 
-def breast_classifier(model: str) -> Classifier:
+def breast_classifier(model: str, with_heatmaps: bool = False) -> Classifier:
     """A breast pipeline: the class probabilities, then ``nearest_distance`` and
-    ``unlike_training``.
+    ``unlike_training``; with ``with_heatmaps``, the Grad-CAM of ``train_head``'s model,
+    whichever classifier gives the probabilities (the KNN has no gradient).
 
     ``model`` ``breast`` picks by the cross-validation ROC AUC in the breast metrics. The
     backbone's features hold every block the extraction wrote; each classifier, and the
@@ -58,6 +61,7 @@ def breast_classifier(model: str) -> Classifier:
     from stages.shared.images import preprocess_function
 
     recipe, recipe_path = read_backbone_recipe()
+    head = heatmaps.load_head(recipe, recipe_path) if with_heatmaps else None
     knn, threshold = novelty_reference()
     _, knn_columns = model_inputs("fit_knn", recipe, recipe_path)
     name, predict_features = breast_feature_model(model, knn)
@@ -65,14 +69,23 @@ def breast_classifier(model: str) -> Classifier:
     backbone, preprocess = rebuild_backbone(recipe, recipe_path), preprocess_function(recipe["backbone"])
 
     def columns(batch: np.ndarray) -> tuple[np.ndarray, dict]:
-        features = np.asarray(backbone.predict_on_batch(preprocess(batch)))
+        # On a copy: preprocess_input works in place, and the batch goes on to the heat maps.
+        features = np.asarray(backbone.predict_on_batch(preprocess(batch.copy())))
         distances = nearest_distances(knn, features[:, knn_columns])
         return predict_features(features[:, columns_of_model]), dict(
             zip(NOVELTY_COLUMNS, (distances, distances > threshold))
         )
 
+    gradcam = None
+    if head:
+        gradcam = heatmaps.GradCam(backbone, preprocess, head)
+        print(
+            f"heat maps: Grad-CAM of breast-head's log-odds of {recipe['class_names'][head.positive]} "
+            f"over {', '.join(head.blocks)}" + ("" if name == "breast-head" else f" (not of {name}: no gradient)"),
+            file=sys.stderr,
+        )
     return Classifier(
-        name, tuple(recipe["class_names"]), recipe["image_size"], "RGB", columns, NOVELTY_COLUMNS, threshold
+        name, tuple(recipe["class_names"]), recipe["image_size"], "RGB", columns, NOVELTY_COLUMNS, threshold, gradcam
     )
 
 

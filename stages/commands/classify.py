@@ -1,6 +1,6 @@
 """Classify new images with a pipeline the stages trained: one CSV row per image.
 
-    classify-images [--model breast|breast-knn|breast-head|mnist] [-o FILE] PATH [PATH ...]
+    classify-images [--model breast|breast-knn|breast-head|mnist] [-o FILE] [--heatmaps DIR] PATH [PATH ...]
     python -m stages.commands.classify ...
 
 Run from the project root, after `dvc repro` (or `dvc pull`) has put the models there;
@@ -29,9 +29,10 @@ Standard error says how many were flagged. An image of the same kind as the trai
 images but of a class they do not hold is not flagged.
 
 Writes ``file,predicted,p_<class>...`` (and for breast images the two columns above) to
-standard output, or to ``-o FILE``. A file that cannot be read as an image is named on
-standard error and skipped: the rest of a large batch is still classified, and the exit
-status is 1 so that a script notices.
+standard output, or to ``-o FILE``. With ``--heatmaps DIR``, each breast image's Grad-CAM
+heat map, laid over the scan, goes to a PNG in DIR (``stages.commands.heatmaps``). A file
+that cannot be read as an image is named on standard error and skipped: the rest of a
+large batch is still classified, and the exit status is 1 so that a script notices.
 Progress goes to standard error.
 """
 
@@ -40,11 +41,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from stages.commands import heatmaps
 from stages.commands.classifiers import BREAST_MODELS, Classifier, breast_classifier, mnist_classifier
 from stages.shared.config import StageError
 from stages.shared.files import atomic_path
@@ -91,9 +93,15 @@ def readable_batches(
         yield names, np.stack(images)
 
 
-def classify(files: list[Path], classifier: Classifier, batch_size: int):
+def classify(
+    files: list[Path],
+    classifier: Classifier,
+    batch_size: int,
+    after_batch: Sequence[Callable[[list[Path], np.ndarray, dict], None]] = (),
+):
     """A DataFrame ``file, predicted, p_<class>...`` of every readable file, then the
-    classifier's ``other_columns``; and the skipped files."""
+    classifier's ``other_columns``; and the skipped files. Each batch's rows, a dict of
+    columns, go to each of ``after_batch`` with the batch's files and prepared images."""
     import pandas as pd
 
     class_names = classifier.class_names
@@ -108,6 +116,8 @@ def classify(files: list[Path], classifier: Classifier, batch_size: int):
             **{f"p_{name}": p[:, i] for i, name in enumerate(class_names)},
             **other,
         }
+        for then in after_batch:
+            then(names, batch, rows)
         batches.append(pd.DataFrame(rows))
         done += len(names)
         if number % PROGRESS_EVERY == 0:
@@ -127,14 +137,23 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("-o", "--output", type=Path, help="CSV file to write (default: standard output)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument(
+        "--heatmaps",
+        type=Path,
+        metavar="DIR",
+        help="write each breast image's Grad-CAM heat map over the scan to a PNG in DIR",
+    )
     args = parser.parse_args(argv)
+    if args.heatmaps and args.model == "mnist":
+        raise StageError("--heatmaps: heat maps are made for breast images (the breast head's Grad-CAM), not mnist")
     files = find_images(args.paths)
     if args.model == "mnist":
         classifier = mnist_classifier()
     else:
-        classifier = breast_classifier(args.model)
+        classifier = breast_classifier(args.model, with_heatmaps=args.heatmaps is not None)
+    writers = [heatmaps.HeatmapWriter(classifier.gradcam, args.heatmaps, files)] if classifier.gradcam else []
     print(f"classifying {len(files)} images with {classifier.name}", file=sys.stderr, flush=True)
-    table, skipped = classify(files, classifier, args.batch_size)
+    table, skipped = classify(files, classifier, args.batch_size, writers)
     # 7 significant digits: a float32 probability to within 1e-7, as in the predictions files
     if args.output:
         with atomic_path(args.output) as tmp:
@@ -145,6 +164,8 @@ def main(argv: list[str]) -> None:
         f"classified {len(table)} images" + (f"; skipped {len(skipped)} that could not be read" if skipped else ""),
         file=sys.stderr,
     )
+    for writer in writers:
+        print(f"wrote {writer.written} heat maps to {args.heatmaps}", file=sys.stderr)
     threshold = classifier.novelty_threshold
     if threshold is not None:
         flagged = int(table["unlike_training"].sum()) if len(table) else 0
