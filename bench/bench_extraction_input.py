@@ -34,7 +34,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))  # run from anywhere, no install
 
 from stages import extract_vgg_features as stage
-from stages.commands.classify import stage_command
+from stages.commands.model_files import stage_command
 from stages.shared import breast_data
 from stages.shared import images as shared_images
 

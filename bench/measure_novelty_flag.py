@@ -32,8 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
 from stages import fit_knn
-from stages.commands import classify
-from stages.commands.classify import stage_paths
+from stages.commands import classifiers
+from stages.commands.model_files import stage_paths
 from stages.shared import breast
 from stages.shared import images as shared_images
 from stages.shared.breast import load_features
@@ -120,7 +120,8 @@ def main() -> None:
         "--groups", type=Path, default=Path("data/breast/near_copies.csv"), help="find_near_copies' groups"
     )
     args = parser.parse_args()
-    _, columns, _, size, threshold = classify.breast_classifier("breast-head")
+    classifier = classifiers.breast_classifier("breast-head")
+    columns, size, threshold = classifier.columns, classifier.image_size, classifier.novelty_threshold
     novelty = json.loads(stage_paths("fit_knn")["novelty"].read_text())
     kinds = {
         "BreastMNIST test split (in distribution)": read_npz(args.breast, ("test_images",))["test_images"],

@@ -231,14 +231,14 @@ def tiny_breast(n_train: int = 24, n_val: int = 6, n_test: int = 12, seed: int =
 
 def stage_argv(stage: str, item: str | None = None) -> list[str]:
     """A stage's command line as the project's dvc.yaml gives it: the paths are stated there alone."""
-    from stages.commands.classify import stage_command
+    from stages.commands.model_files import stage_command
 
     return stage_command(stage, item, PROJECT / "dvc.yaml")
 
 
 def stage_paths(stage: str, item: str | None = None) -> dict[str, Path]:
     """The paths a stage reads and writes, from the project's dvc.yaml."""
-    from stages.commands.classify import stage_paths as paths
+    from stages.commands.model_files import stage_paths as paths
 
     return paths(stage, item, PROJECT / "dvc.yaml")
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from stages import evaluate, find_near_copies, fit_knn, train_head
 from stages import extract_vgg_features as extract
-from stages.commands import check_thresholds, classify
+from stages.commands import check_thresholds, model_files
 from stages.shared import breast, breast_data
 from stages.shared import images as shared_images
 from stages.shared.breast import FeatureSet
@@ -661,7 +661,7 @@ def test_fit_knn_stage_on_data_with_a_test_split(tmp_path, monkeypatch):
     inputs = json.loads((tmp_path / "models/breast/knn_inputs.json").read_text())
     assert inputs == {"features": ["block5"], "n_features": 16}
 
-    model = classify.load_knn(tmp_path / "models/breast/knn.skops")
+    model = model_files.load_knn(tmp_path / "models/breast/knn.skops")
     assert model.named_steps["knn"].n_samples_fit_ == 32 and model.predict(data.features[:2]).shape == (2,)
     saved = (tmp_path / "models/breast/knn.skops").read_bytes()
     fit_knn.main(stage_argv("fit_knn"))  # same params, same bytes: no time or object address in the file
@@ -694,13 +694,13 @@ def test_a_tampered_knn_file_is_refused_unloaded(tmp_path):
         for name, content in entries.items():
             tampered.writestr(name, content)
     with pytest.raises(StageError) as refused:
-        classify.load_knn(tmp_path / "tampered.skops")
+        model_files.load_knn(tmp_path / "tampered.skops")
     message = str(refused.value)
     assert message.startswith(f"{tmp_path / 'tampered.skops'}: refused: it holds types that fit_knn never writes")
     assert "subprocess.Popen" in message and "\n" not in message
     (tmp_path / "broken.skops").write_bytes((tmp_path / "knn.skops").read_bytes()[:100])
     with pytest.raises(StageError, match="broken.skops: not a readable skops model"):
-        classify.load_knn(tmp_path / "broken.skops")
+        model_files.load_knn(tmp_path / "broken.skops")
 
 
 def test_both_stages_and_evaluate_on_a_folder(tmp_path, monkeypatch, image_folder):

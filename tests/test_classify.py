@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from stages import augment_train_mnist, evaluate, extract_vgg_features, find_near_copies, fit_knn, train_head
+from stages.commands import classifiers, heatmaps, model_files
 from stages.commands import classify as classify_stage
 from stages.shared import breast
 from stages.shared import images as shared_images
@@ -141,8 +142,8 @@ def test_the_model_used_is_the_one_whose_figures_are_reported(breast_project, mo
     """The model classify-images loads (for the head, the whole ensemble) gives the test
     images' features the probabilities that its stage reported for them."""
     monkeypatch.chdir(breast_project)
-    name, probabilities = classify_stage.breast_feature_model(model)
-    stage = classify_stage.BREAST_MODELS[name]
+    name, probabilities = classifiers.breast_feature_model(model)
+    stage = classifiers.BREAST_MODELS[name]
     data = breast.load_features(
         Path("data/breast/features.npz"),
         params_of(breast_project)[stage]["features"],
@@ -202,7 +203,7 @@ def test_the_choice_follows_cross_validation_when_the_test_split_disagrees(tmp_p
     monkeypatch.chdir(tmp_path)
     shutil.copy(PROJECT / "dvc.yaml", tmp_path)
     write_breast_metrics(tmp_path, cv, test)
-    assert classify_stage.choose_breast_model(Path("metrics/breast")) == chosen
+    assert classifiers.choose_breast_model(Path("metrics/breast")) == chosen
 
 
 def copy_of(project: Path, tmp_path: Path) -> Path:
@@ -291,7 +292,7 @@ def test_a_tampered_keras_model_is_refused_unloaded(tmp_path):
     sneaky = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))  # code inside the file
     sneaky.save(tmp_path / "head.keras")
     with pytest.raises(StageError) as refused:
-        classify_stage.load_keras_model(tmp_path / "head.keras")
+        model_files.load_keras_model(tmp_path / "head.keras")
     message = str(refused.value)
     assert message.startswith(f"{tmp_path / 'head.keras'}: refused or unreadable Keras model (")
     assert "Lambda" in message and "\n" not in message
@@ -362,3 +363,56 @@ def test_digits_get_the_cnns_own_probabilities(tmp_path, monkeypatch):
     expected = test.loc[[f"x_test[{Path(f).stem.split('_')[-1]}]" for f in rows["file"]]]
     digits = [f"p_{d}" for d in range(10)]
     np.testing.assert_allclose(rows[digits].to_numpy(), expected[digits].to_numpy(), atol=2e-5)
+
+
+def test_heat_maps_lie_over_each_scan_and_leave_the_table_as_it_was(breast_project, monkeypatch):
+    with_maps = classify(breast_project, "--model", "breast-head", "new", "--heatmaps", "maps", "-o", "mapped.csv")
+    assert with_maps.returncode == 0, with_maps.stderr
+    assert "heat maps: Grad-CAM of breast-head's log-odds of malignant over block5, block3\n" in with_maps.stderr
+    assert "wrote 12 heat maps to maps" in with_maps.stderr
+    assert classify(breast_project, "--model", "breast-head", "new", "-o", "plain.csv").returncode == 0
+    assert (breast_project / "mapped.csv").read_bytes() == (breast_project / "plain.csv").read_bytes()
+    # Each PNG is the overlay of its own image's map: the maps of the images, in another order, differ.
+    monkeypatch.chdir(breast_project)
+    gradcam = classifiers.breast_classifier("breast-head", with_heatmaps=True).gradcam
+    scans = [np.asarray(Image.open(f"new/test_{i}.png")) for i in range(12)]
+    maps = gradcam.maps(np.stack([shared_images.prepare_image(scan, 32) for scan in scans]))
+    assert sorted(path.name for path in Path("maps").iterdir()) == sorted(f"test_{i}.png.png" for i in range(12))
+    for i, (scan, heat) in enumerate(zip(scans, maps)):
+        written = np.asarray(Image.open(f"maps/test_{i}.png.png"))
+        assert written.shape == (32, 32, 3)  # the 28 px scan, enlarged to the 32 px map
+        np.testing.assert_array_equal(written, heatmaps.overlay(scan, heat))
+    assert not np.allclose(maps, maps[::-1])
+
+
+def test_the_knns_heat_maps_are_the_heads(breast_project):
+    result = classify(breast_project, "--model", "breast-knn", "new/test_0.png", "--heatmaps", "knn_maps")
+    assert result.returncode == 0, result.stderr
+    assert "over block5, block3 (not of breast-knn: no gradient)" in result.stderr
+    assert [path.name for path in (breast_project / "knn_maps").iterdir()] == ["test_0.png.png"]
+
+
+def test_heat_maps_that_cannot_be_made_are_refused_in_one_line(breast_project, tmp_path):
+    digits = classify(tmp_path, "--model", "mnist", "--heatmaps", "maps", "anything")  # refused before any file
+    assert digits.returncode == 2 and digits.stderr.strip() == (
+        "error: --heatmaps: heat maps are made for breast images (the breast head's Grad-CAM), not mnist"
+    )
+    clone = copy_of(breast_project, tmp_path)
+    recipe_path = clone / "models/breast/backbone.json"
+    recipe = json.loads(recipe_path.read_text())
+    recipe_path.write_text(json.dumps({**recipe, "layer": "fc1"}))
+    top = classify(clone, "--model", "breast-head", "new", "--heatmaps", "maps")
+    assert top.returncode == 2 and top.stderr.strip() == (
+        "error: --heatmaps: the breast models read fc1 features (models/breast/backbone.json), whose Dense layers "
+        "mix the positions of block 5's map; the heat maps are made for pooled conv blocks only "
+        "(extract_vgg_features.layer avg or max)"
+    )
+    recipe_path.write_text(json.dumps(recipe))
+    (clone / "models/breast/head.keras").unlink()  # a KNN alone
+    no_head = classify(clone, "--model", "breast-knn", "new", "--heatmaps", "maps")
+    assert no_head.returncode == 2 and no_head.stderr.strip() == (
+        "error: --heatmaps: models/breast/head.keras: not found; the heat maps are the Grad-CAM of train_head's "
+        "model (the KNN has no gradient): run `dvc repro train_head` (or `dvc pull`) first"
+    )
+    assert classify(clone, "--model", "breast-knn", "new").returncode == 0  # without maps, the KNN alone does
+    assert not (clone / "maps").exists()

@@ -210,7 +210,7 @@ def test_skops_files_hold_no_time_and_no_address(tmp_path, monkeypatch):
 
     import numpy as np
 
-    from stages.commands.classify import load_knn
+    from stages.commands.model_files import load_knn
     from stages.fit_knn import make_knn_pipeline
 
     x, y = np.random.default_rng(0).random((8, 32), dtype=np.float32), np.arange(8) % 2  # as wide as features

@@ -1,6 +1,6 @@
 """Classify new images with a pipeline the stages trained: one CSV row per image.
 
-    classify-images [--model breast|breast-knn|breast-head|mnist] [-o FILE] PATH [PATH ...]
+    classify-images [--model breast|breast-knn|breast-head|mnist] [-o FILE] [--heatmaps DIR] PATH [PATH ...]
     python -m stages.commands.classify ...
 
 Run from the project root, after `dvc repro` (or `dvc pull`) has put the models there;
@@ -29,83 +29,31 @@ Standard error says how many were flagged. An image of the same kind as the trai
 images but of a class they do not hold is not flagged.
 
 Writes ``file,predicted,p_<class>...`` (and for breast images the two columns above) to
-standard output, or to ``-o FILE``. A file that cannot be read as an image is named on
-standard error and skipped: the rest of a large batch is still classified, and the exit
-status is 1 so that a script notices.
+standard output, or to ``-o FILE``. With ``--heatmaps DIR``, each breast image's Grad-CAM
+heat map, laid over the scan, goes to a PNG in DIR (``stages.commands.heatmaps``). A file
+that cannot be read as an image is named on standard error and skipped: the rest of a
+large batch is still classified, and the exit status is 1 so that a script notices.
 Progress goes to standard error.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from stages.shared.config import StageError, one_line, read_yaml
+from stages.commands import heatmaps
+from stages.commands.classifiers import BREAST_MODELS, Classifier, breast_classifier, mnist_classifier
+from stages.shared.config import StageError
 from stages.shared.files import atomic_path
 from stages.shared.images import IMAGE_SUFFIXES, files_under, prepare_image, read_image_file
 from stages.shared.runtime import run_stage
 
-BREAST_MODELS = {"breast-knn": "fit_knn", "breast-head": "train_head"}  # the stage that trains each
 PROGRESS_EVERY = 10  # batches between progress lines
-# What breast images get beside the probabilities: the distance to the nearest training
-# image and whether it is beyond fit_knn's novelty threshold.
-NOVELTY_COLUMNS = ("nearest_distance", "unlike_training")
-
-
-DVC_YAML = Path("dvc.yaml")
-
-# What fit_knn's model file may hold besides the Python and NumPy types skops always
-# trusts: loading refuses anything else, so a model swapped on a shared DVC remote
-# cannot run code in classify-images.
-KNN_TYPES = [
-    "sklearn.neighbors._classification.KNeighborsClassifier",
-    "sklearn.pipeline.Pipeline",
-    "sklearn.preprocessing._data.Normalizer",
-]
-
-
-def load_knn(path: Path):
-    """The pipeline that ``main`` saved; a file that holds other types is refused unloaded."""
-    import skops.io
-    from skops.io.exceptions import UntrustedTypesFoundException
-
-    try:
-        return skops.io.load(path, trusted=KNN_TYPES)
-    except FileNotFoundError:
-        raise StageError(f"{path}: not found; run `dvc repro fit_knn` (or `dvc pull`) first") from None
-    except UntrustedTypesFoundException as err:
-        raise StageError(
-            f"{path}: refused: it holds types that fit_knn never writes ({one_line(err)}); "
-            f"it may have been tampered with, so it was not loaded"
-        ) from None
-    except Exception as err:  # a damaged zip or schema: skops raises what its parsers raise
-        raise StageError(f"{path}: not a readable skops model ({one_line(err)})") from None
-
-
-def stage_command(stage: str, item: str | None = None, path: Path = DVC_YAML) -> list[str]:
-    """The command line that dvc.yaml gives ``stage`` (for ``item`` of a ``foreach``), after
-    ``python -m stages.<stage>``."""
-    definition = (read_yaml(path) or {}).get("stages", {}).get(stage)
-    if definition is None:
-        raise StageError(f"{path}: no stage {stage}")
-    body = definition.get("do", definition)
-    command = body["cmd"].replace("${key}", item or "").replace("${item}", item or "")
-    return shlex.split(command)[3:]
-
-
-def stage_paths(stage: str, item: str | None = None, path: Path = DVC_YAML) -> dict[str, Path]:
-    """The ``--NAME PATH`` pairs of ``stage_command``, as a dict of paths."""
-    words = stage_command(stage, item, path)
-    pairs = words[len(words) % 2 :]  # a foreach stage's command starts with the item's name
-    return {pairs[i].removeprefix("--"): Path(pairs[i + 1]) for i in range(0, len(pairs), 2)}
 
 
 def find_images(paths: list[Path]) -> list[Path]:
@@ -145,182 +93,37 @@ def readable_batches(
         yield names, np.stack(images)
 
 
-def breast_classifier(model: str) -> tuple[str, Callable, tuple, int, float]:
-    """``(name, columns of a prepared batch, class names, image size, novelty threshold)`` of a
-    breast pipeline: the columns are the class probabilities, ``nearest_distance`` and
-    ``unlike_training``.
-
-    ``model`` ``breast`` picks by the cross-validation ROC AUC in the breast metrics. The
-    backbone's features hold every block the extraction wrote; each classifier, and the
-    novelty flag (the KNN's), gets the blocks it was trained on.
-    """
-    from stages.shared.breast import nearest_distances
-    from stages.shared.images import preprocess_function
-
-    recipe_path = required(stage_paths("extract_vgg_features")["backbone"], "extract_vgg_features")
-    recipe = json.loads(recipe_path.read_text())
-    knn, threshold = novelty_reference()
-    knn_columns = model_columns("fit_knn", recipe, recipe_path)
-    name, predict_features = breast_feature_model(model, knn)
-    columns_of_model = model_columns(BREAST_MODELS[name], recipe, recipe_path)
-    backbone, preprocess = rebuild_backbone(recipe, recipe_path), preprocess_function(recipe["backbone"])
-
-    def columns(batch: np.ndarray) -> tuple[np.ndarray, dict]:
-        features = np.asarray(backbone.predict_on_batch(preprocess(batch)))
-        distances = nearest_distances(knn, features[:, knn_columns])
-        return predict_features(features[:, columns_of_model]), dict(
-            zip(NOVELTY_COLUMNS, (distances, distances > threshold))
-        )
-
-    return name, columns, tuple(recipe["class_names"]), recipe["image_size"], threshold
-
-
-def rebuild_backbone(recipe: dict, recipe_path: Path):
-    """The frozen backbone that ``recipe`` (``extract_vgg_features``'s ``--backbone``)
-    describes, refused unless its weights are the ones the features were extracted with."""
-    from stages.shared.images import WEIGHTS_KEYWORDS, load_backbone, weights_digest
-
-    weights = recipe["weights"]  # a keyword, or the path of the local weights file
-    if weights not in WEIGHTS_KEYWORDS and not Path(weights).is_file():
-        raise StageError(
-            f"{weights}: the backbone's weights file, named in {recipe_path}, is not on this machine; "
-            f"`dvc pull` does not bring it (a local copy, not a DVC output): copy it to that path from "
-            f"the machine that ran extract_vgg_features (weights sha256 {recipe['weights_sha256'][:12]}...)"
-        )
-    backbone = load_backbone(recipe)
-    rebuilt = weights_digest(backbone)
-    if rebuilt != recipe["weights_sha256"]:
-        raise StageError(
-            f"{recipe_path}: the backbone rebuilt from weights {weights} is not the one the features were "
-            f"extracted with (weights sha256 {rebuilt[:12]}... against {recipe['weights_sha256'][:12]}...): "
-            f"the weights changed since; rerun `dvc repro evaluate@breast` so that every stage uses the same"
-        )
-    return backbone
-
-
-def model_columns(stage: str, recipe: dict, recipe_path: Path) -> np.ndarray:
-    """The columns of the backbone's features that ``stage``'s classifier takes, as its
-    ``--inputs`` file records them."""
-    from stages.shared.breast import block_columns
-
-    inputs_path = required(stage_paths(stage)["inputs"], stage)
-    inputs = json.loads(inputs_path.read_text())
-    columns = block_columns(
-        recipe["feature_blocks"], recipe["block_widths"], inputs["features"], str(inputs_path), recipe_path
-    )
-    if len(columns) != inputs["n_features"]:
-        raise StageError(
-            f"{inputs_path}: {inputs['n_features']} features, but its blocks are {len(columns)} wide "
-            f"in {recipe_path}; rerun `dvc repro evaluate@breast`"
-        )
-    return columns
-
-
-def breast_feature_model(model: str, knn=None) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """``(name, class probabilities of the classifier's features)``: the model that ``fit_knn``
-    or ``train_head`` saved and scored; ``breast`` picks one as ``choose_breast_model`` does.
-    ``knn``: ``fit_knn``'s pipeline if already loaded (else it is loaded here when needed)."""
-
-    if model == "breast":
-        model = choose_breast_model(stage_paths("evaluate", "breast")["metrics"])
-    stage = BREAST_MODELS[model]
-    path = required(stage_paths(stage)["model"], stage)
-    if model == "breast-knn":
-        return model, (knn if knn is not None else load_knn(path)).predict_proba
-    keras_model = load_keras_model(path)
-    return model, lambda features: np.asarray(keras_model.predict_on_batch(features), dtype=np.float64)
-
-
-def novelty_reference() -> tuple[Any, float]:
-    """``fit_knn``'s pipeline, whose fitted images are the reference, and its novelty threshold."""
-
-    paths = stage_paths("fit_knn")
-    threshold = json.loads(required(paths["novelty"], "fit_knn").read_text())["threshold"]
-    return load_knn(required(paths["model"], "fit_knn")), threshold
-
-
-def load_keras_model(path: Path):
-    """A Keras model in Keras's safe mode, which refuses a file whose layers would run
-    code of their own (a ``Lambda``): refused in one line, naming the file."""
-    import keras
-
-    try:
-        return keras.models.load_model(path, safe_mode=True)
-    except (ValueError, TypeError, OSError) as err:
-        raise StageError(f"{path}: refused or unreadable Keras model ({one_line(err)})") from None
-
-
-def choose_breast_model(metrics_dir: Path) -> str:
-    """The breast classifier with the better cross-validation figure: ``cv`` when the data
-    has a test split (which stays out of the choice), else ``heldout``, which is then
-    cross-validation too. ROC AUC, or balanced accuracy for more than two classes."""
-    figures = {}
-    for model, stage in BREAST_MODELS.items():
-        classifier = stage_paths(stage)["predictions"].stem  # evaluate names its metrics so
-        metrics = json.loads(required(metrics_dir / f"{classifier}.json", "evaluate@breast").read_text())
-        chosen_on = metrics.get("cv", metrics["heldout"])
-        value = chosen_on["roc_auc"] if "roc_auc" in chosen_on else chosen_on["balanced_accuracy"]
-        figures[model] = value, chosen_on["protocol"]
-    best = max(figures, key=lambda model: figures[model][0])
-    print(
-        f"using {best}: "
-        + ", ".join(f"{model} {value:.4f}" for model, (value, _) in figures.items())
-        + f" ({figures[best][1]})",
-        file=sys.stderr,
-    )
-    return best
-
-
-def mnist_classifier() -> tuple[str, Callable, tuple, int]:
-    from stages.shared.images import MNIST_CLASS_NAMES, MNIST_IMAGE_SHAPE, mnist_model_input
-
-    path = required(stage_paths("augment_train_mnist")["model"], "augment_train_mnist")
-    model = load_keras_model(path)
-
-    def columns(batch: np.ndarray) -> tuple[np.ndarray, dict]:
-        return np.asarray(model.predict_on_batch(mnist_model_input(batch))), {}  # no other columns
-
-    return "mnist", columns, MNIST_CLASS_NAMES, MNIST_IMAGE_SHAPE[0]
-
-
-def required(path: Path, stage: str) -> Path:
-    if not path.is_file():
-        raise StageError(f"{path}: not found; run `dvc repro {stage}` (or `dvc pull`) first")
-    return path
-
-
 def classify(
     files: list[Path],
-    columns: Callable,
-    prepare: Callable,
-    class_names: tuple,
+    classifier: Classifier,
     batch_size: int,
-    other_columns: tuple[str, ...] = (),
+    after_batch: Sequence[Callable[[list[Path], np.ndarray, dict], None]] = (),
 ):
     """A DataFrame ``file, predicted, p_<class>...`` of every readable file, then the
-    ``other_columns`` that ``columns(batch)`` gives beside the probabilities; and the
-    skipped files."""
+    classifier's ``other_columns``; and the skipped files. Each batch's rows, a dict of
+    columns, go to each of ``after_batch`` with the batch's files and prepared images."""
     import pandas as pd
 
-    rows, skipped, done, started = [], [], 0, time.perf_counter()
+    class_names = classifier.class_names
+    header = ["file", "predicted", *(f"p_{name}" for name in class_names), *classifier.other_columns]
+    prepare = lambda image: prepare_image(image, classifier.image_size, classifier.mode)  # noqa: E731
+    batches, skipped, done, started = [], [], 0, time.perf_counter()
     for number, (names, batch) in enumerate(readable_batches(files, prepare, batch_size, skipped), start=1):
-        p, other = columns(batch)
-        rows.append(
-            pd.DataFrame(
-                {
-                    "file": [str(n) for n in names],
-                    "predicted": np.asarray(class_names)[p.argmax(1)],
-                    **{f"p_{name}": p[:, i] for i, name in enumerate(class_names)},
-                    **other,
-                }
-            )
-        )
+        p, other = classifier.columns(batch)
+        rows = {
+            "file": [str(n) for n in names],
+            "predicted": np.asarray(class_names)[p.argmax(1)],
+            **{f"p_{name}": p[:, i] for i, name in enumerate(class_names)},
+            **other,
+        }
+        for then in after_batch:
+            then(names, batch, rows)
+        batches.append(pd.DataFrame(rows))
         done += len(names)
         if number % PROGRESS_EVERY == 0:
             rate = done / (time.perf_counter() - started)
             print(f"classified {done} of {len(files)} images, {rate:.1f} images/s", file=sys.stderr, flush=True)
-    header = ["file", "predicted", *(f"p_{name}" for name in class_names), *other_columns]
-    return (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=header)), skipped
+    return (pd.concat(batches, ignore_index=True) if batches else pd.DataFrame(columns=header)), skipped
 
 
 def main(argv: list[str]) -> None:
@@ -334,18 +137,23 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("-o", "--output", type=Path, help="CSV file to write (default: standard output)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument(
+        "--heatmaps",
+        type=Path,
+        metavar="DIR",
+        help="write each breast image's Grad-CAM heat map over the scan to a PNG in DIR",
+    )
     args = parser.parse_args(argv)
+    if args.heatmaps and args.model == "mnist":
+        raise StageError("--heatmaps: heat maps are made for breast images (the breast head's Grad-CAM), not mnist")
     files = find_images(args.paths)
-    threshold, other_columns = None, ()
     if args.model == "mnist":
-        name, columns, class_names, size = mnist_classifier()
-        mode = "L"  # grey, as MNIST's arrays hold the digits
+        classifier = mnist_classifier()
     else:
-        name, columns, class_names, size, threshold = breast_classifier(args.model)
-        mode, other_columns = "RGB", NOVELTY_COLUMNS
-    prepare = lambda image: prepare_image(image, size, mode)  # noqa: E731
-    print(f"classifying {len(files)} images with {name}", file=sys.stderr, flush=True)
-    table, skipped = classify(files, columns, prepare, class_names, args.batch_size, other_columns)
+        classifier = breast_classifier(args.model, with_heatmaps=args.heatmaps is not None)
+    writers = [heatmaps.HeatmapWriter(classifier.gradcam, args.heatmaps, files)] if classifier.gradcam else []
+    print(f"classifying {len(files)} images with {classifier.name}", file=sys.stderr, flush=True)
+    table, skipped = classify(files, classifier, args.batch_size, writers)
     # 7 significant digits: a float32 probability to within 1e-7, as in the predictions files
     if args.output:
         with atomic_path(args.output) as tmp:
@@ -356,6 +164,9 @@ def main(argv: list[str]) -> None:
         f"classified {len(table)} images" + (f"; skipped {len(skipped)} that could not be read" if skipped else ""),
         file=sys.stderr,
     )
+    for writer in writers:
+        print(f"wrote {writer.written} heat maps to {args.heatmaps}", file=sys.stderr)
+    threshold = classifier.novelty_threshold
     if threshold is not None:
         flagged = int(table["unlike_training"].sum()) if len(table) else 0
         print(
