@@ -68,7 +68,13 @@ def blob_run(tmp_path_factory):
     backbone, preprocess = load_backbone(recipe), preprocess_function("vgg16")
     features = np.asarray(backbone.predict_on_batch(preprocess(prepared(images))))
     data = FeatureSet(
-        features, labels, np.full(N_TRAIN, "train"), np.arange(N_TRAIN).astype(str), CLASS_NAMES, tuple(BLOCKS)
+        features,
+        labels,
+        np.full(N_TRAIN, "train"),
+        np.arange(N_TRAIN).astype(str),
+        CLASS_NAMES,
+        tuple(BLOCKS),
+        groups=np.arange(N_TRAIN),  # each image a scan of its own
     )
     settings = HeadSettings(
         **{**project_params()["train_head"], "features": BLOCKS, "max_epochs": 30, "patience": 8, "ensemble_members": 2}
