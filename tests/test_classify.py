@@ -109,8 +109,11 @@ def test_new_images_get_the_stages_own_probabilities(breast_project, model):
         "predicted",
         "p_malignant",
         "p_normal_or_benign",
+        "called_at_operating_point",
         "nearest_distance",
         "unlike_training",
+        "near_copy_of",
+        "near_copy_label",
     ]
     assert rows["file"].tolist() == sorted(f"new/test_{i}.png" for i in range(12))
     # The model kept by each stage predicted the test split itself: the same images, read from PNG files.
@@ -119,6 +122,8 @@ def test_new_images_get_the_stages_own_probabilities(breast_project, model):
     expected = held.loc[[f"test_images[{f.split('_')[1].split('.')[0]}]" for f in rows["file"]]]
     np.testing.assert_allclose(rows["p_normal_or_benign"], expected["p_normal_or_benign"], atol=2e-5)
     assert rows["predicted"].tolist() == expected["predicted"].tolist()
+    # The call at the operating point is the stage's own, by the cut it saved.
+    assert rows["called_at_operating_point"].tolist() == expected["called"].tolist()
 
 
 def test_the_default_is_the_better_classifier_by_cross_validation(breast_project):
@@ -133,7 +138,8 @@ def test_the_default_is_the_better_classifier_by_cross_validation(breast_project
     assert "cross-validation of the non-test images" in result.stderr  # never the test split
     assert (
         result.stdout.splitlines()[0]
-        == "file,predicted,p_malignant,p_normal_or_benign,nearest_distance,unlike_training"
+        == "file,predicted,p_malignant,p_normal_or_benign,called_at_operating_point,nearest_distance,"
+        "unlike_training,near_copy_of,near_copy_label"
     )
 
 
@@ -170,6 +176,10 @@ def test_images_unlike_the_training_images_are_flagged(breast_project):
     scans, odd = rows.filter(like="scan_", axis=0), rows.filter(like="odd_", axis=0)
     assert (scans["nearest_distance"] < 1e-3).all() and not scans["unlike_training"].any()
     assert odd["unlike_training"].all()
+    # The training scans are named as near-copies of themselves, with their labels; the others of none.
+    assert scans["near_copy_of"].tolist() == [f"train_images[{i}]" for i in range(4)]
+    assert scans["near_copy_label"].tolist() == ["malignant", "normal_or_benign"] * 2
+    assert odd["near_copy_of"].isna().all()
     assert (
         f"flagged 2 of 6 images as unlike the training images (distance to the nearest one above "
         f"{threshold:.4f}: unlike_training)"

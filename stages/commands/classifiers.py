@@ -29,6 +29,10 @@ BREAST_MODELS = {"breast-knn": "fit_knn", "breast-head": "train_head"}  # the st
 # What breast images get beside the probabilities: the distance to the nearest training
 # image and whether it is beyond fit_knn's novelty threshold.
 NOVELTY_COLUMNS = ("nearest_distance", "unlike_training")
+# The training image a new one is a near-copy of, by find_near_copies' rule, and its label.
+NEAR_COPY_COLUMNS = ("near_copy_of", "near_copy_label")
+# The class called at the classifier's operating point (its target sensitivity), beside the argmax.
+OPERATING_POINT_COLUMN = "called_at_operating_point"
 
 
 @dataclass(frozen=True)
@@ -41,16 +45,19 @@ class Classifier:
     class_names: tuple[str, ...]
     image_size: int
     mode: str
-    columns: Callable[[np.ndarray], tuple[np.ndarray, dict[str, np.ndarray]]]
+    columns: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, dict[str, np.ndarray]]]
     other_columns: tuple[str, ...] = ()
     novelty_threshold: float | None = None
     gradcam: heatmaps.GradCam | None = None
 
 
 def breast_classifier(model: str, with_heatmaps: bool = False) -> Classifier:
-    """A breast pipeline: the class probabilities, then ``nearest_distance`` and
-    ``unlike_training``; with ``with_heatmaps``, the Grad-CAM of ``train_head``'s model,
-    whichever classifier gives the probabilities (the KNN has no gradient).
+    """A breast pipeline: the class probabilities, then the call at the classifier's
+    operating point when it has one (``called_at_operating_point``), ``nearest_distance``
+    and ``unlike_training``, and ``near_copy_of`` and ``near_copy_label`` (the training image
+    a new one is a near-copy of, by ``find_near_copies``' rule, and its label; empty for
+    none); with ``with_heatmaps``, the Grad-CAM of ``train_head``'s model, whichever
+    classifier gives the probabilities (the KNN has no gradient).
 
     ``model`` ``breast`` picks by the cross-validation ROC AUC in the breast metrics. The
     backbone's features hold every block the extraction wrote; each classifier, and the
@@ -59,6 +66,7 @@ def breast_classifier(model: str, with_heatmaps: bool = False) -> Classifier:
     """
     from stages.shared.breast import nearest_distances
     from stages.shared.images import preprocess_function
+    from stages.shared.near_copies import CopyReference
 
     recipe, recipe_path = read_backbone_recipe()
     head = heatmaps.load_head(recipe, recipe_path) if with_heatmaps else None
@@ -66,15 +74,18 @@ def breast_classifier(model: str, with_heatmaps: bool = False) -> Classifier:
     _, knn_columns = model_inputs("fit_knn", recipe, recipe_path)
     name, predict_features = breast_feature_model(model, knn)
     _, columns_of_model = model_inputs(BREAST_MODELS[name], recipe, recipe_path)
+    call = operating_point_call(BREAST_MODELS[name], recipe["class_names"])
+    copies = CopyReference(required(stage_paths("find_near_copies")["thumbnails"], "find_near_copies"))
     backbone, preprocess = rebuild_backbone(recipe, recipe_path), preprocess_function(recipe["backbone"])
 
-    def columns(batch: np.ndarray) -> tuple[np.ndarray, dict]:
+    def columns(batch: np.ndarray, thumbnails: np.ndarray) -> tuple[np.ndarray, dict]:
         # On a copy: preprocess_input works in place, and the batch goes on to the heat maps.
         features = np.asarray(backbone.predict_on_batch(preprocess(batch.copy())))
+        probabilities = predict_features(features[:, columns_of_model])
         distances = nearest_distances(knn, features[:, knn_columns])
-        return predict_features(features[:, columns_of_model]), dict(
-            zip(NOVELTY_COLUMNS, (distances, distances > threshold))
-        )
+        other = {OPERATING_POINT_COLUMN: call(probabilities)} if call else {}
+        other |= dict(zip(NOVELTY_COLUMNS, (distances, distances > threshold)))
+        return probabilities, other | dict(zip(NEAR_COPY_COLUMNS, copies.copies_of(thumbnails)))
 
     gradcam = None
     if head:
@@ -84,9 +95,21 @@ def breast_classifier(model: str, with_heatmaps: bool = False) -> Classifier:
             f"over {', '.join(head.blocks)}" + ("" if name == "breast-head" else f" (not of {name}: no gradient)"),
             file=sys.stderr,
         )
+    other_columns = ((OPERATING_POINT_COLUMN,) if call else ()) + NOVELTY_COLUMNS + NEAR_COPY_COLUMNS
     return Classifier(
-        name, tuple(recipe["class_names"]), recipe["image_size"], "RGB", columns, NOVELTY_COLUMNS, threshold, gradcam
+        name, tuple(recipe["class_names"]), recipe["image_size"], "RGB", columns, other_columns, threshold, gradcam
     )
+
+
+def operating_point_call(stage: str, class_names: list[str]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The class that ``stage``'s saved classifier calls at its operating point, from the
+    probabilities (its ``--operating-point`` file); None when it has none (the argmax alone)."""
+    point = json.loads(required(stage_paths(stage)["operating-point"], stage).read_text())
+    if point.get("target_sensitivity") is None:
+        return None
+    positive = class_names.index(point["positive_class"])
+    cut, names = point["min_positive_probability"], np.asarray(class_names)
+    return lambda probabilities: np.where(probabilities[:, positive] >= cut, names[positive], names[1 - positive])
 
 
 def breast_feature_model(model: str, knn=None) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
@@ -139,7 +162,7 @@ def mnist_classifier() -> Classifier:
     path = required(stage_paths("augment_train_mnist")["model"], "augment_train_mnist")
     model = load_keras_model(path)
 
-    def columns(batch: np.ndarray) -> tuple[np.ndarray, dict]:
+    def columns(batch: np.ndarray, _thumbnails: np.ndarray) -> tuple[np.ndarray, dict]:
         return np.asarray(model.predict_on_batch(mnist_model_input(batch))), {}  # no other columns
 
     return Classifier("mnist", MNIST_CLASS_NAMES, MNIST_IMAGE_SHAPE[0], "L", columns)  # L: grey, as MNIST's digits

@@ -51,6 +51,7 @@ from stages.commands.classifiers import BREAST_MODELS, Classifier, breast_classi
 from stages.shared.config import StageError
 from stages.shared.files import atomic_path
 from stages.shared.images import IMAGE_SUFFIXES, files_under, prepare_image, read_image_file
+from stages.shared.near_copies import thumbnail
 from stages.shared.runtime import run_stage
 
 PROGRESS_EVERY = 10  # batches between progress lines
@@ -75,22 +76,25 @@ def find_images(paths: list[Path]) -> list[Path]:
 
 def readable_batches(
     files: list[Path], prepare: Callable[[np.ndarray], np.ndarray], batch_size: int, skipped: list[str]
-) -> Iterator[tuple[list[Path], np.ndarray]]:
-    """Batches of ``(files, prepared images)``; a file that does not decode is recorded in
-    ``skipped`` with the reason, named on stderr, and left out."""
-    names, images = [], []
+) -> Iterator[tuple[list[Path], np.ndarray, np.ndarray]]:
+    """Batches of ``(files, prepared images, thumbnails)``: the thumbnails, of the images as
+    read, are what the near-copy rule compares (``stages.shared.near_copies``). A file that
+    does not decode is recorded in ``skipped`` with the reason, named on stderr, and left out."""
+    names, images, thumbnails = [], [], []
     for file in files:
         try:
-            images.append(prepare(read_image_file(file)))
+            image = read_image_file(file)
+            images.append(prepare(image))
+            thumbnails.append(thumbnail(image))
             names.append(file)
         except StageError as err:
             skipped.append(str(err))
             print(f"skipped {err}", file=sys.stderr, flush=True)
         if len(images) == batch_size:
-            yield names, np.stack(images)
-            names, images = [], []
+            yield names, np.stack(images), np.stack(thumbnails)
+            names, images, thumbnails = [], [], []
     if images:
-        yield names, np.stack(images)
+        yield names, np.stack(images), np.stack(thumbnails)
 
 
 def classify(
@@ -108,8 +112,8 @@ def classify(
     header = ["file", "predicted", *(f"p_{name}" for name in class_names), *classifier.other_columns]
     prepare = lambda image: prepare_image(image, classifier.image_size, classifier.mode)  # noqa: E731
     batches, skipped, done, started = [], [], 0, time.perf_counter()
-    for number, (names, batch) in enumerate(readable_batches(files, prepare, batch_size, skipped), start=1):
-        p, other = classifier.columns(batch)
+    for number, (names, batch, thumbnails) in enumerate(readable_batches(files, prepare, batch_size, skipped), 1):
+        p, other = classifier.columns(batch, thumbnails)
         rows = {
             "file": [str(n) for n in names],
             "predicted": np.asarray(class_names)[p.argmax(1)],

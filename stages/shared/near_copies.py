@@ -110,14 +110,11 @@ class CopyReference:
         self.label = np.asarray(saved["class_names"])[saved["labels"]]
         self.min_correlation = float(saved["min_correlation"])
 
-    def copies_of(self, images: list[np.ndarray]) -> tuple[list[str], list[str]]:
-        """For each image, the source and label of the training image it is a near-copy of
-        (its most correlated one), or empty strings when it is a near-copy of none."""
+    def copies_of(self, thumbnails: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each image, by its ``thumbnail``, the source and label of the training image it is
+        a near-copy of (its most correlated one), or empty strings when it is a near-copy of none."""
         if not len(self.unit):
-            return [""] * len(images), [""] * len(images)
-        index, correlation = nearest(unit_rows(np.stack([thumbnail(image) for image in images])), self.unit)
+            return np.full(len(thumbnails), ""), np.full(len(thumbnails), "")
+        index, correlation = nearest(unit_rows(thumbnails), self.unit)
         copy = correlation >= self.min_correlation
-        return (
-            np.where(copy, self.source[index], "").tolist(),
-            np.where(copy, self.label[index], "").tolist(),
-        )
+        return np.where(copy, self.source[index], ""), np.where(copy, self.label[index], "")
