@@ -48,6 +48,8 @@ DOC_PAGES = [
     "docs/benchmarks.md",
 ]
 
+# docs/experiments.md's experiment on stages that dvc.lock does not record, for a fresh clone.
+FRESH_CLONE_EXPERIMENT = "dvc exp run -S train_head.dropout=0.3 evaluate@breast"
 NOT_RUN = {
     "python3 -m venv .venv && . .venv/bin/activate && pip install -c constraints.txt -e '.[dev]' && run-pipeline": "installs the project (.ci/run installs the same way); test_run_pipeline runs run-pipeline offline",
     ". .venv/bin/activate && python -m pytest": "the fast tier of the tests itself",
@@ -83,11 +85,9 @@ NOT_RUN = {
     "downloaded; test_mnist runs both levers on tiny data",
     "python bench/measure_novelty_flag.py --breast data/local/breast/breastmnist_28.npz --mnist PATH/mnist.npz "
     "--per-kind 50": "a measurement on the real BreastMNIST and MNIST; PATH is a placeholder",
-    "dvc exp run -S train_head.dropout=0.3 evaluate@breast": "needs the breast data; "
+    FRESH_CLONE_EXPERIMENT: "needs the breast data; "
     "test_the_first_experiment_in_a_fresh_clone_is_saved runs it, with the step before it, on tiny data",
 }
-# docs/experiments.md's experiment on a stage dvc.lock does not record, run in a fresh clone.
-FRESH_CLONE_EXPERIMENT = "dvc exp run -S train_head.dropout=0.3 evaluate@breast"
 # Commands that exit non-zero on purpose, with the status they must give.
 EXIT_STATUS: dict[str, int] = {}
 # The stages some commands must run (not restore or skip), as the comments beside them say.
