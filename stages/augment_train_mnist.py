@@ -346,6 +346,16 @@ def epoch_bookkeeping(
             reseed_dropout(self.model, epoch_seed(seed, epoch))
             self.started = time.perf_counter()
 
+        def on_test_begin(self, logs: dict | None = None) -> None:
+            # On several devices each replica updates batch norm's moving statistics from its
+            # own share of the batches, so validation would judge each half of the images with
+            # other statistics than the model kept, which holds the first replica's (those
+            # get_weights reads). Only inference reads them: giving every replica the first
+            # one's before validation leaves training as it was.
+            for variable in self.model.non_trainable_variables:
+                if variable.path.endswith(("moving_mean", "moving_variance")):
+                    variable.assign(variable.numpy())
+
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             took = time.perf_counter() - self.started
             for key, value in logs.items():

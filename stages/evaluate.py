@@ -15,7 +15,9 @@ under ``ci95``, and each proportion's count (``counts``, e.g. ``33/42``); and th
 plot that class's true-positive rate; with none, the second class's. Where the predictions
 hold a call at an operating point (``called``: the breast classifiers with a
 ``target_sensitivity``), the figures of that call go under ``operating_point`` (e.g.
-``heldout.operating_point.sensitivity``), apart from the argmax's. Writes
+``heldout.operating_point.sensitivity``), apart from the argmax's. A figure that an
+evaluation cannot measure, such as the recall of a class absent from it, is left out,
+never written as 0, so that ``check-thresholds`` reports a bound on it as missing. Writes
 
 * ``<metrics>/<classifier>.json``: ``<evaluation>.<metric>``, e.g. ``heldout.roc_auc``,
   the same keys for every classifier, so that ``dvc metrics show`` prints one row per
@@ -68,27 +70,31 @@ def score(
 ) -> dict:
     """The metrics of one set of predictions; ``actual`` and ``predicted`` are class indices.
 
-    ``roc_auc`` only for two classes, and only when both occur in ``actual``: of the
-    ``positive`` class against the other, or of the second class when there is none (the
-    same figure either way); with a ``positive`` class, ``sensitivity`` (its recall) and
-    ``specificity`` (the other's).
+    A metric that these predictions cannot measure is left out rather than written as a
+    number: ``recall`` holds only the classes that occur in ``actual`` (``balanced_accuracy``
+    is the mean of those); ``roc_auc`` is there only for two classes, and only when both
+    occur: of the ``positive`` class against the other, or of the second class when there
+    is none (the same figure either way). With a ``positive`` class, ``sensitivity`` (its
+    recall) and ``specificity`` (the other's), each when that class occurs.
     """
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss, recall_score, roc_auc_score
+    from sklearn.metrics import accuracy_score, log_loss, recall_score, roc_auc_score
 
     labels = list(range(len(class_names)))
     # The file rounds probabilities to 7 digits; make each row sum to 1 again.
     probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
-    recall = recall_score(actual, predicted, labels=labels, average=None, zero_division=0)
+    present = [label for label in labels if (actual == label).any()]
+    recall = dict(zip(present, recall_score(actual, predicted, labels=present, average=None)))
     metrics = {
         "accuracy": accuracy_score(actual, predicted),
-        "balanced_accuracy": balanced_accuracy_score(actual, predicted),
-        "recall": {name: r for name, r in zip(class_names, recall)},
+        "balanced_accuracy": np.mean(list(recall.values())),
+        "recall": {class_names[label]: r for label, r in recall.items()},
         "log_loss": log_loss(actual, probabilities, labels=labels),
     }
     scored = class_names.index(positive) if positive else 1
     if positive:
-        metrics.update(sensitivity=recall[scored], specificity=recall[1 - scored])
-    if len(class_names) == 2 and len(np.unique(actual)) == 2:
+        measured = {"sensitivity": scored, "specificity": 1 - scored}
+        metrics.update({key: recall[label] for key, label in measured.items() if label in recall})
+    if len(class_names) == 2 and len(present) == 2:
         metrics["roc_auc"] = roc_auc_score(actual == scored, probabilities[:, scored])
     if not positive:
         return rounded(metrics)

@@ -56,7 +56,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-# The longest test (three and a half minutes of the ten that both tiers take on 2 cores):
+# The longest test (docs/ci.md#the-tests-two-tiers has its time and the tiers'):
 # run first, so that pytest-xdist's other worker goes through the rest meanwhile, instead
 # of one worker ending the run alone on it.
 LONGEST_TEST = "test_pipeline_full.py::"

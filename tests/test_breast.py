@@ -900,6 +900,7 @@ def test_head_training_repeats_and_keeps_its_best_epoch():
         assert all(np.array_equal(a, b) for a, b in zip(head.weights, other.weights))
     best = int(np.argmax(head.history["val_roc_auc"]))
     assert len(head.history["loss"]) <= best + 1 + HEAD.patience
+    assert head.history["val_roc_auc"][-1] < head.history["val_roc_auc"][best]  # so the best and the last differ
     kept = train_head.roc_auc(data.labels[head.stop], trainer.probabilities([head], data.features[head.stop]))
     assert kept == pytest.approx(head.history["val_roc_auc"][best])  # the best epoch's weights, not the last
     # The exported model standardises by itself, as the training did.

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import sklearn.metrics
 import yaml
 
 from stages import evaluate
@@ -88,11 +89,56 @@ def test_score_without_roc_auc_for_many_classes_or_one_class_present():
     assert "roc_auc" not in one and one["accuracy"] == 0.5
 
 
+def test_a_class_absent_from_an_evaluation_has_no_recall_and_no_figure_made_of_it():
+    # Two benign images, one called malignant: benign's recall is 1 of 2; malignant's, and so
+    # the sensitivity, the ROC AUC and its part of the balanced accuracy, cannot be measured.
+    probabilities = np.array([[0.2, 0.8], [0.6, 0.4]])
+    scores = evaluate.score(np.array([1, 1]), np.array([1, 0]), probabilities, BINARY, "malignant")
+    assert {key: scores[key] for key in ("accuracy", "balanced_accuracy", "recall", "log_loss", "specificity")} == {
+        "accuracy": 0.5,
+        "balanced_accuracy": 0.5,
+        "recall": {"benign": 0.5},
+        "log_loss": round(-np.mean(np.log([0.8, 0.4])), 4),
+        "specificity": 0.5,
+    }
+    # The predictive values are measurable (one image called each way), their counts and
+    # intervals too; nothing of the sensitivity or the ROC AUC is, anywhere.
+    assert (scores["ppv"], scores["npv"]) == (0.0, 1.0)
+    assert set(scores["ci95"]) == set(scores["counts"]) == {"accuracy", "specificity", "ppv", "npv"}
+    assert "sensitivity" not in scores and "roc_auc" not in scores
+    benign_positive = evaluate.score(np.array([1, 1]), np.array([1, 0]), probabilities, BINARY, "benign")
+    assert benign_positive["sensitivity"] == 0.5 and "specificity" not in benign_positive
+    # Three classes, c absent: a's recall 1 of 2 (one called c), b's 2 of 2; balanced accuracy their mean.
+    three = np.eye(3)[[0, 2, 1, 1]] * 0.9 + 0.1 / 3
+    scores = evaluate.score(np.array([0, 0, 1, 1]), three.argmax(axis=1), three, ("a", "b", "c"))
+    assert scores["recall"] == {"a": 0.5, "b": 1.0} and scores["balanced_accuracy"] == 0.75
+
+
+def test_check_thresholds_reports_a_figure_an_evaluation_cannot_measure_as_missing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rows = knn_like_predictions(np.random.default_rng(0))[0]
+    write_predictions("predictions/breast/knn.csv", [rows[rows["actual"] == "benign"]])
+    evaluate.main(stage_argv("evaluate", "breast"))
+    (tmp_path / "thresholds.yaml").write_text(
+        "metrics/breast/knn.json:\n"
+        "  heldout.sensitivity: {min: 0.5}\n"
+        "  heldout.roc_auc: {min: 0.5}\n"
+        "  heldout.specificity: {min: 0.0}\n"
+    )
+    passed, report = check_thresholds.check(tmp_path / "thresholds.yaml", tmp_path)
+    statuses = {line.split()[0].split(":")[1]: line.split()[-1] for line in report.splitlines()[2:5]}
+    assert not passed and statuses == {
+        "heldout.sensitivity": "MISSING",
+        "heldout.roc_auc": "MISSING",
+        "heldout.specificity": "ok",
+    }
+
+
 def knn_like_predictions(rng: np.random.Generator, n: int = 40) -> list:
     """A held-out test split and 4-fold cross-validation rows, as fit_knn writes them."""
 
     def rows(evaluation, protocol, count, fold=None):
-        actual = np.arange(count) % 2
+        actual = (np.arange(count) % 3 > 0).astype(int)  # a third malignant: BreastMNIST has 27 %
         p_benign = np.clip(0.3 + 0.4 * actual + rng.normal(0, 0.25, count), 0, 1)
         return prediction_frame(
             [f"img{i}" for i in range(count)],
@@ -118,7 +164,7 @@ def test_evaluate_scores_every_classifier_and_writes_the_plot_files(tmp_path, mo
     head = json.loads((tmp_path / "metrics/breast/head.json").read_text())
     assert list(knn) == ["heldout", "cv"] and list(head) == ["heldout"]
     assert knn["heldout"]["protocol"] == "test split" and knn["heldout"]["n"] == 20
-    assert knn["cv"]["folds"] == 4 and knn["cv"]["n"] == 40 and knn["cv"]["accuracy_fold_std"] >= 0
+    assert knn["cv"]["folds"] == 4 and knn["cv"]["n"] == 40
     # The data has a class called malignant: it is the positive class.
     assert (
         set(knn["heldout"])
@@ -158,13 +204,26 @@ def test_evaluate_scores_every_classifier_and_writes_the_plot_files(tmp_path, mo
     _, table = check_thresholds.check(PROJECT / "thresholds.yaml", tmp_path, only=["metrics/breast"])
     assert not [line for line in table.splitlines() if "MISSING" in line and ":heldout." in line], table
     assert "metrics/breast/head.json:heldout.sensitivity" in table
-    # The numbers are score()'s on the file's rows.
-    frame, names = read_predictions(tmp_path / "predictions/breast/knn.csv")
+    # The numbers are scikit-learn's, called directly on the file's rows.
+    frame, _ = read_predictions(tmp_path / "predictions/breast/knn.csv")
     held = frame[frame["evaluation"] == "heldout"]
-    actual = held["actual"].map({"malignant": 0, "benign": 1}).to_numpy()
+    actual, predicted = held["actual"].to_numpy(), held["predicted"].to_numpy()
     probabilities = held[["p_malignant", "p_benign"]].to_numpy()
-    expected = evaluate.score(actual, probabilities.argmax(axis=1), probabilities, names, "malignant")
-    assert {k: knn["heldout"][k] for k in expected} == expected
+    recall = {name: sklearn.metrics.recall_score(actual, predicted, pos_label=name) for name in BINARY}
+    expected = {
+        "accuracy": sklearn.metrics.accuracy_score(actual, predicted),
+        "balanced_accuracy": sklearn.metrics.balanced_accuracy_score(actual, predicted),
+        "log_loss": sklearn.metrics.log_loss(actual == "benign", probabilities[:, 1]),
+        "sensitivity": recall["malignant"],
+        "specificity": recall["benign"],
+        "roc_auc": sklearn.metrics.roc_auc_score(actual == "malignant", probabilities[:, 0]),
+    }
+    assert {k: knn["heldout"][k] for k in expected} == {k: round(v, 4) for k, v in expected.items()}
+    assert knn["heldout"]["recall"] == {name: round(r, 4) for name, r in recall.items()}
+    # The spread of accuracy over the folds: the population standard deviation of each fold's share right.
+    cv = frame[frame["evaluation"] == "cv"]
+    per_fold = (cv["actual"] == cv["predicted"]).groupby(cv["fold"]).mean()
+    assert per_fold.nunique() > 1 and knn["cv"]["accuracy_fold_std"] == round(per_fold.std(ddof=0), 4)
 
     confusion = pd.read_csv(tmp_path / "plots/breast/evaluation/confusion/knn.csv")
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 20  # held-out rows only

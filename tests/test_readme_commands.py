@@ -12,13 +12,27 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import PROJECT, git, small_toy_params, stages_run, tool_env, toy_names
+from tests.conftest import (
+    PROJECT,
+    dvc,
+    edit_params,
+    git,
+    make_project_repo,
+    small_pipeline_params,
+    small_toy_params,
+    stages_run,
+    tool_env,
+    toy_names,
+    write_tiny_inputs,
+)
 
 # The docs pages in the order their commands run: a page whose commands need an earlier
 # page's (the worked example's edits, its metrics) comes after it.
@@ -34,6 +48,8 @@ DOC_PAGES = [
     "docs/benchmarks.md",
 ]
 
+# docs/experiments.md's experiment on stages that dvc.lock does not record, for a fresh clone.
+FRESH_CLONE_EXPERIMENT = "dvc exp run -S train_head.dropout=0.3 evaluate@breast"
 NOT_RUN = {
     "python3 -m venv .venv && . .venv/bin/activate && pip install -c constraints.txt -e '.[dev]' && run-pipeline": "installs the project (.ci/run installs the same way); test_run_pipeline runs run-pipeline offline",
     ". .venv/bin/activate && python -m pytest": "the fast tier of the tests itself",
@@ -70,6 +86,8 @@ NOT_RUN = {
     "downloaded; test_mnist runs both levers on tiny data",
     "python bench/measure_novelty_flag.py --breast data/local/breast/breastmnist_28.npz --mnist PATH/mnist.npz "
     "--per-kind 50": "a measurement on the real BreastMNIST and MNIST; PATH is a placeholder",
+    FRESH_CLONE_EXPERIMENT: "needs the breast data; "
+    "test_the_first_experiment_in_a_fresh_clone_is_saved runs it, with the step before it, on tiny data",
 }
 # Commands that exit non-zero on purpose, with the status they must give.
 EXIT_STATUS: dict[str, int] = {}
@@ -94,22 +112,35 @@ def documented_pages() -> list[Path]:
     return [PROJECT / "README.md", *listed, *others]
 
 
+def page_blocks(page: Path) -> list[list[str]]:
+    """The commands of each ```bash block of a page, without comments, in order."""
+    blocks = []
+    for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+        commands = [re.sub(r"\s+#\s.*$", "", line).strip() for line in block.splitlines()]
+        blocks.append([command for command in commands if command and not command.startswith("#")])
+    return blocks
+
+
 def page_commands() -> list[tuple[str, str]]:
     """(page, command) for every command of the pages' ```bash blocks, without comments, in order."""
-    commands = []
-    for page in documented_pages():
-        text = page.read_text()
-        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-            for line in block.splitlines():
-                command = re.sub(r"\s+#\s.*$", "", line).strip()
-                if command and not command.startswith("#"):
-                    commands.append((str(page.relative_to(PROJECT)), command))
-    return commands
+    return [
+        (str(page.relative_to(PROJECT)), command)
+        for page in documented_pages()
+        for block in page_blocks(page)
+        for command in block
+    ]
 
 
 def readme_commands() -> list[str]:
     """The commands of the README's and the docs pages' ```bash blocks, in order."""
     return [command for _, command in page_commands()]
+
+
+def block_of(page: str, command: str) -> list[str]:
+    """The commands of the ```bash block of ``page`` that holds ``command``, in order."""
+    blocks = [block for block in page_blocks(PROJECT / page) if command in block]
+    assert blocks, f"{page} prints no {command}"
+    return blocks[0]
 
 
 def test_every_command_is_run_or_accounted_for():
@@ -188,3 +219,38 @@ def test_readme_commands_work_as_printed(toy_repo):
     # Each experiment scored its own held-out share: 30 of its 120 points.
     assert all(heldout["n"] == 30 and "accuracy" in heldout for heldout in finished.values())
     assert "dvc exp run -S train_toy.two_blops.learning_rate=0.01 evaluate@toy" in ran and len(ran) >= 15
+
+
+@pytest.mark.slow
+def test_the_first_experiment_in_a_fresh_clone_is_saved(toy_run, tmp_path):
+    """docs/experiments.md's commands for a first `dvc exp run` in a fresh clone: with the
+    committed dvc.lock, whose outputs a fresh clone's DVC cache does not hold."""
+    commands = block_of("docs/experiments.md", FRESH_CLONE_EXPERIMENT)
+    repo = make_project_repo(tmp_path / "project")
+    shutil.copy2(PROJECT / "dvc.lock", repo / "dvc.lock")
+    shutil.copytree(PROJECT / "metrics", repo / "metrics")
+    edit_params(repo, small_pipeline_params())
+    write_tiny_inputs(repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "as a fresh clone, on tiny data")
+    git(repo, "config", "user.name", "test")  # `dvc exp run` commits the experiment
+    git(repo, "config", "user.email", "test@example.com")
+    # The session's toy run's cache: its run cache restores the small toy stages instead of
+    # training them again. It holds none of the committed dvc.lock's outputs, as a fresh clone's.
+    shutil.copytree(toy_run[0] / ".dvc/cache", repo / ".dvc/cache")
+    recorded = [
+        out["md5"]
+        for stage in yaml.safe_load((repo / "dvc.lock").read_text())["stages"].values()
+        for out in stage.get("outs", [])
+    ]
+    assert recorded and not any((repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).exists() for md5 in recorded)
+
+    for command in commands:
+        result = subprocess.run(["bash", "-c", command], cwd=repo, env=tool_env(), capture_output=True, text=True)
+        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    experiments = [exp for baseline in shown for exp in baseline.get("experiments") or []]
+    assert len(experiments) == 1, shown
+    data = experiments[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train_head"]["dropout"] == 0.3
+    assert data["metrics"]["metrics/breast/head.json"]["data"]["heldout"]["n"] == 12  # tiny_breast's test split
