@@ -68,12 +68,17 @@ def test_each_call_comes_from_a_cut_chosen_without_the_image():
     assert again == described
 
 
+def knn_with_target(project, monkeypatch, target: float) -> None:
+    """A project folder, the working directory, whose params give fit_knn ``target``."""
+    monkeypatch.chdir(project)
+    write_params(project, "medmnist")
+    params = json.loads((project / "params.yaml").read_text())
+    params["fit_knn"]["target_sensitivity"] = target
+    (project / "params.yaml").write_text(json.dumps(params))
+
+
 def test_the_knn_stage_writes_its_calls_and_its_cut(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, "medmnist")
-    params = json.loads((tmp_path / "params.yaml").read_text())
-    params["fit_knn"]["target_sensitivity"] = 0.9
-    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    knn_with_target(tmp_path, monkeypatch, 0.9)
     save_feature_set(clustered_features(n_per_class=30))
     fit_knn.main(stage_argv("fit_knn"))
     saved = json.loads((tmp_path / "models/breast/knn_operating_point.json").read_text())
@@ -93,11 +98,7 @@ def test_without_a_target_the_stage_keeps_the_argmax(tmp_path, monkeypatch):
 
 
 def test_a_target_needs_a_positive_class(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, "medmnist")
-    params = json.loads((tmp_path / "params.yaml").read_text())
-    params["fit_knn"]["target_sensitivity"] = 0.9
-    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    knn_with_target(tmp_path, monkeypatch, 0.9)
     data = clustered_features()
     save_feature_set(dataclasses.replace(data, class_names=("cat", "dog")))
     with pytest.raises(ParamsError, match="^params.yaml: fit_knn.target_sensitivity: a target sensitivity needs"):
