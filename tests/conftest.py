@@ -10,6 +10,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import zlib
 from pathlib import Path
@@ -120,6 +121,48 @@ def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], repo)
+
+
+def chromium_or_skip() -> str:
+    """Debian's headless Chromium (``.ci/run`` installs it), or skip the browser test that needs it."""
+    chromium = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
+    if chromium is None:
+        pytest.skip(
+            "chromium not installed (neither /usr/bin/chromium nor `chromium` on PATH); "
+            "apt-get install -y chromium to run this test"
+        )
+    return chromium
+
+
+def dom_offline(chromium: str, page: Path) -> subprocess.CompletedProcess:
+    """The DOM of ``page`` (on stdout) once headless Chromium has loaded it with the network
+    off, and Chromium's log, the page's console included (on stderr)."""
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        return subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                # No network: every request goes to a dead proxy and no host name resolves.
+                "--proxy-server=127.0.0.1:9",
+                "--host-resolver-rules=MAP * ~NOTFOUND",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
 
 def stages_run(output: str) -> list[str]:

@@ -4,13 +4,17 @@ the flag for images unlike the training images, tampered model files refused."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from html import escape
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +24,22 @@ import yaml
 from PIL import Image
 
 from stages import augment_train_mnist, evaluate, extract_vgg_features, find_near_copies, fit_knn, train_head
-from stages.commands import classifiers, heatmaps, model_files
+from stages.commands import classifiers, heatmaps, model_files, report
 from stages.commands import classify as classify_stage
 from stages.shared import breast
 from stages.shared import images as shared_images
 from stages.shared.config import StageError
 from stages.shared.predictions import read_predictions
 from stages.shared.runtime import run_stage
-from tests.conftest import stage_argv, tiny_breast, tiny_mnist, tool_env, write_decompression_bomb
+from tests.conftest import (
+    chromium_or_skip,
+    dom_offline,
+    stage_argv,
+    tiny_breast,
+    tiny_mnist,
+    tool_env,
+    write_decompression_bomb,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -426,3 +438,239 @@ def test_heat_maps_that_cannot_be_made_are_refused_in_one_line(breast_project, t
     )
     assert classify(clone, "--model", "breast-knn", "new").returncode == 0  # without maps, the KNN alone does
     assert not (clone / "maps").exists()
+
+
+PNG_URI = "data:image/png;base64,"
+# The attributes through which a page can make its browser fetch something.
+URL_ATTRIBUTES = {"src", "srcset", "href", "action", "formaction", "data", "poster", "background"}
+
+
+class ReportTable(HTMLParser):
+    """A report page as read: the rows of its table's body, each a list of cells (a cell's
+    text and the attributes of its images), the text outside the table, the attributes
+    that could fetch something, every tag, and the body's attributes."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.rows: list[list[dict]] = []
+        self.text, self.urls, self.tags, self.body = [], [], set(), {}
+        self.in_table = self.in_body = self.in_cell = False
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.urls += [(tag, name, value) for name, value in attrs if name in URL_ATTRIBUTES]
+        self.in_table |= tag == "table"
+        self.in_body |= tag == "tbody"
+        self.in_cell |= self.in_body and tag == "td"
+        if tag == "body":
+            self.body = dict(attrs)
+        elif self.in_body and tag == "tr":
+            self.rows.append([])
+        elif self.in_body and tag == "td":
+            self.rows[-1].append({"text": "", "images": []})
+        elif self.in_body and tag == "img":
+            self.rows[-1][-1]["images"].append(dict(attrs))
+
+    def handle_endtag(self, tag):
+        self.in_table &= tag != "table"
+        self.in_body &= tag != "tbody"
+        self.in_cell &= tag != "td"
+
+    def handle_data(self, data):
+        if self.in_cell:
+            self.rows[-1][-1]["text"] += data
+        elif not self.in_table:
+            self.text.append(data)
+
+
+def png_of(uri: str) -> np.ndarray:
+    """The pixels of a page's embedded PNG."""
+    assert uri.startswith(PNG_URI)
+    with Image.open(io.BytesIO(base64.b64decode(uri.removeprefix(PNG_URI), validate=True))) as image:
+        assert image.format == "PNG"
+        return np.asarray(image)
+
+
+def test_the_report_shows_each_scan_beside_its_heat_map_most_suspicious_first(breast_project, monkeypatch):
+    folder = breast_project / "report_scans"
+    arrays = tiny_breast(n_train=30, n_val=10, n_test=12)
+    save_images(folder, arrays["test_images"], "test_")
+    odd_name = "a<b>&\"c'.png"  # to be escaped
+    noise = np.random.default_rng(1).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / odd_name)  # unlike the training images
+    Image.fromarray(arrays["train_images"][3]).save(folder / "copy.png")  # a training image itself
+    (folder / "broken.png").write_bytes(b"\x89PNG and no more")
+    pngs = set(breast_project.rglob("*.png"))
+    # The KNN (k = 3) gives probabilities in thirds: ties, to be ordered by file name, whatever
+    # the order of the command line (here, the names backwards).
+    files = sorted((str(path.relative_to(breast_project)) for path in folder.iterdir()), reverse=True)
+    result = classify(breast_project, "--model", "breast-knn", *files, "--report", "report.html", "-o", "r.csv")
+    assert result.returncode == 1, result.stderr  # the broken file
+    assert "wrote the page of 14 images to report.html" in result.stderr
+    assert set(breast_project.rglob("*.png")) == pngs  # --report alone writes no heat-map files
+
+    table = pd.read_csv(breast_project / "r.csv", keep_default_na=False)
+    expected = table.sort_values(["p_malignant", "file"], ascending=[False, True], kind="stable")
+    assert expected["p_malignant"].duplicated().any() and expected["file"].tolist() != table["file"].tolist()
+    assert table["unlike_training"].any() and (table["near_copy_of"] != "").any()
+    html = (breast_project / "report.html").read_text(encoding="utf-8")
+    page = ReportTable(html)
+    assert [cells[1]["text"] for cells in page.rows] == expected["file"].tolist()
+    for number, (cells, row) in enumerate(zip(page.rows, expected.itertuples()), 1):
+        texts = [cell["text"] for cell in cells]
+        assert texts[:2] == [str(number), row.file] and texts[4:7] == [
+            f"{row.p_malignant:.4f}",
+            row.predicted,
+            row.called_at_operating_point,
+        ]
+        flags = [f"unlike the training images (distance {row.nearest_distance:.4f})"] * row.unlike_training
+        flags += [f"near-copy of training image {row.near_copy_of} (trained as {row.near_copy_label})"] * bool(
+            row.near_copy_of
+        )
+        assert texts[7] == "".join(flags)
+
+    # Each row's pictures: its scan as read, and the heat map of the head over it.
+    monkeypatch.chdir(breast_project)
+    gradcam = classifiers.breast_classifier("breast-knn", with_heatmaps=True).gradcam
+    scans = {file: shared_images.read_image_file(Path(file)) for file in table["file"]}
+    maps = gradcam.maps(np.stack([shared_images.prepare_image(scan, 32) for scan in scans.values()]))
+    assert len({heat.tobytes() for heat in maps}) == len(maps)
+    heat_of = dict(zip(scans, maps))
+    for cells in page.rows:
+        file = cells[1]["text"]
+        [scan], [heat] = cells[2]["images"], cells[3]["images"]
+        np.testing.assert_array_equal(png_of(scan["src"]), scans[file])
+        np.testing.assert_array_equal(png_of(heat["src"]), heatmaps.overlay(scans[file], heat_of[file]))
+
+    # Names escaped; nothing to fetch: no script, no style sheet or frame, every URL an embedded PNG.
+    assert escape(f"report_scans/{odd_name}") in html and odd_name not in html
+    assert {(tag, name) for tag, name, _ in page.urls} == {("img", "src")} and len(page.urls) == 2 * len(table)
+    assert all(value.startswith(PNG_URI) for *_, value in page.urls)
+    assert re.search(r"https?:", html) is None
+    assert not page.tags & {"script", "link", "iframe", "frame", "object", "embed", "base"}
+
+    header = " ".join("".join(page.text).split())
+    point = json.loads((breast_project / "models/breast/knn_operating_point.json").read_text())
+    assert "A research tool, not a diagnosis." in header
+    assert (
+        "Classifier: breast-knn. Positive class: malignant. Rows are sorted by the probability of malignant" in header
+    )
+    assert (
+        f"called malignant when its probability of malignant is at least {point['min_positive_probability']:.4f}, "
+        f"the cut that caught {point['target_sensitivity']:.0%} of the malignant images" in header
+    )
+    assert f"unlike the training images, {table['unlike_training'].sum()} of 14" in header
+    assert (
+        "Grad-CAM of breast-head's log-odds of malignant (not breast-knn's: it has no gradient) over block5, block3"
+        in (header)
+    )
+    assert "could not be read, not on the page: 1 report_scans/broken.png: cannot read image (" in header
+
+
+def test_the_report_and_the_heat_map_files_show_the_same_maps_made_once(breast_project, monkeypatch):
+    made = []
+    maps = heatmaps.GradCam.maps
+    monkeypatch.setattr(
+        heatmaps.GradCam, "maps", lambda gradcam, batch: made.append(len(batch)) or maps(gradcam, batch)
+    )
+    both = classify(breast_project, "--model", "breast-head", "new", "--report", "both.html", "--heatmaps", "both")
+    assert both.returncode == 0, both.stderr
+    assert made == [12]  # one backward pass for the page and the files
+    alone = classify(breast_project, "--model", "breast-head", "new", "--report", "alone.html")
+    assert alone.returncode == 0, alone.stderr
+    html = (breast_project / "both.html").read_bytes()
+    assert html == (breast_project / "alone.html").read_bytes()  # the same images and models, the same bytes
+    page = ReportTable(html.decode("utf-8"))
+    table = pd.read_csv(io.StringIO(both.stdout)).set_index("file")
+    assert len(page.rows) == len(table) == 12
+    for cells in page.rows:
+        file = Path(cells[1]["text"])
+        written = (breast_project / "both" / f"{file.name}.png").read_bytes()
+        assert base64.b64decode(cells[3]["images"][0]["src"].removeprefix(PNG_URI)) == written
+        assert cells[6]["text"] == table.loc[str(file), "called_at_operating_point"]
+
+
+def test_without_an_operating_point_the_report_has_the_argmax_alone(breast_project, tmp_path):
+    clone = copy_of(breast_project, tmp_path)
+    (clone / "models/breast/head_operating_point.json").write_text(
+        json.dumps({"target_sensitivity": None, "call": "the most probable class"})  # as train_head writes it
+    )
+    result = classify(clone, "--model", "breast-head", "new", "--report", "page.html")
+    assert result.returncode == 0, result.stderr
+    page = ReportTable((clone / "page.html").read_text(encoding="utf-8"))
+    assert "Operating point: none (target_sensitivity null): the call is the most probable class alone." in (
+        " ".join("".join(page.text).split())
+    )
+    assert len(page.rows) == 12 and all(len(cells) == 7 for cells in page.rows)  # no column of calls at a cut
+    assert "called at the operating point" not in (clone / "page.html").read_text(encoding="utf-8")
+
+
+def test_a_report_whose_operating_point_is_for_another_class_is_refused(breast_project, tmp_path):
+    clone = copy_of(breast_project, tmp_path)
+    point_file = clone / "models/breast/head_operating_point.json"
+    point_file.write_text(json.dumps({**json.loads(point_file.read_text()), "positive_class": "normal_or_benign"}))
+    stale = classify(
+        clone, "--model", "breast-head", "new", "--report", "page.html"
+    )  # positive_class.breast: malignant
+    assert stale.returncode == 2 and stale.stderr.strip().splitlines()[-1] == (
+        "error: --report: breast-head's operating point is for normal_or_benign but the heat maps' positive class "
+        "(positive_class.breast) is malignant: rerun `dvc repro`"
+    )
+    assert not (clone / "page.html").exists()
+
+
+def test_a_report_of_digits_is_refused_in_one_line(tmp_path):
+    digits = classify(tmp_path, "--model", "mnist", "--report", "page.html", "anything")  # refused before any file
+    assert digits.returncode == 2 and digits.stderr.strip() == (
+        "error: --report: the page is made for breast images (beside the breast head's heat maps), not mnist"
+    )
+    assert not (tmp_path / "page.html").exists()
+
+
+def test_a_large_scan_is_shrunk_for_the_page_and_a_small_one_kept():
+    large = np.random.default_rng(0).integers(0, 256, (600, 1000), dtype=np.uint8)
+    assert png_of(report.data_uri(large)).shape == (192, 320)  # the longest side to LARGEST_SIDE, the shape kept
+    small = large[:28, :28]
+    np.testing.assert_array_equal(png_of(report.data_uri(small)), small)
+
+
+# Run in the browser after the page has loaded: marks each image drawn (decoded, with a width
+# on the page) or not, and the body with how many images it looked at.
+RENDER_CHECK = """<script>
+addEventListener("load", () => {
+  for (const image of document.images)
+    image.dataset.rendered = image.complete && image.naturalWidth > 0 && image.getBoundingClientRect().width > 0;
+  document.body.dataset.checked = document.images.length;
+});
+</script>"""
+
+
+def rendered_images(chromium: str, page: Path) -> list[list[str]]:
+    """For each table row of ``page`` as headless Chromium drew it with the network off, whether
+    each of its images rendered ("true" or "false"); a copy of the page carries the check."""
+    checked = page.with_name(f"checked_{page.name}")
+    checked.write_text(page.read_text(encoding="utf-8").replace("</body>", f"{RENDER_CHECK}</body>"), encoding="utf-8")
+    result = dom_offline(chromium, checked)
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if ":CONSOLE" in line and "Uncaught" in line]
+    assert not errors, "\n".join(errors)
+    drawn = ReportTable(result.stdout)
+    rows = [[image.get("data-rendered") for cell in cells for image in cell["images"]] for cells in drawn.rows]
+    assert drawn.body.get("data-checked") == str(sum(map(len, rows))), "the check did not run"
+    return rows
+
+
+@pytest.mark.slow
+def test_the_report_renders_in_chromium_without_network(breast_project):
+    chromium = chromium_or_skip()
+    result = classify(breast_project, "--model", "breast-head", "new", "--report", "browser.html")
+    assert result.returncode == 0, result.stderr
+    page = breast_project / "browser.html"
+    assert rendered_images(chromium, page) == [["true", "true"]] * 12  # every row, each with its scan and map
+    # The check sees an image that does not render: a copy whose first picture is not a PNG.
+    html = page.read_text(encoding="utf-8")
+    start = html.index(PNG_URI) + len(PNG_URI)
+    broken = breast_project / "broken.html"
+    broken.write_text(html[:start] + base64.b64encode(b"not a PNG").decode() + html[html.index('"', start) :])
+    assert rendered_images(chromium, broken) == [["false", "true"]] + [["true", "true"]] * 11

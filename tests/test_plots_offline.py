@@ -8,23 +8,15 @@ import csv
 import json
 import re
 import shutil
-import subprocess
-import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT, dvc, git
+from tests.conftest import PROJECT, chromium_or_skip, dom_offline, dvc, git
 
 TEMPLATE = PROJECT / ".dvc" / "plots" / "offline.html"
 ROC_TEMPLATE = PROJECT / ".dvc" / "plots" / "roc.json"
-
-
-def find_chromium() -> str | None:
-    if Path("/usr/bin/chromium").exists():
-        return "/usr/bin/chromium"
-    return shutil.which("chromium")
 
 
 def test_config_names_the_offline_template():
@@ -124,12 +116,7 @@ def write_plot_data(repo: Path) -> None:
 
 @pytest.mark.slow
 def test_plots_render_in_chromium_without_network(tmp_path: Path):
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip(
-            "chromium not installed (neither /usr/bin/chromium nor `chromium` on PATH); "
-            "apt-get install -y chromium to run this test"
-        )
+    chromium = chromium_or_skip()
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -147,32 +134,7 @@ def test_plots_render_in_chromium_without_network(tmp_path: Path):
     assert n_plots == 3
     assert "var spec = {};" not in html  # every plot found its data
 
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        result = subprocess.run(
-            [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                # No network: every request goes to a dead proxy and no host name resolves.
-                "--proxy-server=127.0.0.1:9",
-                "--host-resolver-rules=MAP * ~NOTFOUND",
-                "--enable-logging=stderr",
-                "--v=0",
-                "--virtual-time-budget=10000",
-                "--dump-dom",
-                page.as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    result = dom_offline(chromium, page)
     assert result.returncode == 0, result.stderr[-3000:]
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
     errors = [line for line in console if "Uncaught" in line or '"ERROR' in line or "Error:" in line]

@@ -72,6 +72,7 @@ NOT_RUN = {
     "classify-images --model breast-head scan_0412.png scan_0413.png": "as above",
     "classify-images --model mnist digits/ > digits.csv": "as above, with a tiny digit CNN",
     "classify-images --heatmaps heatmaps data/local/breast/lab -o breast_predictions.csv": "as above; test_classify writes heat maps with tiny models, test_heatmaps checks where they peak",
+    "classify-images --report lab.html data/local/breast/lab -o breast_predictions.csv": "as above; test_classify writes the page with tiny models and draws it in headless Chromium",
     "pip install -c constraints.txt -e '.[dev,bench]'": "installs packages; the benchmarks are not tests",
     "python bench/bench_mnist_pipeline.py --npz data/local/mnist/mnist.npz --keras-layers": "a benchmark of minutes on the full MNIST; its figures are measurements, not checks",
     "python bench/bench_vgg_features.py --images 48": "a benchmark of minutes with a full-size VGG19",

@@ -49,6 +49,7 @@ class Classifier:
     other_columns: tuple[str, ...] = ()
     novelty_threshold: float | None = None
     gradcam: heatmaps.GradCam | None = None
+    operating_point: dict | None = None  # its ``--operating-point`` file, when it has a target
 
 
 def breast_classifier(model: str, with_heatmaps: bool = False) -> Classifier:
@@ -74,7 +75,8 @@ def breast_classifier(model: str, with_heatmaps: bool = False) -> Classifier:
     _, knn_columns = model_inputs("fit_knn", recipe, recipe_path)
     name, predict_features = breast_feature_model(model, knn)
     _, columns_of_model = model_inputs(BREAST_MODELS[name], recipe, recipe_path)
-    call = operating_point_call(BREAST_MODELS[name], recipe["class_names"])
+    point = saved_operating_point(BREAST_MODELS[name])
+    call = operating_point_call(point, recipe["class_names"]) if point else None
     copies = CopyReference(required(stage_paths("find_near_copies")["thumbnails"], "find_near_copies"))
     backbone, preprocess = rebuild_backbone(recipe, recipe_path), preprocess_function(recipe["backbone"])
 
@@ -97,16 +99,28 @@ def breast_classifier(model: str, with_heatmaps: bool = False) -> Classifier:
         )
     other_columns = ((OPERATING_POINT_COLUMN,) if call else ()) + NOVELTY_COLUMNS + NEAR_COPY_COLUMNS
     return Classifier(
-        name, tuple(recipe["class_names"]), recipe["image_size"], "RGB", columns, other_columns, threshold, gradcam
+        name,
+        tuple(recipe["class_names"]),
+        recipe["image_size"],
+        "RGB",
+        columns,
+        other_columns,
+        threshold,
+        gradcam,
+        point,
     )
 
 
-def operating_point_call(stage: str, class_names: list[str]) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The class that ``stage``'s saved classifier calls at its operating point, from the
-    probabilities (its ``--operating-point`` file); None when it has none (the argmax alone)."""
+def saved_operating_point(stage: str) -> dict | None:
+    """``stage``'s saved classifier's operating point (its ``--operating-point`` file: the
+    positive class, the target sensitivity and the cut that meets it); None when it has none
+    (the argmax alone)."""
     point = json.loads(required(stage_paths(stage)["operating-point"], stage).read_text())
-    if point.get("target_sensitivity") is None:
-        return None
+    return point if point.get("target_sensitivity") is not None else None
+
+
+def operating_point_call(point: dict, class_names: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """The class called at the operating ``point``, from the probabilities."""
     positive = class_names.index(point["positive_class"])
     cut, names = point["min_positive_probability"], np.asarray(class_names)
     return lambda probabilities: np.where(probabilities[:, positive] >= cut, names[positive], names[1 - positive])

@@ -1,6 +1,7 @@
 """Classify new images with a pipeline the stages trained: one CSV row per image.
 
-    classify-images [--model breast|breast-knn|breast-head|mnist] [-o FILE] [--heatmaps DIR] PATH [PATH ...]
+    classify-images [--model breast|breast-knn|breast-head|mnist] [-o FILE] [--heatmaps DIR] [--report FILE.html]
+                    PATH [PATH ...]
     python -m stages.commands.classify ...
 
 Run from the project root, after `dvc repro` (or `dvc pull`) has put the models there;
@@ -30,7 +31,9 @@ images but of a class they do not hold is not flagged.
 
 Writes ``file,predicted,p_<class>...`` (and for breast images the two columns above) to
 standard output, or to ``-o FILE``. With ``--heatmaps DIR``, each breast image's Grad-CAM
-heat map, laid over the scan, goes to a PNG in DIR (``stages.commands.heatmaps``). A file
+heat map, laid over the scan, goes to a PNG in DIR (``stages.commands.heatmaps``). With
+``--report FILE.html``, one page shows each breast image beside its heat map, with its calls,
+probability and flags, the most suspicious first (``stages.commands.report``). A file
 that cannot be read as an image is named on standard error and skipped: the rest of a
 large batch is still classified, and the exit status is 1 so that a script notices.
 Progress goes to standard error.
@@ -46,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.commands import heatmaps
+from stages.commands import heatmaps, report
 from stages.commands.classifiers import BREAST_MODELS, Classifier, breast_classifier, mnist_classifier
 from stages.shared.config import StageError
 from stages.shared.files import atomic_path
@@ -147,17 +150,28 @@ def main(argv: list[str]) -> None:
         metavar="DIR",
         help="write each breast image's Grad-CAM heat map over the scan to a PNG in DIR",
     )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE.html",
+        help="write one page: each breast image beside its heat map, its calls and flags, the most suspicious first",
+    )
     args = parser.parse_args(argv)
     if args.heatmaps and args.model == "mnist":
         raise StageError("--heatmaps: heat maps are made for breast images (the breast head's Grad-CAM), not mnist")
+    if args.report and args.model == "mnist":
+        raise StageError("--report: the page is made for breast images (beside the breast head's heat maps), not mnist")
     files = find_images(args.paths)
     if args.model == "mnist":
         classifier = mnist_classifier()
     else:
-        classifier = breast_classifier(args.model, with_heatmaps=args.heatmaps is not None)
-    writers = [heatmaps.HeatmapWriter(classifier.gradcam, args.heatmaps, files)] if classifier.gradcam else []
+        classifier = breast_classifier(args.model, with_heatmaps=bool(args.heatmaps or args.report))
+    writer = heatmaps.HeatmapWriter(args.heatmaps, files) if args.heatmaps else None
+    page = report.ReportPage(classifier) if args.report else None
+    uses = [use for use in (writer, page) if use]
+    hooks = [heatmaps.Overlays(classifier.gradcam, uses)] if uses else []  # the maps made once for both
     print(f"classifying {len(files)} images with {classifier.name}", file=sys.stderr, flush=True)
-    table, skipped = classify(files, classifier, args.batch_size, writers)
+    table, skipped = classify(files, classifier, args.batch_size, hooks)
     # 7 significant digits: a float32 probability to within 1e-7, as in the predictions files
     if args.output:
         with atomic_path(args.output) as tmp:
@@ -168,8 +182,11 @@ def main(argv: list[str]) -> None:
         f"classified {len(table)} images" + (f"; skipped {len(skipped)} that could not be read" if skipped else ""),
         file=sys.stderr,
     )
-    for writer in writers:
+    if writer:
         print(f"wrote {writer.written} heat maps to {args.heatmaps}", file=sys.stderr)
+    if page:
+        page.write(args.report, skipped)
+        print(f"wrote the page of {len(page.rows)} images to {args.report}", file=sys.stderr)
     threshold = classifier.novelty_threshold
     if threshold is not None:
         flagged = int(table["unlike_training"].sum()) if len(table) else 0

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -139,7 +139,7 @@ class GradCam:
         activations = [backbone.get_layer(f"{block}_pool").output for block in head.blocks]
         self.activations_and_features = keras.Model(backbone.inputs, [*activations, backbone.output])
         self.member_logits = member_logits_model(head.model)
-        self.preprocess, self.columns, self.positive = preprocess, head.columns, head.positive
+        self.preprocess, self.columns, self.positive, self.blocks = preprocess, head.columns, head.positive, head.blocks
 
     def scores(self, logits):
         """Each image's log-odds of the positive class, averaged over the members."""
@@ -211,15 +211,31 @@ def heatmap_paths(folder: Path, files: Sequence[Path]) -> dict[Path, Path]:
     return {file: folder / path.parent.relative_to(common) / f"{path.name}.png" for file, path in zip(files, absolute)}
 
 
-class HeatmapWriter:
-    """Writes the map of each classified image to its ``heatmap_paths`` PNG, over the scan
-    as read from its file."""
+class Overlays:
+    """An ``after_batch`` hook: each classified image's map laid over its scan, as read from
+    its file, made once for each of ``uses`` (the PNG files, the page). Each use gets
+    ``(file, scan, overlaid, row)``, where ``row`` is the image's values in the table."""
 
-    def __init__(self, gradcam: GradCam, folder: Path, files: Sequence[Path]):
-        self.gradcam, self.paths, self.written = gradcam, heatmap_paths(folder, files), 0
+    def __init__(self, gradcam: GradCam, uses: Sequence[Callable[[Path, np.ndarray, np.ndarray, dict], None]]):
+        self.gradcam, self.uses = gradcam, uses
 
     def __call__(self, names: Sequence[Path], batch: np.ndarray, rows: dict) -> None:
-        for name, heat in zip(names, self.gradcam.maps(batch)):
-            with atomic_path(self.paths[name]) as tmp:
-                tmp.write_bytes(png_bytes(overlay(read_image_file(name), heat)))
-            self.written += 1
+        for index, (name, heat) in enumerate(zip(names, self.gradcam.maps(batch))):
+            scan = read_image_file(name)
+            overlaid = overlay(scan, heat)
+            row = {column: values[index] for column, values in rows.items()}
+            for use in self.uses:
+                use(name, scan, overlaid, row)
+
+
+class HeatmapWriter:
+    """Writes each classified image's map over its scan (a use of ``Overlays``) to its
+    ``heatmap_paths`` PNG."""
+
+    def __init__(self, folder: Path, files: Sequence[Path]):
+        self.paths, self.written = heatmap_paths(folder, files), 0
+
+    def __call__(self, name: Path, _scan: np.ndarray, overlaid: np.ndarray, _row: dict) -> None:
+        with atomic_path(self.paths[name]) as tmp:
+            tmp.write_bytes(png_bytes(overlaid))
+        self.written += 1
