@@ -15,7 +15,7 @@ from stages import evaluate, find_near_copies, fit_knn, train_head
 from stages.shared.breast import FeatureSet
 from stages.shared.config import StageError
 from stages.shared.near_copies import CopyReference, group_ids, near_copy_pairs, nearest, thumbnail, unit_rows
-from tests.conftest import stage_argv
+from tests.conftest import SHARED_DATA, stage_argv
 from tests.test_breast import HEAD, SETTINGS, clustered_features, save_image, write_params
 
 COPIES = 3  # images of each scan
@@ -228,3 +228,24 @@ def test_evaluate_scores_heldout_unseen_with_its_count(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "metrics/breast/knn.json").read_text())
     assert list(metrics)[:2] == ["heldout", "heldout_unseen"]
     assert metrics["heldout"]["n"] == 8 and metrics["heldout_unseen"]["n"] == 7
+
+
+BREASTMNIST_28 = SHARED_DATA / "breastmnist_28.npz"
+
+
+@pytest.mark.skipif(not BREASTMNIST_28.exists(), reason=f"{BREASTMNIST_28} is absent")
+def test_the_audit_of_breastmnist_is_the_one_docs_breast_md_gives(tmp_path, monkeypatch):
+    (tmp_path / "data/local/breast").mkdir(parents=True)
+    (tmp_path / "data/local/breast/breastmnist_28.npz").symlink_to(BREASTMNIST_28)
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, "breastmnist_28.npz")
+    audit = run_stage(tmp_path)
+    assert (audit["images_with_a_near_copy"], audit["groups_of_two_or_more"], audit["largest_group"]) == (332, 145, 7)
+    assert audit["test_images_with_a_near_copy_outside_the_test_split"] == 63
+    assert len(audit["groups_spanning_splits"]) == 89
+    conflicts = [
+        sorted(image["source"] for image in group["images"]) for group in audit["groups_with_different_labels"]
+    ]
+    assert len(conflicts) == 6
+    assert ["test_images[143]", "test_images[76]", "train_images[115]"] in conflicts  # sorted as strings
+    assert ["test_images[84]", "val_images[24]"] in conflicts
