@@ -46,6 +46,7 @@ PROJECT_FILES = [
     "data/local/mnist/keras",
     "data/local/breast/medmnist",
     "data/local/breast/medmnist_224",
+    "data/local/breast/none",
     "data/local/weights/imagenet",
     "data/local/weights/none",
 ]

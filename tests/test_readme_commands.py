@@ -87,6 +87,13 @@ NOT_RUN = {
     "downloaded; test_mnist runs both levers on tiny data",
     "python bench/measure_novelty_flag.py --breast data/local/breast/breastmnist_28.npz --mnist PATH/mnist.npz "
     "--per-kind 50": "a measurement on the real BreastMNIST and MNIST; PATH is a placeholder",
+    "python bench/near_copy_threshold.py --data data/local/breast/breastmnist_28.npz --features "
+    "data/breast/features.npz --picture docs/images/near_copy_threshold.png": "a measurement on the real "
+    "BreastMNIST and its features; test_near_copies holds the audit it summarises to docs/breast.md",
+    "python bench/measure_operating_point.py --features data/breast/features.npz --seeds 42": "minutes of "
+    "training heads on the real breast features (test_bench_scripts checks what it imports)",
+    "python -m stages.evaluate breast --predictions predictions/breast --metrics /tmp/m --plots /tmp/p": "needs "
+    "a breast run's predictions; test_evaluate runs evaluate on predictions of its own",
     FRESH_CLONE_EXPERIMENT: "needs the breast data; "
     "test_the_first_experiment_in_a_fresh_clone_is_saved runs it, with the step before it, on tiny data",
 }
