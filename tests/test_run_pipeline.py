@@ -173,3 +173,17 @@ def test_offline_the_quick_start_finishes_the_toy_exercise_and_names_each_downlo
     assert "Data and pipelines are up to date." in dvc(repo, "status", "evaluate@toy").stdout
     # The toy metrics are this run's: two_blops's changed with its epochs, the others are as committed.
     assert git(repo, "status", "--porcelain", "metrics").stdout.split() == ["M", "metrics/toy/two_blops.json"]
+
+
+def test_a_stage_that_needs_two_failed_ones_is_named_once():
+    log = ReproLog()
+    for line in [
+        "Running stage 'a':",
+        "WARNING: failed to run: python -m stages.a, exited with 1",
+        "WARNING: Stages 'c' and 'd' will be skipped due to this failure",
+        "Running stage 'b':",
+        "WARNING: failed to run: python -m stages.b, exited with 1",
+        "WARNING: Stages 'c', 'e' and 'd' will be skipped due to this failure",
+    ]:
+        log.read(line)
+    assert log.skipped == ["c", "d", "e"]

@@ -44,7 +44,8 @@ class ReproLog:
         elif (match := FAILED_RUN.search(line)) and self._stage and self._stage not in self.failed:
             self.failed[self._stage] = [f"exited with {match['status']} (its output is above)"]
         elif match := SKIPPED.search(line):
-            self.skipped += re.findall(r"'([^']+)'", match["stages"])
+            # A stage that needs two failed ones (fit_knn: the features and the groups) is named once.
+            self.skipped += [stage for stage in re.findall(r"'([^']+)'", match["stages"]) if stage not in self.skipped]
 
     def summary(self) -> list[str]:
         lines = [f"run-pipeline: {len(self.failed)} stage(s) could not run:"]
