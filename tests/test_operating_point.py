@@ -56,6 +56,7 @@ def test_each_call_comes_from_a_cut_chosen_without_the_image():
     assert (test["called"] == np.asarray(data.class_names)[expected]).all()
     # Each fold's calls: by the cut on the other folds' images.
     cv = rows[rows["evaluation"] == "cv"]
+    assert cv["fold"].nunique() == 4  # every fold is checked below, not none
     for fold, held in cv.groupby("fold"):
         others = rest[~np.isin(rest, held.index.map(index))]
         cut = point.cut(data.labels[others], table[others])
