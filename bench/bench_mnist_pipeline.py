@@ -34,10 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages import augment_train_mnist as mnist
 from stages.shared.files import read_npz
-from stages.shared.runtime import (
-    run_stage,
-    seed_everything,
-)
+from stages.shared.runner import run_stage
+from stages.shared.tensorflow_runtime import seed_everything
 
 ROTATION, SHIFT, ZOOM = 20, 0.1, 0.2
 

@@ -29,9 +29,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
 from stages import extract_vgg_features as stage
+from stages.shared import backbone as shared_backbone
 from stages.shared import breast_data
 from stages.shared import images as shared_images
-from stages.shared.runtime import seed_everything
+from stages.shared.tensorflow_runtime import seed_everything
 
 SEED = 0
 
@@ -95,8 +96,8 @@ def stage_way(model, preprocess, images: breast_data.ImageSet, image_size: int, 
 def run_one_way(way: str, args: argparse.Namespace, results: multiprocessing.Queue) -> None:
     """In a child process: build the model, warm it up, then time one way over the images."""
     seed_everything(SEED)
-    model = shared_images.build_extractor(args.backbone, "none", args.layer, args.image_size)
-    preprocess = shared_images.preprocess_function(args.backbone)
+    model = shared_backbone.build_extractor(args.backbone, "none", args.layer, args.image_size)
+    preprocess = shared_backbone.preprocess_function(args.backbone)
     images = load_images(args.npz, args.images)
     warm_up = np.zeros((args.batch_size, args.image_size, args.image_size, 3), "float32")
     if way == "original":
@@ -129,8 +130,8 @@ def main() -> None:
     parser.add_argument("--npz", help="take the images from this .npz (MedMNIST layout), not random ones")
     parser.add_argument("--batch-size", type=int, default=16, help="the stage's batch size (default 16)")
     parser.add_argument("--backbone", choices=("vgg19", "vgg16"), default="vgg19")
-    parser.add_argument("--layer", choices=(*shared_images.TOP_LAYERS, *shared_images.POOLED_LAYERS), default="fc1")
-    parser.add_argument("--image-size", type=int, default=shared_images.TOP_IMAGE_SIZE)
+    parser.add_argument("--layer", choices=(*shared_backbone.TOP_LAYERS, *shared_backbone.POOLED_LAYERS), default="fc1")
+    parser.add_argument("--image-size", type=int, default=shared_backbone.TOP_IMAGE_SIZE)
     args = parser.parse_args()
 
     print(

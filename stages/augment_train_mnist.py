@@ -28,26 +28,19 @@ import pydantic
 from pydantic import Field
 
 from stages.shared.config import ParamsError, Section, StageError, read_params
-from stages.shared.files import (
-    download_or_stop,
-    local_copy,
-    local_or,
-    read_npz,
-    save_keras_model,
-    write_history_csv,
-    write_json,
-)
-from stages.shared.images import MNIST_CLASS_NAMES, MNIST_IMAGE_SHAPE, MNIST_NUM_CLASSES, mnist_model_input
+from stages.shared.downloads import download_or_stop, local_copy, local_or
+from stages.shared.files import read_npz
+from stages.shared.keras_files import save_keras_model, write_history_csv
+from stages.shared.mnist_digits import MNIST_CLASS_NAMES, MNIST_IMAGE_SHAPE, MNIST_NUM_CLASSES, mnist_model_input
 from stages.shared.predictions import prediction_frame, write_predictions
-from stages.shared.runtime import (
-    ResumeFolder,
-    code_digests,
+from stages.shared.resume import ResumeFolder, code_digests
+from stages.shared.runner import run_stage, stage_args, write_json
+from stages.shared.tensorflow_runtime import (
     describe_devices,
     device_names,
     distribution_strategy,
-    run_stage,
+    quiet_tensorflow_stderr,
     seed_everything,
-    stage_args,
     write_run_facts,
 )
 
@@ -536,4 +529,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, quiet_tensorflow_stderr)

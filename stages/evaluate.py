@@ -43,9 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from stages.shared.config import Section, StageError, read_params
-from stages.shared.files import atomic_path, write_json
 from stages.shared.predictions import PROBABILITY_PREFIX, positive_class, read_predictions
-from stages.shared.runtime import run_stage, stage_args
+from stages.shared.runner import atomic_path, run_stage, stage_args, write_json
 
 # The order of evaluations in the metrics; ``heldout`` is what plots and thresholds use.
 # ``heldout_unseen``: the held-out images with no near-copy among those fitted on (breast).

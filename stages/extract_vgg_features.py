@@ -46,10 +46,7 @@ import numpy as np
 import pydantic
 from pydantic import Field
 
-from stages.shared.breast_data import SPLITS, BreastData, ImageSet, open_data
-from stages.shared.config import Section, read_params
-from stages.shared.files import DownloadError, atomic_path, local_or, save_npz, write_json
-from stages.shared.images import (
+from stages.shared.backbone import (
     LOCAL_WEIGHTS_DIR,
     POOLED_LAYERS,
     TOP_IMAGE_SIZE,
@@ -58,18 +55,21 @@ from stages.shared.images import (
     block_widths,
     feature_block_names,
     load_backbone,
-    prepare_image,
     preprocess_function,
     weights_digest,
     weights_source,
 )
-from stages.shared.runtime import (
-    ResumeFolder,
-    code_digests,
+from stages.shared.breast_data import SPLITS, BreastData, ImageSet, open_data
+from stages.shared.config import Section, read_params
+from stages.shared.downloads import DownloadError, local_or
+from stages.shared.files import save_npz
+from stages.shared.images import prepare_image
+from stages.shared.resume import ResumeFolder, code_digests
+from stages.shared.runner import atomic_path, run_stage, stage_args, write_json
+from stages.shared.tensorflow_runtime import (
     describe_devices,
     distribution_strategy,
-    run_stage,
-    stage_args,
+    quiet_tensorflow_stderr,
     write_run_facts,
 )
 
@@ -344,4 +344,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, quiet_tensorflow_stderr)

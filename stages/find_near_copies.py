@@ -38,9 +38,10 @@ from pydantic import Field
 
 from stages.shared.breast_data import LOCAL_DATA_DIR, BreastDataSetting, ImageSet, open_data
 from stages.shared.config import Section, StageError, one_line, read_params
-from stages.shared.files import atomic_path, local_copy, local_or, save_figure, save_npz, write_json
+from stages.shared.downloads import local_copy, local_or
+from stages.shared.files import save_figure, save_npz
 from stages.shared.near_copies import THUMBNAIL_SIZE, group_ids, near_copy_pairs, thumbnail, unit_rows
-from stages.shared.runtime import run_stage, stage_args
+from stages.shared.runner import atomic_path, run_stage, stage_args, write_json
 
 NO_LAB_GROUPS = "none"
 LAB_GROUP_COLUMNS = ("image", "group")

@@ -49,9 +49,9 @@ from stages.shared.breast import (
     write_operating_point,
 )
 from stages.shared.config import ParamsError, Section, read_params
-from stages.shared.files import save_skops, write_json
 from stages.shared.predictions import prediction_frame, write_predictions
-from stages.shared.runtime import run_stage, stage_args
+from stages.shared.runner import run_stage, stage_args, write_json
+from stages.shared.skops_files import save_skops
 
 
 class KnnSettings(Section):

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from stages.shared.config import Name, Section, read_params
 from stages.shared.files import save_figure, save_npz
-from stages.shared.runtime import run_stage, stage_args
+from stages.shared.runner import run_stage, stage_args
 
 
 def _split_counts(n_samples: int, n_parts: int) -> list[int]:

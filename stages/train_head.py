@@ -63,9 +63,10 @@ from stages.shared.breast import (
     write_operating_point,
 )
 from stages.shared.config import Section, StageError, read_params
-from stages.shared.files import save_keras_model, write_history_csv
+from stages.shared.keras_files import save_keras_model, write_history_csv
 from stages.shared.predictions import prediction_frame, write_predictions
-from stages.shared.runtime import run_stage, seed_everything, stage_args, write_run_facts
+from stages.shared.runner import run_stage, stage_args
+from stages.shared.tensorflow_runtime import quiet_tensorflow_stderr, seed_everything, write_run_facts
 
 
 class HeadSettings(Section):
@@ -376,4 +377,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, quiet_tensorflow_stderr)

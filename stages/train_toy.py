@@ -17,9 +17,11 @@ import numpy as np
 from pydantic import Field
 
 from stages.shared.config import Name, Section, read_params
-from stages.shared.files import read_npz, save_figure, save_keras_model, write_history_csv
+from stages.shared.files import read_npz, save_figure
+from stages.shared.keras_files import save_keras_model, write_history_csv
 from stages.shared.predictions import prediction_frame, write_predictions
-from stages.shared.runtime import run_stage, seed_everything, stage_args, write_run_facts
+from stages.shared.runner import run_stage, stage_args
+from stages.shared.tensorflow_runtime import quiet_tensorflow_stderr, seed_everything, write_run_facts
 
 CLASS_NAMES = ("class_0", "class_1")
 
@@ -160,4 +162,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, quiet_tensorflow_stderr)

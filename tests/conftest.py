@@ -296,8 +296,9 @@ def two_cpu_devices_script(stage: str) -> str:
         "cpu = tf.config.list_physical_devices('CPU')[0]\n"
         "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
         f"from stages import {stage}\n"
-        "from stages.shared.runtime import run_stage\n"
-        f"run_stage({stage}.main)\n"
+        "from stages.shared.runner import run_stage\n"
+        "from stages.shared.tensorflow_runtime import quiet_tensorflow_stderr\n"
+        f"run_stage({stage}.main, quiet_tensorflow_stderr)\n"
     )
 
 

@@ -20,12 +20,15 @@ from PIL import Image
 from stages import evaluate, find_near_copies, fit_knn, train_head
 from stages import extract_vgg_features as extract
 from stages.commands import check_thresholds, model_files
+from stages.shared import backbone as shared_backbone
 from stages.shared import breast, breast_data
 from stages.shared import images as shared_images
 from stages.shared.breast import FeatureSet
 from stages.shared.config import ParamsError, StageError
-from stages.shared.files import DownloadError, save_npz, save_skops
+from stages.shared.downloads import DownloadError
+from stages.shared.files import save_npz
 from stages.shared.predictions import read_predictions
+from stages.shared.skops_files import save_skops
 from tests.conftest import PROJECT, SHARED_DATA, fail_as_keras_offline, stage_argv, write_decompression_bomb
 
 LOCAL = Path("data/local/breast")  # relative: the main() tests chdir into tmp_path
@@ -368,7 +371,7 @@ def test_failed_downloads_name_the_key_to_set(monkeypatch):
         r"failure .*\); put a weights file of vgg16 in data/local/weights/ and set "
         r"extract_vgg_features.weights to its name$",
     ):
-        shared_images.build_extractor("vgg16", "imagenet", "avg", 32)
+        shared_backbone.build_extractor("vgg16", "imagenet", "avg", 32)
 
 
 def test_offline_the_stage_names_both_downloads_at_once(tmp_path, monkeypatch):
@@ -404,8 +407,8 @@ def test_images_become_rgb_batches_of_the_chosen_size(breast_npz, image_folder):
 @pytest.mark.parametrize(("backbone", "layer"), [("vgg19", "avg"), ("vgg16", "max")])
 def test_pooled_features_stream_through_in_batches(breast_npz, backbone, layer, capsys):
     images = breast_data.load_npz_images(breast_npz)
-    model = shared_images.build_extractor(backbone, "none", layer, 32)
-    forward = extract.make_forward_pass(model, shared_images.preprocess_function(backbone))
+    model = shared_backbone.build_extractor(backbone, "none", layer, 32)
+    forward = extract.make_forward_pass(model, shared_backbone.preprocess_function(backbone))
     features, _ = extract.extract_features(forward, 512, images, 32, batch_size=4, progress_every=2)
     assert features.shape == (22, 512) and features.dtype == np.float32 and np.isfinite(features).all()
     progress = capsys.readouterr().out.splitlines()
@@ -418,7 +421,7 @@ def test_weights_file_is_loaded_by_path(weights_files):
 
     keras.utils.set_random_seed(7)
     original = keras.applications.VGG19(weights=None, include_top=False, input_shape=(32, 32, 3), pooling="avg")
-    loaded = shared_images.build_extractor("vgg19", str(weights_files["vgg19"]), "avg", 32)
+    loaded = shared_backbone.build_extractor("vgg19", str(weights_files["vgg19"]), "avg", 32)
     batch = np.random.default_rng(0).uniform(-100, 100, (2, 32, 32, 3)).astype(np.float32)
     assert np.allclose(original.predict_on_batch(batch), loaded.predict_on_batch(batch), atol=1e-5)
 
@@ -434,7 +437,7 @@ def test_weights_file_is_loaded_by_path(weights_files):
 def test_weights_file_that_does_not_fit_is_named(weights_files, tmp_path, weights, layer, message):
     path = weights_files.get(weights, tmp_path / "missing.weights.h5")
     with pytest.raises(StageError) as error:
-        shared_images.build_extractor("vgg19", str(path), layer, 224 if layer == "fc1" else 32)
+        shared_backbone.build_extractor("vgg19", str(path), layer, 224 if layer == "fc1" else 32)
     assert str(error.value).startswith(f"{path}: {message}") and "\n" not in str(error.value)
 
 
@@ -748,15 +751,15 @@ def test_several_blocks_are_pooled_and_concatenated():
     import keras
 
     batch = np.random.default_rng(0).uniform(-100, 100, (2, 32, 32, 3)).astype(np.float32)
-    one = shared_images.load_backbone(
+    one = shared_backbone.load_backbone(
         {"backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [5], "image_size": 32}
     )
-    three = shared_images.load_backbone(
+    three = shared_backbone.load_backbone(
         {"backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [3, 4, 5], "image_size": 32}
     )
     assert one.output_shape == (None, 512) and three.output_shape == (None, 256 + 512 + 512)
     # Block 5 alone is Keras's own pooling="avg"; with [3, 4, 5] it is the last 512 columns.
-    keras.utils.set_random_seed(shared_images.RANDOM_WEIGHTS_SEED)
+    keras.utils.set_random_seed(shared_backbone.RANDOM_WEIGHTS_SEED)
     stock = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3), pooling="avg")
     np.testing.assert_allclose(one.predict_on_batch(batch), stock.predict_on_batch(batch), rtol=1e-5)
     np.testing.assert_allclose(three.predict_on_batch(batch)[:, -512:], one.predict_on_batch(batch), rtol=1e-5)
@@ -782,7 +785,7 @@ def test_the_backbone_recipe_rebuilds_the_same_features(tmp_path, monkeypatch, b
     write_params(tmp_path, "breast.npz", blocks=[4, 5])
     extract.main(stage_argv("extract_vgg_features"))
     recipe = json.loads((tmp_path / "models/breast/backbone.json").read_text())
-    rebuilt = shared_images.load_backbone(recipe)
+    rebuilt = shared_backbone.load_backbone(recipe)
     assert recipe == {
         "backbone": "vgg19",
         "weights": "none",
@@ -792,11 +795,11 @@ def test_the_backbone_recipe_rebuilds_the_same_features(tmp_path, monkeypatch, b
         "class_names": ["malignant", "normal_or_benign"],
         "feature_blocks": ["block4", "block5"],
         "block_widths": [512, 512],
-        "weights_sha256": shared_images.weights_digest(rebuilt),
+        "weights_sha256": shared_backbone.weights_digest(rebuilt),
     }
     images = breast_data.load_npz_images(breast_npz)
     batch = next(extract.iterate_batches(images, 32, batch_size=4))
-    again = rebuilt.predict_on_batch(shared_images.preprocess_function("vgg19")(batch))
+    again = rebuilt.predict_on_batch(shared_backbone.preprocess_function("vgg19")(batch))
     with np.load(tmp_path / "data/breast/features.npz") as saved:
         np.testing.assert_allclose(again, saved["features"][:4], rtol=1e-5, atol=1e-6)
         assert saved["feature_blocks"].tolist() == ["block4", "block5"] and saved["block_widths"].tolist() == [512, 512]
@@ -819,14 +822,14 @@ def test_the_backbone_recipe_rebuilds_the_same_features(tmp_path, monkeypatch, b
 
 def test_the_weights_digest_tells_weights_apart(weights_files):
     same = [
-        shared_images.weights_digest(shared_images.build_extractor("vgg16", str(weights_files["vgg16"]), "avg", 32))
+        shared_backbone.weights_digest(shared_backbone.build_extractor("vgg16", str(weights_files["vgg16"]), "avg", 32))
         for _ in range(2)
     ]
-    other_size = shared_images.weights_digest(
-        shared_images.build_extractor("vgg16", str(weights_files["vgg16"]), "avg", 64)
+    other_size = shared_backbone.weights_digest(
+        shared_backbone.build_extractor("vgg16", str(weights_files["vgg16"]), "avg", 64)
     )
-    random = shared_images.weights_digest(
-        shared_images.load_backbone(
+    random = shared_backbone.weights_digest(
+        shared_backbone.load_backbone(
             {"backbone": "vgg16", "weights": "none", "layer": "avg", "blocks": [5], "image_size": 32}
         )
     )

@@ -26,11 +26,12 @@ from PIL import Image
 from stages import augment_train_mnist, evaluate, extract_vgg_features, find_near_copies, fit_knn, train_head
 from stages.commands import classifiers, heatmaps, model_files, report
 from stages.commands import classify as classify_stage
+from stages.shared import backbone as shared_backbone
 from stages.shared import breast
 from stages.shared import images as shared_images
 from stages.shared.config import StageError
 from stages.shared.predictions import read_predictions
-from stages.shared.runtime import run_stage
+from stages.shared.runner import run_stage
 from tests.conftest import (
     chromium_or_skip,
     dom_offline,
@@ -242,10 +243,10 @@ def use_weights(clone: Path, weights: str, digest_of: Path) -> None:
     weights in ``digest_of``."""
     recipe_path = clone / "models/breast/backbone.json"
     recipe = json.loads(recipe_path.read_text())
-    built = shared_images.build_extractor(
+    built = shared_backbone.build_extractor(
         recipe["backbone"], str(digest_of), recipe["layer"], recipe["image_size"], recipe["blocks"]
     )
-    recipe.update(weights=weights, weights_sha256=shared_images.weights_digest(built))
+    recipe.update(weights=weights, weights_sha256=shared_backbone.weights_digest(built))
     recipe_path.write_text(json.dumps(recipe))
 
 

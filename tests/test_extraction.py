@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 
 from stages import extract_vgg_features as extract
-from stages.shared import breast_data, runtime
+from stages.shared import breast_data, resume
 from stages.shared import images as shared_images
 from stages.shared.config import ParamsError, StageError
 from tests.conftest import PROJECT, stage_argv, tool_env, two_cpu_devices_script
@@ -399,7 +399,7 @@ def test_chunks_of_other_code_are_not_reused(tmp_path, monkeypatch, capsys):
     code = tmp_path / "code"
     shutil.copytree(PROJECT / "stages", code / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(PROJECT / "dvc.yaml", code)
-    monkeypatch.setattr(runtime, "PROJECT_ROOT", code)
+    monkeypatch.setattr(resume, "PROJECT_ROOT", code)
     write_lab_folder(tmp_path / "data/local/breast/lab")
     write_params(tmp_path, "lab", chunk_size=8)
 
@@ -412,10 +412,10 @@ def test_chunks_of_other_code_are_not_reused(tmp_path, monkeypatch, capsys):
     run_here(tmp_path, monkeypatch)
     assert "resuming after 16 images" in capsys.readouterr().out  # the same code resumes the chunks
     interrupted_run()
-    backbone_code = code / "stages/shared/images.py"
-    text = backbone_code.read_text()
+    preparation_code = code / "stages/shared/images.py"
+    text = preparation_code.read_text()
     assert "Image.Resampling.BILINEAR" in text
-    backbone_code.write_text(text.replace("Image.Resampling.BILINEAR", "Image.Resampling.BICUBIC"))
+    preparation_code.write_text(text.replace("Image.Resampling.BILINEAR", "Image.Resampling.BICUBIC"))
     run_here(tmp_path, monkeypatch)
     log = capsys.readouterr().out
     assert f"{CHECKPOINTS} is from a run with other code (stages/shared/images.py): starting afresh" in log

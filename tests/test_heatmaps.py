@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from stages.commands import heatmaps, model_files
+from stages.shared.backbone import load_backbone, preprocess_function
 from stages.shared.breast import FeatureSet
 from stages.shared.config import ParamsError
-from stages.shared.files import save_keras_model
-from stages.shared.images import load_backbone, prepare_image, preprocess_function
+from stages.shared.images import prepare_image
+from stages.shared.keras_files import save_keras_model
 from tests.conftest import PROJECT, project_params
 
 SIZE = 96  # blocks 2 to 5 give maps of 24, 12, 6 and 3 cells a side

@@ -17,11 +17,10 @@ import pytest
 import yaml
 
 from stages import augment_train_mnist as mnist
-from stages.shared import images as shared_images
-from stages.shared import runtime
+from stages.shared import mnist_digits, resume
 from stages.shared.config import ParamsError, StageError
-from stages.shared.files import write_json
 from stages.shared.predictions import read_predictions
+from stages.shared.runner import write_json
 from tests.conftest import PROJECT, fail_as_keras_offline, stage_argv, tiny_mnist, tool_env, two_cpu_devices_script
 
 LOCAL_NAME = "tiny.npz"  # augment_train_mnist.data: the file's name inside data/local/mnist/
@@ -58,7 +57,7 @@ def test_model_is_the_originals():
 def test_augmentation_keeps_shape_and_changes_images():
     import tensorflow as tf
 
-    images = shared_images.mnist_model_input(tiny_mnist(10, 0)["x_train"])
+    images = mnist_digits.mnist_model_input(tiny_mnist(10, 0)["x_train"])
     augment = mnist.make_augmentation(20, 0.1, 0.2)
     augmented = augment(images, seed=tf.constant([1, 0]))
     assert augmented.shape == (10, 28, 28, 1) and augmented.dtype == tf.float32
@@ -354,7 +353,7 @@ def test_a_checkpoint_of_other_code_is_not_resumed(workdir, monkeypatch, capsys,
     code = workdir / "code"
     shutil.copytree(PROJECT / "stages", code / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(PROJECT / "dvc.yaml", code)
-    monkeypatch.setattr(runtime, "PROJECT_ROOT", code)
+    monkeypatch.setattr(resume, "PROJECT_ROOT", code)
     write_json(checkpoint_opened(monkeypatch).folder / "state.json", {"epochs_done": 2})
     assert checkpoint_opened(monkeypatch).load() == {"epochs_done": 2}  # the same code resumes it
     text = (code / module).read_text()

@@ -44,8 +44,8 @@ def test_a_failed_stage_stops_only_what_needs_it_and_the_summary_names_its_reaso
 
 NO_DISK_LEFT = """
 from pathlib import Path
-from stages.shared.files import download_or_stop
-from stages.shared.runtime import run_stage
+from stages.shared.downloads import download_or_stop
+from stages.shared.runner import run_stage
 def main(argv):
     with download_or_stop("X", "section.key", "a file", Path("data/local")):
         raise OSError(28, "No space left on device")

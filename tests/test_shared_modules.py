@@ -1,5 +1,8 @@
-"""The modules the stages share: params validation (stages.shared.config, stages.shared.files), atomic
-writes (stages.shared.files), same-bytes zips (stages.shared.files), and a stage as a command (stages.shared.runtime)."""
+"""The modules the stages share: params validation (stages.shared.config, and local copies in
+stages.shared.downloads), atomic writes and a stage as a command (stages.shared.runner),
+same-bytes zips (stages.shared.files, keras_files, skops_files), downloads
+(stages.shared.downloads), a resume folder (stages.shared.resume) and TensorFlow's stderr
+(stages.shared.tensorflow_runtime)."""
 
 from __future__ import annotations
 
@@ -19,17 +22,12 @@ import pytest
 from pydantic import Field
 
 from stages.shared.config import Name, ParamsError, Section, StageError, read_params
-from stages.shared.files import (
-    DownloadError,
-    atomic_path,
-    download_or_stop,
-    local_or,
-    save_keras_model,
-    save_npz,
-    save_skops,
-    write_json,
-)
-from stages.shared.runtime import ResumeFolder
+from stages.shared.downloads import DownloadError, download_or_stop, local_or
+from stages.shared.files import save_npz
+from stages.shared.keras_files import save_keras_model
+from stages.shared.resume import ResumeFolder
+from stages.shared.runner import atomic_path, write_json
+from stages.shared.skops_files import save_skops
 from tests.conftest import PROJECT, tool_env
 
 
@@ -227,7 +225,7 @@ def test_skops_files_are_the_same_from_another_process(tmp_path):
     # Another process, other addresses: what a rerun of the stage sees.
     save = (
         "import sys, numpy as np; from stages.fit_knn import make_knn_pipeline; "
-        "from stages.shared.files import save_skops; "
+        "from stages.shared.skops_files import save_skops; "
         "x, y = np.random.default_rng(0).random((8, 32), dtype=np.float32), np.arange(8) % 2; "
         "save_skops(make_knn_pipeline(3).fit(x, y), sys.argv[1])"
     )
@@ -265,7 +263,7 @@ def skops_stop_message(path, what):
 
     return (
         rf"{re.escape(str(path))}: skops {re.escape(skops.__version__)} wrote a file that "
-        rf"stages/shared/files\.py cannot make the same from run to run: {what}"
+        rf"stages/shared/skops_files\.py cannot make the same from run to run: {what}"
     )
 
 
@@ -313,14 +311,15 @@ def test_a_skops_file_with_random_names_stops_with_one_line(tmp_path):
 
 NOISY_STAGE = """
 import os, sys
-from stages.shared.runtime import run_stage
+from stages.shared.runner import run_stage
+from stages.shared.tensorflow_runtime import quiet_tensorflow_stderr
 def main(argv):
     os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
     os.write(2, b"I0000 00:00:1795814380.884829    9022 port.cc:153] oneDNN custom operations are on. You may\\n")
     os.write(2, b"E0000 00:00:1795814390.981311    9022 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n")
     os.write(2, b"E0000 00:00:1795814390.981311    9022 other.cc:52] a real error\\n")
     print("a stage line", file=sys.stderr)
-run_stage(main)
+run_stage(main, quiet_tensorflow_stderr)
 """
 
 
@@ -348,13 +347,14 @@ def test_tensorflow_start_up_lines_are_dropped_unless_the_user_set_a_log_level(u
 # log; TensorFlow's start-up lines are still dropped.
 DYING_STAGE = """
 import os, resource, signal
-from stages.shared.runtime import run_stage
+from stages.shared.runner import run_stage
+from stages.shared.tensorflow_runtime import quiet_tensorflow_stderr
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file from the abort
 def main(argv):
     os.write(2, b"I0000 00:00:1795814380.884829    9022 port.cc:153] oneDNN custom operations are on. You may\\n")
     os.write(2, b"F0000 00:00:1795814390.981311    9022 cuda_executor.cc:52] Check failed: the reason it dies\\n")
     {death}
-run_stage(main)
+run_stage(main, quiet_tensorflow_stderr)
 """
 
 
@@ -466,8 +466,8 @@ def test_an_error_that_is_no_failed_download_goes_on_as_it_is(tmp_path, monkeypa
 
 FAILING_STAGE = """
 from pathlib import Path
-from stages.shared.files import download_or_stop
-from stages.shared.runtime import run_stage
+from stages.shared.downloads import download_or_stop
+from stages.shared.runner import run_stage
 def main(argv):
     with download_or_stop("X", "section.key", "a file", Path("data/local")):
         raise OSError(28, "No space left on device")

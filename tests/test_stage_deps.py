@@ -58,7 +58,7 @@ def test_the_writer_puts_back_what_a_hand_edit_changed(tmp_path):
         doctored,
         "fit_knn",
         "      - stages/fit_knn.py\n",
-        "      - stages/fit_knn.py\n      - stages/shared/images.py\n",
+        "      - stages/fit_knn.py\n      - stages/shared/backbone.py\n",
     )
     evaluate_lines = "".join(f"        - {dep}\n" for dep in listed_code_deps(DVC_YAML)["evaluate"])
     doctored = edit_stage(doctored, "evaluate", evaluate_lines, "")
@@ -68,7 +68,7 @@ def test_the_writer_puts_back_what_a_hand_edit_changed(tmp_path):
     tool = [sys.executable, str(PROJECT / "tools/stage_deps.py"), "--dvc-yaml", str(path)]
     check = subprocess.run([*tool, "--check"], capture_output=True, text=True)
     assert check.returncode == 1
-    assert "fit_knn: dvc.yaml's deps miss nothing and list ['stages/shared/images.py']" in check.stdout
+    assert "fit_knn: dvc.yaml's deps miss nothing and list ['stages/shared/backbone.py']" in check.stdout
     assert path.read_text() == doctored  # --check changes nothing
     write = subprocess.run(tool, capture_output=True, text=True)
     assert write.returncode == 0, write.stdout + write.stderr
@@ -86,12 +86,12 @@ def test_the_writer_puts_back_what_a_hand_edit_changed(tmp_path):
 
 def test_a_stage_depends_on_the_one_entry_of_data_local_its_params_name():
     # A params value names a download by its keyword, or a local copy by its name inside a
-    # folder of data/local/ (stages.shared.files.local_or); the stage's dep is that one entry,
+    # folder of data/local/ (stages.shared.downloads.local_or); the stage's dep is that one entry,
     # the keyword's marker file for a download, so that a file dropped in the folder reruns
     # only the stage that reads it (tests/test_local_copies.py runs DVC on it).
     from stages import augment_train_mnist as mnist
     from stages import find_near_copies
-    from stages.shared import breast_data, images
+    from stages.shared import backbone, breast_data
 
     breast_images = ("extract_vgg_features.data", breast_data.LOCAL_DATA_DIR, breast_data.MEDMNIST_RELEASES)
     stages = stage_bodies(DVC_YAML)
@@ -99,7 +99,7 @@ def test_a_stage_depends_on_the_one_entry_of_data_local_its_params_name():
         ("augment_train_mnist", [("augment_train_mnist.data", mnist.LOCAL_DATA_DIR, ["keras"])]),
         (
             "extract_vgg_features",
-            [breast_images, ("extract_vgg_features.weights", images.LOCAL_WEIGHTS_DIR, images.WEIGHTS_KEYWORDS)],
+            [breast_images, ("extract_vgg_features.weights", backbone.LOCAL_WEIGHTS_DIR, backbone.WEIGHTS_KEYWORDS)],
         ),
         (
             "find_near_copies",

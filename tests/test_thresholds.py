@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from stages.shared.files import write_json
+from stages.shared.runner import write_json
 from tests.conftest import tool_env
 
 THRESHOLDS = """

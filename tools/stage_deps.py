@@ -4,6 +4,7 @@ import it, and no others.
 
     python tools/stage_deps.py           # rewrite the code deps in dvc.yaml, in place
     python tools/stage_deps.py --check   # exit 1, one line per stage whose code deps differ
+    python tools/stage_deps.py --reruns  # for each module, its lines and the stages that list it
 
 The imports are read with ``ast`` (nothing is imported): every import in a module counts,
 those inside functions too, then the imports of the modules it imports. A package's
@@ -105,6 +106,27 @@ def listed_code_deps(dvc_yaml: Path) -> dict[str, list[str]]:
     }
 
 
+def stages_listing(dvc_yaml: Path) -> dict[str, list[str]]:
+    """``{code file: [stages]}``: the stages whose deps list each file, in dvc.yaml's order,
+    so the stages that an edit to the file reruns (and those downstream, when it changes
+    their inputs)."""
+    listing: dict[str, list[str]] = {}
+    for stage, deps in listed_code_deps(dvc_yaml).items():
+        for dep in deps:
+            listing.setdefault(dep, []).append(stage)
+    return listing
+
+
+def common_code(dvc_yaml: Path) -> list[str]:
+    """The code files that every stage lists: what an edit to reruns the whole pipeline."""
+    every = set.intersection(*(set(deps) for deps in listed_code_deps(dvc_yaml).values()))
+    return sorted(every)
+
+
+def line_count(file: str, root: Path = PROJECT) -> int:
+    return len((root / file).read_text().splitlines())
+
+
 def differences(dvc_yaml: Path, root: Path = PROJECT) -> list[str]:
     """One line per stage whose listed code deps are not the files it runs, or whose
     command is not a module of the package (so that its code cannot be read): a dvc.yaml
@@ -158,8 +180,15 @@ def rewritten(text: str, wanted: dict[str, list[str]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a stage's code deps differ")
+    parser.add_argument("--reruns", action="store_true", help="change nothing; print who lists each module")
     parser.add_argument("--dvc-yaml", type=Path, default=PROJECT / "dvc.yaml")
     args = parser.parse_args(argv)
+    if args.reruns:
+        for file, stages in sorted(stages_listing(args.dvc_yaml).items()):
+            print(f"{file} ({line_count(file)} lines): {', '.join(stages)}")
+        common = common_code(args.dvc_yaml)
+        print(f"every stage: {', '.join(common)} ({sum(map(line_count, common))} lines)")
+        return 0
     if args.check:
         lines = differences(args.dvc_yaml)
         print("\n".join(lines) or f"{args.dvc_yaml.name}: every stage lists exactly the modules it runs")

@@ -24,7 +24,7 @@ import argparse
 import sys
 
 from stages.shared.config import StageError, one_line
-from stages.shared.runtime import run_stage
+from stages.shared.runner import run_stage
 
 BUCKET_PROTOCOLS = {"s3", "gs", "azure"}  # DVC's names for them (remote.fs.protocol)
 

@@ -50,7 +50,7 @@ from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
 
 from stages.commands.run_pipeline import repro
 from stages.shared.config import StageError, one_line
-from stages.shared.runtime import run_stage
+from stages.shared.runner import run_stage
 
 LOCK_FILE = Path("dvc.lock")
 PARAMS_FILE = Path("params.yaml")

@@ -20,7 +20,7 @@ from typing import Annotated
 import pydantic
 
 from stages.shared.config import Section, StageError, describe_error, read_yaml
-from stages.shared.runtime import run_stage
+from stages.shared.runner import run_stage
 
 
 class Bound(Section):

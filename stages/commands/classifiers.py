@@ -65,8 +65,8 @@ def breast_classifier(model: str, with_heatmaps: bool = False) -> Classifier:
     novelty flag (the KNN's), gets the blocks it was trained on. Every file is read before
     the backbone is rebuilt, the slow step, so that a missing one stops the command at once.
     """
+    from stages.shared.backbone import preprocess_function
     from stages.shared.breast import nearest_distances
-    from stages.shared.images import preprocess_function
     from stages.shared.near_copies import CopyReference
 
     recipe, recipe_path = read_backbone_recipe()
@@ -171,7 +171,7 @@ def choose_breast_model(metrics_dir: Path) -> str:
 
 
 def mnist_classifier() -> Classifier:
-    from stages.shared.images import MNIST_CLASS_NAMES, MNIST_IMAGE_SHAPE, mnist_model_input
+    from stages.shared.mnist_digits import MNIST_CLASS_NAMES, MNIST_IMAGE_SHAPE, mnist_model_input
 
     path = required(stage_paths("augment_train_mnist")["model"], "augment_train_mnist")
     model = load_keras_model(path)

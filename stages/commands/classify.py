@@ -52,10 +52,10 @@ import numpy as np
 from stages.commands import heatmaps, report
 from stages.commands.classifiers import BREAST_MODELS, Classifier, breast_classifier, mnist_classifier
 from stages.shared.config import StageError
-from stages.shared.files import atomic_path
 from stages.shared.images import IMAGE_SUFFIXES, files_under, prepare_image, read_image_file
 from stages.shared.near_copies import thumbnail
-from stages.shared.runtime import run_stage
+from stages.shared.runner import atomic_path, run_stage
+from stages.shared.tensorflow_runtime import quiet_tensorflow_stderr
 
 PROGRESS_EVERY = 10  # batches between progress lines
 
@@ -199,7 +199,7 @@ def main(argv: list[str]) -> None:
 
 
 def cli() -> None:
-    run_stage(main)  # a StageError: one line and exit status 2
+    run_stage(main, quiet_tensorflow_stderr)  # a StageError: one line and exit status 2
 
 
 if __name__ == "__main__":

@@ -34,10 +34,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from stages.commands.model_files import load_keras_model, model_inputs, stage_paths
+from stages.shared.backbone import TOP_LAYERS
 from stages.shared.config import PARAMS_FILE, ParamsError, Section, StageError, read_params
-from stages.shared.files import atomic_path
-from stages.shared.images import TOP_LAYERS, read_image_file
+from stages.shared.images import read_image_file
 from stages.shared.predictions import NAMED_POSITIVE_CLASS
+from stages.shared.runner import atomic_path
 
 POSITIVE_CLASS_KEY = "positive_class.breast"  # the one key every breast stage reads
 COLOUR_MAP = "jet"  # Grad-CAM's usual colours: blue (nothing) to red (the peak)

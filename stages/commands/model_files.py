@@ -97,7 +97,7 @@ def read_backbone_recipe() -> tuple[dict, Path]:
 def rebuild_backbone(recipe: dict, recipe_path: Path):
     """The frozen backbone that ``recipe`` (``extract_vgg_features``'s ``--backbone``)
     describes, refused unless its weights are the ones the features were extracted with."""
-    from stages.shared.images import WEIGHTS_KEYWORDS, load_backbone, weights_digest
+    from stages.shared.backbone import WEIGHTS_KEYWORDS, load_backbone, weights_digest
 
     weights = recipe["weights"]  # a keyword, or the path of the local weights file
     if weights not in WEIGHTS_KEYWORDS and not Path(weights).is_file():

@@ -19,7 +19,7 @@ import numpy as np
 from stages.commands.classifiers import OPERATING_POINT_COLUMN, Classifier
 from stages.commands.heatmaps import COLOUR_MAP, png_bytes
 from stages.shared.config import StageError
-from stages.shared.files import atomic_path
+from stages.shared.runner import atomic_path
 
 # The longest side of an embedded picture, in pixels: above the network's 224 px input, so
 # the map keeps its detail, and small enough that a page of a thousand scans stays readable

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 
 RUNNING = re.compile(r"^Running stage '(?P<stage>[^']+)'")
-STAGE_ERROR = re.compile(r"^error: (?P<reason>.+)")  # what stages.shared.runtime.run_stage prints
+STAGE_ERROR = re.compile(r"^error: (?P<reason>.+)")  # what stages.shared.runner.run_stage prints
 FAILED_RUN = re.compile(r"failed to run: .*, exited with (?P<status>-?\d+)$")  # DVC's, for any failure
 STOP_WAIT_S = 10  # how long DVC and its stage get to end after each signal
 SKIPPED = re.compile(r"Stages? (?P<stages>'.+') will be skipped")  # "Stages 'a', 'b' and 'c' will be ..."

@@ -33,8 +33,9 @@ import pydantic
 from pydantic import Field
 
 from stages.shared.config import ParamsError, Section, StageError, one_line
-from stages.shared.files import read_npz, write_json
+from stages.shared.files import read_npz
 from stages.shared.predictions import positive_class, prediction_frame
+from stages.shared.runner import write_json
 
 FOLDS_KEY = "breast_cv_folds"
 

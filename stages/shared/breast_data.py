@@ -16,7 +16,8 @@ import numpy as np
 import pydantic
 
 from stages.shared.config import Section, StageError
-from stages.shared.files import download_or_stop, local_copy, local_or, read_npz, require_keys
+from stages.shared.downloads import download_or_stop, local_copy, local_or
+from stages.shared.files import read_npz, require_keys
 from stages.shared.images import IMAGE_SUFFIXES, files_under, is_skipped, read_image_file
 
 LOCAL_DATA_DIR = Path("data/local/breast")

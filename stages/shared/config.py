@@ -12,11 +12,10 @@ import pydantic
 import yaml
 
 
-# ------------------------------------------------------------------------------------ errors
 class StageError(Exception):
     """A problem with the user's input (params, data file, weights) that stops a stage.
 
-    The message is one line that names the bad key or file; ``stages.shared.runtime.run_stage``
+    The message is one line that names the bad key or file; ``stages.shared.runner.run_stage``
     prints it and exits non-zero, without a traceback.
     """
 
@@ -31,7 +30,6 @@ def one_line(err: BaseException, limit: int = 200) -> str:
     return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
-# ------------------------------------------------------------------------------------ params
 PARAMS_FILE = Path("params.yaml")
 
 
@@ -56,9 +54,8 @@ def _identifier(name: str) -> str:
     return name
 
 
-# The names of a section's items (the toy datasets): identifiers, because DVC parses
-# `dvc exp run -S section.name.key=value` with Hydra's grammar, where a key cannot start
-# with a digit; a name is also a file name and a stage name.
+# The names of a section's items (the toy datasets): identifiers, since DVC parses `dvc exp
+# run -S section.name.key=value` with Hydra's grammar; a name is also a file and a stage name.
 Name = Annotated[str, pydantic.AfterValidator(_identifier)]
 
 _P = TypeVar("_P", bound=Section)

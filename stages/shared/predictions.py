@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from stages.shared.config import ParamsError, StageError, one_line
-from stages.shared.files import atomic_path
+from stages.shared.runner import atomic_path
 
 PROBABILITY_PREFIX = "p_"
 # The class that is the positive one wherever the data names it (BreastMNIST's label 0).

@@ -1,42 +1,19 @@
-"""How a stage runs: its command line and stderr, seeds and op determinism, the devices it
-trains on, the resume folder of a killed run, and the facts of each run under runs/."""
+"""TensorFlow in a stage: its start-up chatter kept off stderr, seeds and op determinism,
+the devices a model runs on, and the facts of each run under runs/."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import hashlib
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from stages import TF_LOG_LEVEL_FROM_USER
-from stages.shared.config import StageError, one_line, read_yaml
-from stages.shared.files import write_json
-
-
-# ---------------------------------------------------------------------- a stage as a command
-def stage_args(stage: str, argv: list[str], *paths: str, items: Iterable[str] | None = None) -> argparse.Namespace:
-    """A stage's command line, as dvc.yaml writes it: ``--NAME PATH`` for each of ``paths``
-    (the files it reads and writes, which dvc.yaml states), and first, for a stage
-    that runs once per item of a params section (``foreach``), the item's name.
-
-    A wrong command line stops the stage with argparse's usage line, exit status 2.
-    """
-    parser = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
-    if items is not None:
-        parser.add_argument("name", choices=list(items), help="an item of params.yaml's section")
-    for name in paths:  # operating_point is --operating-point
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True, metavar="PATH")
-    return parser.parse_args(argv)
-
+from stages.shared.runner import write_json
 
 # TensorFlow's C++ libraries print these at start-up, before they read
 # TF_CPP_MIN_LOG_LEVEL, and on every tf.data map under Keras: notices about oneDNN and
@@ -107,27 +84,6 @@ def quiet_tensorflow_stderr() -> Iterator[None]:
             stderr_filter.wait(timeout=5)
 
 
-def run_stage(main: Callable[[list[str]], None]) -> None:
-    """Call a stage's ``main(argv)``; turn a StageError into one line and exit status 2.
-
-    Any other exception is no fault of the user's input (a bug, no memory or disk left, a
-    library that changed): its traceback goes to stderr, for whoever fixes it, and then one
-    line that names it, the last the stage prints (run-pipeline's summary quotes it); exit
-    status 1.
-    """
-    try:
-        with quiet_tensorflow_stderr():
-            main(sys.argv[1:])
-    except StageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as err:
-        traceback.print_exc()
-        message = one_line(err)
-        print(f"error: {type(err).__name__}{f': {message}' if message else ''} (traceback above)", file=sys.stderr)
-        sys.exit(1)
-
-
 # ------------------------------------------------------------------------------------- seeds
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and the Keras backend, and ask TensorFlow for deterministic ops.
@@ -176,85 +132,6 @@ def describe_devices(devices: list[str]) -> str:
     gpus = tf.config.list_physical_devices("GPU")
     kinds = sorted({tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus})
     return f"{', '.join(d.removeprefix('/device:') for d in devices)} ({', '.join(kinds) or f'{os.cpu_count()} cores'})"
-
-
-# --------------------------------------------------------------------- resuming a killed run
-# The folder of dvc.yaml and of the package, whatever folder the stage runs in.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CODE_DEP = re.compile(r"stages/\S+\.py")
-
-
-def code_digests(stage: str) -> dict[str, str]:
-    """The SHA-256 of each project module that dvc.yaml lists under ``stage``'s deps: the
-    code the stage runs (tools/stage_deps.py keeps that list equal to its imports)."""
-    dvc_yaml = PROJECT_ROOT / "dvc.yaml"
-    definition = read_yaml(dvc_yaml).get("stages", {}).get(stage)
-    if definition is None:
-        raise StageError(f"{dvc_yaml}: no stage {stage}")
-    digests = {}
-    for dep in definition.get("deps", []):
-        if CODE_DEP.fullmatch(dep):
-            try:
-                digests[dep] = hashlib.sha256((PROJECT_ROOT / dep).read_bytes()).hexdigest()
-            except FileNotFoundError:
-                raise StageError(f"{PROJECT_ROOT / dep}: not found, though {dvc_yaml} lists it for {stage}") from None
-    return digests
-
-
-def differing_parts(saved: Any, key: dict[str, Any]) -> list[str]:
-    """The names of the parts of ``key`` that ``saved`` does not match; for a part that is
-    a mapping itself, with its entries that differ: ``["code (stages/x.py)", "weights"]``."""
-    saved = saved if isinstance(saved, dict) else {}
-    parts = []
-    for name in {**key, **saved}:
-        old, new = saved.get(name), key.get(name)
-        if old == new:
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            entries = [entry for entry in {**new, **old} if old.get(entry) != new.get(entry)]
-            name = f"{name} ({', '.join(entries)})"
-        parts.append(name)
-    return parts
-
-
-class ResumeFolder:
-    """A folder that holds what a killed run of a stage needs to resume (git-ignored, not a
-    DVC output), valid only for the run that ``key`` describes: a mapping of named parts,
-    such as the params, the data, the devices and the code (``code_digests``).
-
-    ``key.json`` is written when the folder is opened; a folder that holds another key is
-    emptied first, with one line that names the parts that differ, so nothing of another
-    run is ever resumed. A folder that cannot be emptied stops the stage. Stages write its
-    files atomically, so a file that is there is whole, and ``clear()`` it once their
-    outputs are written.
-    """
-
-    def __init__(self, folder: Path, key: dict[str, Any]):
-        self.folder = folder
-        key = json.loads(json.dumps(key))  # as key.json will hold it: lists, not tuples
-        key_path = folder / "key.json"
-        try:
-            saved_key = json.loads(key_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            saved_key = None
-        if saved_key != key:
-            if saved_key is not None:
-                changed = ", ".join(differing_parts(saved_key, key))
-                print(f"{folder} is from a run with other {changed}: starting afresh", flush=True)
-            self.clear()
-            write_json(key_path, key)
-
-    def clear(self) -> None:
-        """Delete the folder. One that cannot be deleted, even in part, stops the stage: what
-        is left of it must not be resumed as part of another run."""
-        try:
-            shutil.rmtree(self.folder)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            raise StageError(
-                f"{self.folder}: cannot delete this folder of resume files ({one_line(err)}); delete it yourself"
-            ) from None
 
 
 # --------------------------------------------------------------------------------- run facts
