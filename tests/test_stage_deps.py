@@ -5,6 +5,7 @@ writes those lines from the imports (read with ``ast``: nothing is imported).
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -13,7 +14,17 @@ import pytest
 import yaml
 
 from tests.conftest import PROJECT
-from tools.stage_deps import differences, files_run_by, listed_code_deps, rewritten, stage_bodies, stage_modules
+from tools.stage_deps import (
+    common_code,
+    differences,
+    files_run_by,
+    line_count,
+    listed_code_deps,
+    rewritten,
+    stage_bodies,
+    stage_modules,
+    stages_listing,
+)
 
 DVC_YAML = PROJECT / "dvc.yaml"
 
@@ -26,6 +37,84 @@ def test_deps_list_exactly_the_modules_the_stage_runs(stage):
         f"{stage}: dvc.yaml's deps miss {sorted(run - listed) or 'nothing'} and list "
         f"{sorted(listed - run) or 'nothing'} that it does not run: python tools/stage_deps.py"
     )
+
+
+def test_the_code_every_stage_runs_is_small():
+    # An edit to it reruns the whole pipeline, so it holds only what every stage needs:
+    # params and errors, the runner and atomic writes, and the package's log setting.
+    common = common_code(DVC_YAML)
+    assert common == ["stages/__init__.py", "stages/shared/config.py", "stages/shared/runner.py"]
+    assert sum(line_count(file) for file in common) <= 200
+    reruns = subprocess.run(
+        [sys.executable, str(PROJECT / "tools/stage_deps.py"), "--reruns"], capture_output=True, text=True, check=True
+    )
+    assert reruns.stdout.splitlines()[-1] == f"every stage: {', '.join(common)} ({sum(map(line_count, common))} lines)"
+
+
+def defining_file(name: str) -> str:
+    """The one project file whose top level defines ``name``."""
+    files = [
+        path.relative_to(PROJECT).as_posix()
+        for path in (PROJECT / "stages").rglob("*.py")
+        if any(
+            isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name
+            for node in ast.parse(path.read_text()).body
+        )
+    ]
+    assert len(files) == 1, (name, files)
+    return files[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "stages"),
+    [
+        ("build_extractor", ["extract_vgg_features"]),  # the VGG backbone: not the MNIST training's
+        ("RandomAffine", ["augment_train_mnist"]),
+        ("save_skops", ["fit_knn"]),
+        ("download_or_stop", ["augment_train_mnist", "extract_vgg_features", "find_near_copies"]),
+        ("ResumeFolder", ["augment_train_mnist", "extract_vgg_features"]),
+    ],
+)
+def test_an_edit_reruns_only_the_stages_that_run_the_code(name, stages):
+    assert stages_listing(DVC_YAML)[defining_file(name)] == stages
+
+
+def docs_table(heading: str) -> list[list[str]]:
+    """The cells of the rows of docs/pipeline.md's table whose header row starts with ``heading``."""
+    lines = (PROJECT / "docs/pipeline.md").read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"| {heading} |")), None)
+    assert start is not None, f"docs/pipeline.md: no table headed {heading!r}"
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def about_minutes(seconds: float) -> str:
+    return "under 1 min" if seconds < 30 else f"{round(seconds / 60)} min"
+
+
+def test_the_docs_table_of_reruns_is_dvc_yaml_s():
+    seconds = {}
+    for stage, wall_time in docs_table("stage"):
+        minutes, _, rest = wall_time.rpartition(" min ")
+        seconds[re.match(r"`(\w+)`", stage).group(1)] = int(minutes or 0) * 60 + int(rest.removesuffix(" s"))
+    assert set(seconds) == set(stage_bodies(DVC_YAML))
+    listing = stages_listing(DVC_YAML)
+    every_stage = list(stage_bodies(DVC_YAML))
+    shared = {file for file in listing if file.startswith("stages/shared/") or file == "stages/__init__.py"}
+    documented = set()
+    for modules, _, reruns, about in docs_table("shared module"):
+        names = re.findall(r"`([\w/]+\.py)`", modules)
+        files = [name if name.startswith("stages/") else f"stages/{name}" for name in names]
+        stages = every_stage if reruns == "every stage" else re.findall(r"`(\w+)`", reruns)
+        for file in files:
+            assert listing[file] == stages, f"docs/pipeline.md: an edit to {file} reruns {listing[file]}"
+        assert about == about_minutes(sum(seconds[stage] for stage in stages)), modules
+        documented.update(files)
+    assert documented == shared, f"docs/pipeline.md's table misses {sorted(shared - documented)}"
 
 
 def test_every_stage_runs_a_module_of_the_package():
