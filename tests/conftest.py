@@ -109,6 +109,11 @@ def tool_env() -> dict[str, str]:
     return env
 
 
+def project_env(**extra: str) -> dict[str, str]:
+    """``tool_env()`` for a child ``python -c`` that imports the project from this checkout."""
+    return {**tool_env(), "PYTHONPATH": str(PROJECT), **extra}
+
+
 def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True)
     if check and result.returncode != 0:

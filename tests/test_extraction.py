@@ -28,7 +28,7 @@ from stages import extract_vgg_features as extract
 from stages.shared import breast_data, resume
 from stages.shared import images as shared_images
 from stages.shared.config import ParamsError, StageError
-from tests.conftest import PROJECT, stage_argv, tool_env, two_cpu_devices_script
+from tests.conftest import PROJECT, project_env, stage_argv, two_cpu_devices_script
 
 STAGE = "extract_vgg_features"
 FEATURES = Path("data/breast/features.npz")  # as the project's dvc.yaml names them, relative to the stage's folder
@@ -88,7 +88,7 @@ def stage_child(folder: Path, *python: str) -> subprocess.Popen:
     return subprocess.Popen(
         command,
         cwd=folder,
-        env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        env=project_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -231,7 +231,7 @@ def test_each_key_kept_can_change_the_features(tmp_path, monkeypatch):
             [sys.executable, "-m", f"stages.{STAGE}", *stage_argv(STAGE)],
             cwd=tmp_path,
             check=True,
-            env={**tool_env(), "PYTHONPATH": str(PROJECT), "ONEDNN_MAX_CPU_ISA": isa},
+            env=project_env(ONEDNN_MAX_CPU_ISA=isa),
             capture_output=True,
         )
         with np.load(tmp_path / FEATURES) as saved:

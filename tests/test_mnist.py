@@ -21,7 +21,15 @@ from stages.shared import mnist_digits, resume
 from stages.shared.config import ParamsError, StageError
 from stages.shared.predictions import read_predictions
 from stages.shared.runner import write_json
-from tests.conftest import PROJECT, fail_as_keras_offline, stage_argv, tiny_mnist, tool_env, two_cpu_devices_script
+from tests.conftest import (
+    PROJECT,
+    fail_as_keras_offline,
+    project_env,
+    stage_argv,
+    tiny_mnist,
+    tool_env,
+    two_cpu_devices_script,
+)
 
 LOCAL_NAME = "tiny.npz"  # augment_train_mnist.data: the file's name inside data/local/mnist/
 LOCAL_FILE = f"data/local/mnist/{LOCAL_NAME}"
@@ -193,9 +201,7 @@ def test_training_mirrored_over_two_devices(workdir, capsys):
         "model": keras.models.load_model(workdir / "models/mnist/model.keras"),
     }
     command = [sys.executable, "-c", two_cpu_devices_script("augment_train_mnist"), *stage_argv("augment_train_mnist")]
-    result = subprocess.run(
-        command, cwd=workdir, env={**tool_env(), "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True
-    )
+    result = subprocess.run(command, cwd=workdir, env=project_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     facts = json.loads((workdir / "runs/augment_train_mnist.json").read_text())
     assert facts["device"].startswith("CPU:0, CPU:1") and 1 <= facts["best_epoch"] <= 3
@@ -230,9 +236,7 @@ def test_weight_averaging_and_label_smoothing_over_two_devices(workdir):
     params["augment_train_mnist"].update(label_smoothing=0.1, weight_averaging=0.8)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     command = [sys.executable, "-c", two_cpu_devices_script("augment_train_mnist"), *stage_argv("augment_train_mnist")]
-    result = subprocess.run(
-        command, cwd=workdir, env={**tool_env(), "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True
-    )
+    result = subprocess.run(command, cwd=workdir, env=project_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     facts = json.loads((workdir / "runs/augment_train_mnist.json").read_text())
     assert facts["device"].startswith("CPU:0, CPU:1")
@@ -280,7 +284,7 @@ def test_averaged_weights_swap_on_every_replica_of_mirrored_variables():
     # A child process, to split the CPU into two devices before TensorFlow starts (7 s).
     result = subprocess.run(
         [sys.executable, "-c", MIRRORED_SWAP_SCRIPT],
-        env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        env=project_env(),
         capture_output=True,
         text=True,
     )

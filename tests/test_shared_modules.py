@@ -28,7 +28,7 @@ from stages.shared.keras_files import save_keras_model
 from stages.shared.resume import ResumeFolder
 from stages.shared.runner import atomic_path, write_json
 from stages.shared.skops_files import save_skops
-from tests.conftest import PROJECT, tool_env
+from tests.conftest import project_env
 
 
 class Training(Section):
@@ -164,7 +164,7 @@ def test_stage_error_is_one_line_and_exit_status_2(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "stages.generate_toy", "two_blops"],
         cwd=tmp_path,
-        env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        env=project_env(),
         capture_output=True,
         text=True,
     )
@@ -233,7 +233,7 @@ def test_skops_files_are_the_same_from_another_process(tmp_path):
         subprocess.run(
             [sys.executable, "-c", save, tmp_path / f"{name}.skops"],
             check=True,
-            env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+            env=project_env(),
         )
     assert (tmp_path / "a.skops").read_bytes() == (tmp_path / "b.skops").read_bytes()
 
@@ -325,7 +325,7 @@ run_stage(main, quiet_tensorflow_stderr)
 
 @pytest.mark.parametrize("user_level", [None, "inherited", "0"])
 def test_tensorflow_start_up_lines_are_dropped_unless_the_user_set_a_log_level(user_level):
-    env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
+    env = project_env()
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env.pop("STAGES_DEFAULT_TF_CPP_MIN_LOG_LEVEL", None)
     if user_level == "inherited":  # from a parent process that imported `stages`, as dvc under pytest
@@ -367,7 +367,7 @@ run_stage(main, quiet_tensorflow_stderr)
     ],
 )
 def test_a_stage_that_dies_still_shows_its_last_stderr_lines(death, status, last_line):
-    env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
+    env = project_env()
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env.pop("STAGES_DEFAULT_TF_CPP_MIN_LOG_LEVEL", None)
     result = subprocess.run(
@@ -478,7 +478,7 @@ run_stage(main)
 def test_an_error_that_is_not_the_users_shows_its_traceback_then_one_line():
     result = subprocess.run(
         [sys.executable, "-c", FAILING_STAGE],
-        env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        env=project_env(),
         capture_output=True,
         text=True,
     )

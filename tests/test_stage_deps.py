@@ -128,6 +128,8 @@ def test_a_stage_whose_code_cannot_be_read_or_no_stage_at_all_is_a_difference(tm
     assert differences(path) == ["shell: its cmd is not `python -m stages.<module>`: its code deps cannot be read"]
     path.write_text(yaml.safe_dump({"stages": {}}))
     assert differences(path) == [f"{path}: no stages"]
+    with pytest.raises(SystemExit, match="no stages"):
+        common_code(path)
 
 
 def edit_stage(text: str, stage: str, old: str, new: str) -> str:

@@ -119,8 +119,10 @@ def stages_listing(dvc_yaml: Path) -> dict[str, list[str]]:
 
 def common_code(dvc_yaml: Path) -> list[str]:
     """The code files that every stage lists: what an edit to reruns the whole pipeline."""
-    every = set.intersection(*(set(deps) for deps in listed_code_deps(dvc_yaml).values()))
-    return sorted(every)
+    listed = listed_code_deps(dvc_yaml)
+    if not listed:  # no stages: no code that every stage runs, rather than an empty list that looks small
+        raise SystemExit(f"{dvc_yaml}: no stages")
+    return sorted(set.intersection(*(set(deps) for deps in listed.values())))
 
 
 def line_count(file: str, root: Path = PROJECT) -> int:
